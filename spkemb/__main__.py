@@ -1,0 +1,3 @@
+from spkemb.cli.app import main
+
+main()

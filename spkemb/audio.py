@@ -1,0 +1,166 @@
+"""Audio I/O: decode with soundfile, downmix, resample, crop/pad, energy VAD.
+
+Everything here works on 1-D float32 numpy arrays so that it can run inside DataLoader workers
+without touching torch. Reading a segment seeks in the file and decodes only the frames needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from spkemb.errors import InputError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".sph", ".aiff", ".aif")
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts of one file, read without decoding it."""
+
+    path: str
+    sample_rate: int
+    frames: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Read the header of ``path``; raise :class:`InputError` for unreadable or empty files."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise InputError(f"cannot read audio ({_short(err)})", path) from None
+    frames = int(info.frames)
+    if frames <= 0 or info.samplerate <= 0:
+        # Some containers (MP3, OGG) report no frame count in the header: count by decoding.
+        if frames < 0 or (frames == 0 and Path(path).suffix.lower() in (".mp3", ".ogg", ".opus")):
+            frames = len(_read(path, 0, -1))
+        if frames <= 0:
+            raise InputError("empty audio (0 samples)", path)
+    return AudioInfo(str(path), int(info.samplerate), frames, int(info.channels))
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:200]
+
+
+def _read(path: str | Path, start: int, stop: int) -> np.ndarray:
+    try:
+        with sf.SoundFile(str(path)) as f:
+            if start:
+                f.seek(start)
+            n = -1 if stop < 0 else max(0, stop - start)
+            data = f.read(frames=n, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise InputError(f"cannot decode audio ({_short(err)})", path) from None
+    return data
+
+
+def load_audio(
+    path: str | Path,
+    sample_rate: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    *,
+    start_frame: int | None = None,
+    num_frames: int | None = None,
+) -> np.ndarray:
+    """Decode ``path`` (or a segment of it) to mono float32 at ``sample_rate``.
+
+    The segment is given in seconds (``start``/``end``) or in frames of the file's own rate
+    (``start_frame``/``num_frames``); only those frames are decoded.
+    """
+    sr = None
+    if start is not None or end is not None:
+        sr = sf.info(str(path)).samplerate
+        start_frame = int(round((start or 0.0) * sr))
+        num_frames = -1 if end is None else max(0, int(round(end * sr)) - start_frame)
+    first = start_frame or 0
+    stop = -1 if num_frames is None or num_frames < 0 else first + num_frames
+    data = _read(path, first, stop)
+    if data.size == 0:
+        raise InputError("empty audio (0 samples)", path)
+    x = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if sample_rate is not None:
+        if sr is None:
+            sr = sf.info(str(path)).samplerate
+        x = resample(x, sr, sample_rate)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Polyphase resampling (scipy); a no-op when the rates match."""
+    if orig_sr == target_sr:
+        return x.astype(np.float32, copy=False)
+    g = gcd(int(orig_sr), int(target_sr))
+    return resample_poly(x, target_sr // g, orig_sr // g).astype(np.float32)
+
+
+def crop_or_pad(
+    x: np.ndarray, length: int, rng: np.random.Generator | None = None, mode: str = "random"
+) -> np.ndarray:
+    """Return exactly ``length`` samples: a crop (random, or from the start) or a wrap-around pad.
+
+    Padding repeats the signal rather than adding silence, the usual choice in speaker recipes,
+    so short clips do not turn into mostly-silent crops.
+    """
+    n = len(x)
+    if n == length:
+        return x
+    if n > length:
+        if mode == "random":
+            off = int((rng or np.random.default_rng()).integers(0, n - length + 1))
+        elif mode == "center":
+            off = (n - length) // 2
+        else:
+            off = 0
+        return x[off : off + length]
+    reps = -(-length // max(n, 1))
+    return np.tile(x, reps)[:length]
+
+
+def energy_vad(
+    x: np.ndarray,
+    sample_rate: int,
+    *,
+    frame_ms: float = 25.0,
+    hop_ms: float = 10.0,
+    threshold_db: float = -40.0,
+    min_keep: float = 0.5,
+) -> np.ndarray:
+    """Drop low-energy frames (more than ``-threshold_db`` below the loudest frame).
+
+    Keeps the original signal if fewer than ``min_keep`` seconds would survive, so a quiet clip
+    never becomes empty.
+    """
+    win = max(1, int(sample_rate * frame_ms / 1000))
+    hop = max(1, int(sample_rate * hop_ms / 1000))
+    if len(x) < win:
+        return x
+    n_frames = 1 + (len(x) - win) // hop
+    idx = np.arange(win)[None, :] + hop * np.arange(n_frames)[:, None]
+    energy = 10 * np.log10(np.mean(x[idx] ** 2, axis=1) + 1e-12)
+    keep = energy > energy.max() + threshold_db
+    mask = np.zeros(len(x), dtype=bool)
+    for i in np.flatnonzero(keep):
+        mask[i * hop : i * hop + win] = True
+    if mask.sum() < min_keep * sample_rate:
+        return x
+    return x[mask]
+
+
+def write_audio(path: str | Path, x: np.ndarray, sample_rate: int) -> None:
+    """Write mono float audio; the format follows the extension (WAV as 16-bit PCM)."""
+    p = Path(path)
+    subtype = "PCM_16" if p.suffix.lower() in (".wav", ".flac") else None
+    sf.write(str(p), np.clip(x, -1.0, 1.0), sample_rate, subtype=subtype)

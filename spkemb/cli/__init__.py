@@ -1,0 +1,1 @@
+"""The Typer app: one module per subcommand, each thin over the core."""

@@ -1,0 +1,46 @@
+"""spkemb's command-line entry point."""
+
+from __future__ import annotations
+
+import typer
+
+from spkemb import __version__
+from spkemb.cli import augment, cluster, extract, finetune, prepare, pretrain, score
+
+app = typer.Typer(
+    name="spkemb",
+    help="Speaker embeddings, from audio folders to scored trials.\n\n"
+    "prepare → augment → pretrain → finetune → extract → cluster → score. "
+    "Data goes to stdout, progress and logs to stderr; '-' means stdin/stdout.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"spkemb {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Speaker embeddings, from audio folders to scored trials."""
+
+
+app.command("prepare")(prepare.prepare)
+app.command("augment")(augment.augment)
+app.command("pretrain")(pretrain.pretrain)
+app.command("finetune")(finetune.finetune)
+app.command("extract")(extract.extract)
+app.command("cluster")(cluster.cluster)
+app.command("score")(score.score)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,10 @@
+"""`spkemb pretrain`: placeholder until its issue lands."""
+
+from __future__ import annotations
+
+from spkemb.cli.common import not_yet
+
+
+def pretrain() -> None:
+    """Not implemented yet: exits with status 2."""
+    raise not_yet("pretrain", "issue 2")

@@ -1,0 +1,10 @@
+"""`spkemb score`: placeholder until its issue lands."""
+
+from __future__ import annotations
+
+from spkemb.cli.common import not_yet
+
+
+def score() -> None:
+    """Not implemented yet: exits with status 2."""
+    raise not_yet("score", "issue 2")

@@ -1,0 +1,1 @@
+"""Manifests, trial lists, folder layouts, Kaldi import/export, torch datasets."""
