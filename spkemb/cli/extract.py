@@ -1,10 +1,113 @@
-"""`spkemb extract`: placeholder until its issue lands."""
+"""`spkemb extract`: embed a manifest's utterances into an HDF5 store."""
 
 from __future__ import annotations
 
-from spkemb.cli.common import not_yet
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from spkemb.cli.common import console, guarded, print_json, progress
 
 
-def extract() -> None:
-    """Not implemented yet: exits with status 2."""
-    raise not_yet("extract", "issue 2")
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class ExportFormat(StrEnum):
+    npy = "npy"
+    kaldi = "kaldi"
+
+
+@guarded
+def extract(
+    model: str = typer.Argument(..., help="Encoder file (encoder.pt), experiment folder, or built-in baseline "
+                                "name (mfcc-stats)."),
+    manifest: str = typer.Argument(..., help="Manifest TSV ('-' for stdin)."),
+    output: Path = typer.Option(..., "-o", "--output", help="HDF5 store to write (emb.h5)."),
+    batch_seconds: float = typer.Option(120.0, help="Padded audio seconds per batch (length-bucketed)."),
+    max_batch: int = typer.Option(64, help="At most this many utterances per batch."),
+    workers: int = typer.Option(1, help="DataLoader worker processes decoding audio (0 = in the main process)."),
+    chunk: float | None = typer.Option(None, help="Embed long utterances in windows of this many seconds and "
+                                       "average them."),
+    hop: float | None = typer.Option(None, help="Hop between windows in seconds (default: --chunk)."),
+    vad: bool = typer.Option(False, "--vad", help="Drop low-energy frames before embedding."),
+    precision: Precision = typer.Option(Precision.fp32, help="bf16 autocast is fast on CPUs with AMX/AVX512-BF16 "
+                                        "and on GPUs; fp16 is for CUDA."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    threads: int | None = typer.Option(None, help="Torch threads for the model (default: torch's choice)."),
+    shard: str | None = typer.Option(None, help="Embed only shard I/N (0-based) of the manifest; merge the "
+                                     "shards' stores later with --merge."),
+    merge: list[Path] | None = typer.Option(None, help="Merge these shard stores (repeat the option) into -o, "
+                                            "in manifest order, instead of extracting."),
+    export: ExportFormat | None = typer.Option(None, help="Also write the store as .npy (+ .ids.txt) or "
+                                               "Kaldi text .ark/.scp beside -o."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Embed every utterance of MANIFEST with MODEL into an HDF5 store.
+
+    Resumable: an interrupted run leaves OUTPUT.partial, and the same command finishes it. A store
+    at OUTPUT is always complete; a failed run leaves an existing OUTPUT untouched.
+    """
+    from spkemb.data.manifest import read_manifest
+    from spkemb.embeddings.export import export_embeddings
+    from spkemb.embeddings.extract import ExtractOptions, extract_embeddings, parse_shard, shard_rows
+    from spkemb.embeddings.store import merge_stores, read_embeddings
+    from spkemb.errors import InputError
+    from spkemb.models.io import describe_encoder, file_sha256, load_encoder
+    from spkemb.runtime import set_threads
+
+    utts = read_manifest(manifest)
+    if not utts:
+        raise InputError("manifest has no utterances", manifest)
+    model_path = Path(model) / "encoder.pt" if Path(model).is_dir() else Path(model)
+    sha = file_sha256(model_path) if model_path.is_file() else f"builtin:{model}"
+    if merge:
+        out = merge_stores(merge, output, order=[u.utt_id for u in utts])
+        emb = read_embeddings(out)
+        if emb.attrs.get("checkpoint_sha256") != sha:
+            out.unlink()
+            raise InputError(f"the shards were made with another encoder than {model}", merge[0])
+        console.print(f"merged {len(merge)} shards into {out} ({len(emb)} embeddings)")
+        summary = {"output": str(out), "embeddings": len(emb), "merged": [str(m) for m in merge]}
+    else:
+        set_threads(threads)
+        encoder = load_encoder(model)
+        info = describe_encoder(encoder)
+        rows = shard_rows(len(utts), parse_shard(shard))
+        part = [utts[i] for i in rows]
+        opts = ExtractOptions(batch_seconds, max_batch, workers, chunk, hop, vad, precision.value, device)
+        attrs = {"encoder": info["name"], "encoder_config": info["config"], "checkpoint_sha256": sha,
+                 "model": str(model), "manifest": str(manifest), "shard": shard or "0/1"}
+        total = sum(u.duration for u in part)
+        with progress() as bar:
+            task = bar.add_task("extract", total=len(part), info="")
+            seen = {"audio": 0.0}
+
+            def on_progress(secs: float, n: int) -> None:
+                seen["audio"] += secs
+                bar.update(task, advance=n, info=f"{seen['audio'] / 3600:.2f}/{total / 3600:.2f} h")
+
+            res = extract_embeddings(encoder, part, output, attrs, opts, on_progress)
+        for path, problem in res.failed[:5]:
+            console.print(f"[yellow]skipped[/] {path}: {problem}", highlight=False)
+        if len(res.failed) > 5:
+            console.print(f"[yellow]skipped {len(res.failed) - 5} more unreadable files[/]")
+        speed = res.audio_seconds / res.wall_seconds if res.wall_seconds else 0.0
+        console.print(f"wrote {res.written} embeddings to {res.path}"
+                      + (f" ({res.resumed} from an earlier run)" if res.resumed else "")
+                      + f"; {res.audio_seconds:.0f} audio-s in {res.wall_seconds:.1f} s ({speed:.0f}x real time)",
+                      highlight=False)
+        out = res.path
+        summary = {"output": str(out), "embeddings": res.written, "resumed": res.resumed,
+                   "failed": len(res.failed), "audio_seconds": round(res.audio_seconds, 3),
+                   "wall_seconds": round(res.wall_seconds, 3), "realtime_factor": round(speed, 2),
+                   "encoder": info["name"]}
+    if export:
+        written = export_embeddings(read_embeddings(out), out, export.value)
+        summary["exported"] = [str(p) for p in written]
+        console.print("exported " + ", ".join(str(p) for p in written))
+    if json_out:
+        print_json(summary)

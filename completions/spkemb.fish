@@ -1,0 +1,1 @@
+complete --command spkemb --no-files --arguments "(env _SPKEMB_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) spkemb)" --condition "env _SPKEMB_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) spkemb"

@@ -1,0 +1,74 @@
+"""Generate shell completions (bash, zsh, fish) and man pages from the app.
+
+``python -m spkemb.cli.gendocs`` rewrites ``completions/`` and ``man/``; ``--check`` exits 1 when
+they are out of date (the test suite runs it, so a changed option cannot ship stale docs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SHELLS = {"bash": "spkemb.bash", "zsh": "_spkemb", "fish": "spkemb.fish"}
+MAN_DATE = "2026-11"  # fixed, so that regenerating is reproducible; bump with releases
+
+
+def completion_script(shell: str) -> str:
+    """Typer's completion script for ``shell`` (it calls back into ``spkemb`` at completion time)."""
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    # Run the installed console script, so the scripts name the program `spkemb`.
+    exe = Path(sys.executable).with_name("spkemb")
+    out = subprocess.run(
+        [str(exe), "--show-completion", shell],
+        check=True, capture_output=True, text=True, env=env,
+    )
+    return out.stdout
+
+
+def write_all(root: Path) -> None:
+    import typer
+    from click_man.core import write_man_pages
+
+    from spkemb import __version__
+    from spkemb.cli.app import app
+
+    (root / "completions").mkdir(parents=True, exist_ok=True)
+    for shell, name in SHELLS.items():
+        (root / "completions" / name).write_text(completion_script(shell))
+    man = root / "man"
+    man.mkdir(parents=True, exist_ok=True)
+    for old in man.glob("*.1"):
+        old.unlink()
+    write_man_pages("spkemb", typer.main.get_command(app), version=__version__, target_dir=str(man), date=MAN_DATE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=Path(__file__).resolve().parents[2], type=Path)
+    ap.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 if stale")
+    a = ap.parse_args(argv)
+    if not a.check:
+        write_all(a.root)
+        print(f"wrote {a.root / 'completions'} and {a.root / 'man'}")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        write_all(Path(tmp))
+        stale = []
+        for sub in ("completions", "man"):
+            cmp = filecmp.dircmp(Path(tmp) / sub, a.root / sub)
+            stale += [f"{sub}/{n}" for n in cmp.left_only + cmp.right_only + cmp.diff_files]
+            _, mismatch, errors = filecmp.cmpfiles(Path(tmp) / sub, a.root / sub, cmp.common_files, shallow=False)
+            stale += [f"{sub}/{n}" for n in mismatch + errors if f"{sub}/{n}" not in stale]
+    if stale:
+        print("out of date (run `make docs`): " + ", ".join(sorted(set(stale))), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

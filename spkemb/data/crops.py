@@ -1,0 +1,217 @@
+"""Random multi-crop views of utterances for self-supervised pretraining.
+
+A :data:`ViewSpec` lists groups of ``(n_crops, seconds)``: ``[(2, 2.0)]`` for MoCo and SimCLR (two
+2-s crops of each utterance), ``[(M, 2.0)]`` for CEL, ``[(2, 3.0), (4, 1.5)]`` for DINO (two long
+"global" crops then four short "local" ones). :class:`CropDataset` makes one item per utterance:
+for every crop it draws an offset from the manifest's duration (no header is read), decodes only
+those frames (a soundfile seek, at the file's own rate; resampled to the model's rate when they
+differ; segment ``start``/``end`` respected), pads an utterance shorter than the crop by repeating
+it, and runs the augmenter on each crop independently.
+
+All randomness of item ``i`` comes from :func:`~spkemb.data.sampler.item_rng` ``(seed, epoch, i)``,
+so the crops of a resumed run are those of the uninterrupted run whatever the number of workers.
+The epoch is taken from the index when the sampler yields
+:class:`~spkemb.data.sampler.EpochIndex` values, else from :meth:`CropDataset.set_epoch`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from spkemb.audio import load_audio, resample
+from spkemb.data.manifest import Utterance
+from spkemb.data.sampler import item_rng
+from spkemb.errors import InputError
+
+__all__ = ["ViewSpec", "CropDataset", "collate_crops", "check_views", "measure_loader"]
+
+ViewSpec = list[tuple[int, float]]
+"""Groups of crops: ``[(n_crops, seconds), ...]``; every crop of a group has the same length."""
+
+
+def check_views(views: Sequence[tuple[int, float]]) -> ViewSpec:
+    """Validate and normalise a view spec (raises ``ValueError``)."""
+    out: ViewSpec = []
+    for group in views:
+        try:
+            n, sec = group
+        except (TypeError, ValueError):
+            raise ValueError(f"a view group is (n_crops, seconds), got {group!r}") from None
+        if int(n) < 1 or float(sec) <= 0:
+            raise ValueError(f"a view group needs n_crops >= 1 and seconds > 0, got {group!r}")
+        out.append((int(n), float(sec)))
+    if not out:
+        raise ValueError("the view spec is empty")
+    return out
+
+
+class CropDataset(Dataset):
+    """Item ``i``: random crops of ``utts[i]``, grouped as ``views`` (see the module docstring).
+
+    Returns ``{"views": [array (n_crops, samples) float32 per group], "index": i}``, or ``None``
+    when the audio cannot be read (the Trainer's collate drops and counts those).
+    ``augmenter(x, sample_rate, rng) -> (y, record)`` is applied to every crop on its own; a
+    result whose length changed (speed perturbation) is cut or repeat-padded back to the crop
+    length.
+    """
+
+    def __init__(
+        self,
+        utts: Sequence[Utterance],
+        sample_rate: int,
+        views: Sequence[tuple[int, float]],
+        augmenter: Any | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.utts = list(utts)
+        self.sample_rate = int(sample_rate)
+        self.views = check_views(views)
+        self.augmenter = augmenter
+        self.seed = int(seed)
+        self.epoch = 0
+        self.lengths = [int(round(sec * self.sample_rate)) for _, sec in self.views]
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch used when the index does not carry one (``DataLoader`` workers hold copies of
+        the dataset: call this before they start, or use a sampler that yields ``EpochIndex``)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    @property
+    def crops_per_item(self) -> int:
+        return sum(n for n, _ in self.views)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        index = int(i)
+        epoch = int(getattr(i, "epoch", self.epoch))
+        rng = item_rng(self.seed, epoch, index)
+        u = self.utts[index]
+        try:
+            groups = self._read_crops(u, rng)
+        except InputError:
+            return None
+        if self.augmenter is not None:
+            for g, length in zip(groups, self.lengths, strict=True):
+                for k in range(len(g)):
+                    y, _ = self.augmenter(g[k], self.sample_rate, rng)
+                    g[k] = _fit(np.asarray(y, dtype=np.float32), length)
+        return {"views": [np.stack(g) for g in groups], "index": index}
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _span(self, u: Utterance) -> tuple[int, int, int]:
+        """(file rate, first frame, frames available) of the utterance or segment."""
+        fsr = int(u.sample_rate)
+        if fsr <= 0:
+            raise InputError(f"manifest gives sample_rate {u.sample_rate}", u.path)
+        first = int(round(u.start * fsr)) if u.start else 0
+        avail = int(math.floor(u.duration * fsr + 1e-6))
+        if u.end is not None:
+            to_end = int(round(u.end * fsr)) - first
+            avail = min(avail, to_end) if avail > 0 else to_end
+        return fsr, first, avail
+
+    def _read_crops(self, u: Utterance, rng: np.random.Generator) -> list[list[np.ndarray]]:
+        fsr, first, avail = self._span(u)
+        # Draw every offset first (a fixed number of draws per crop), then read.
+        plan: list[list[tuple[int, int, int]]] = []  # per group: (file offset, file frames, roll)
+        for (n, _), length in zip(self.views, self.lengths, strict=True):
+            need = int(math.ceil(length * fsr / self.sample_rate))
+            group = []
+            for _ in range(n):
+                if avail > need:
+                    group.append((int(rng.integers(0, avail - need + 1)), need, 0))
+                else:  # whole utterance, repeated from a random starting point
+                    group.append((0, -1, int(rng.integers(0, max(avail, 1)))))
+            plan.append(group)
+        whole: np.ndarray | None = None
+        out: list[list[np.ndarray]] = []
+        for group, length in zip(plan, self.lengths, strict=True):
+            crops = []
+            for off, frames, roll in group:
+                if frames < 0:
+                    if whole is None:
+                        whole = self._load(u, first, avail if avail > 0 else -1, fsr)
+                    shift = int(roll * self.sample_rate / fsr) % len(whole)
+                    x = np.roll(whole, -shift) if shift else whole
+                else:
+                    x = self._load(u, first + off, frames, fsr)
+                crops.append(_fit(x, length))
+            out.append(crops)
+        return out
+
+    def _load(self, u: Utterance, start_frame: int, num_frames: int, fsr: int) -> np.ndarray:
+        try:
+            x = load_audio(u.path, start_frame=start_frame, num_frames=num_frames)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise InputError(f"cannot read audio ({err})", u.path) from None
+        return resample(x, fsr, self.sample_rate) if fsr != self.sample_rate else x
+
+
+def _fit(x: np.ndarray, length: int) -> np.ndarray:
+    """Exactly ``length`` samples: the first ``length``, or the signal repeated to fill."""
+    n = len(x)
+    if n == length:
+        return x
+    if n > length:
+        return x[:length]
+    if n == 0:
+        return np.zeros(length, dtype=np.float32)
+    return np.tile(x, -(-length // n))[:length]
+
+
+def collate_crops(items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """Stack items of :class:`CropDataset` into a batch.
+
+    Returns ``{"views": [float32 tensor (B, n_crops, samples) per group], "index": long tensor (B,),
+    "skipped": number of ``None`` items left out}``. ``index`` holds the utterance (manifest row)
+    of each batch row, so a method can tell when two rows are the same utterance.
+    """
+    kept = [it for it in items if it is not None]
+    skipped = len(items) - len(kept)
+    if not kept:
+        return {"views": [], "index": torch.zeros(0, dtype=torch.long), "skipped": skipped}
+    n_groups = len(kept[0]["views"])
+    views = [torch.from_numpy(np.stack([it["views"][g] for it in kept])) for g in range(n_groups)]
+    index = torch.tensor([int(it["index"]) for it in kept], dtype=torch.long)
+    return {"views": views, "index": index, "skipped": skipped}
+
+
+def measure_loader(dataset: CropDataset, batch_size: int, workers: int, seconds: float) -> float:
+    """Crops per second that a ``DataLoader`` over ``dataset`` delivers.
+
+    Timing starts when the first batch arrives (worker start-up is not counted) and stops after
+    ``seconds`` (at least one more batch). Epochs repeat as needed.
+    """
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=collate_crops,
+        persistent_workers=workers > 0,
+        drop_last=False,
+    )
+    crops = 0
+    start: float | None = None
+    epoch = 0
+    while True:
+        dataset.set_epoch(epoch)
+        for batch in loader:
+            if start is None:
+                start = time.perf_counter()
+                continue
+            crops += sum(int(v.shape[0] * v.shape[1]) for v in batch["views"])
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                return crops / elapsed
+        epoch += 1

@@ -1,0 +1,311 @@
+"""Folder layouts: find the audio under a root and give every file an utt_id and a speaker.
+
+``utt_id`` is the file's path relative to the root, extension included, with ``/`` separators: the
+way VoxCeleb trial lists name files (``id10270/x6uYqmx31kE/00001.wav``). The speaker comes from the
+layout:
+
+* ``voxceleb``: ``<spk>/<session>/<utt>.wav``; the speaker is the first folder.
+* ``librispeech``: ``<spk>/<chapter>/<spk>-<chapter>-<utt>.flac``, or the files flat (or one level
+  down) as ``<spk>-<chapter>-<utt>.flac``; the speaker is the leading number of the file name.
+* ``cnceleb``: ``[data/]<spk>/<genre>-<session>-<utt>.flac``; the speaker is the first folder after an
+  optional ``data/``, or the ``idNNNNN-`` prefix of eval file names such as ``id00800-enroll.flac``.
+* ``regex``: ``speaker_regex`` is searched in the relative path; the speaker is its group named
+  ``speaker``, else its first group.
+* ``flat``: no speaker (unlabelled data).
+* ``auto``: decided per file: a LibriSpeech file name gives its leading number, else the first
+  folder (skipping a leading ``data/``), else no speaker.
+
+Durations and sample rates come from the file headers only (no decoding), read in parallel by a
+thread pool since the work is I/O bound. A file that cannot be used (unreadable, empty, 0 bytes,
+shorter than ``min_duration``, or whose name the layout cannot parse) is returned as a
+``(path, problem)`` pair and left out; it never stops the scan.
+
+Several roots: each root's utt_ids are relative to that root. If the same utt_id occurs under two
+roots, *every* utt_id is prefixed with its root's folder name (``<rootname>/<relpath>``) so that ids
+stay unique and uniform; if two such roots share a folder name, that is an :class:`InputError`.
+Speakers are never renamed (VoxCeleb, LibriSpeech and CN-Celeb speaker ids are global).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from spkemb.audio import AUDIO_EXTENSIONS, audio_info
+from spkemb.data.manifest import Utterance
+from spkemb.errors import InputError
+
+LAYOUTS = ("auto", "voxceleb", "librispeech", "cnceleb", "regex", "flat")
+DEFAULT_WORKERS = 8
+_CHUNK = 4096
+
+Problem = tuple[str, str]
+ProgressFn = Callable[[int, int], None]
+
+_LIBRI_NAME = re.compile(r"^(\d+)-(\d+)-(\d+)$")
+_CNCELEB_NAME = re.compile(r"^(id\d+)-")
+
+
+class _Unparsable(Exception):
+    """The layout cannot find a speaker in this file's path."""
+
+
+def list_audio(root: str | Path, extensions: Iterable[str] = AUDIO_EXTENSIONS) -> list[str]:
+    """Relative paths (``/`` separators, sorted) of the audio files under ``root``.
+
+    Hidden files and folders (names starting with ``.``, e.g. macOS ``._x.wav``) are skipped;
+    symbolic links to folders are followed once (a link loop is not walked twice).
+    """
+    exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+    root = Path(root)
+    found: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(root).as_posix()
+        for name in filenames:
+            if name.startswith(".") or not name.lower().endswith(exts):
+                continue
+            found.append(name if rel_dir == "." else f"{rel_dir}/{name}")
+    return sorted(found)
+
+
+def speaker_function(layout: str, speaker_regex: str | None = None) -> Callable[[str], str]:
+    """The function from a relative path (``/`` separators) to its speaker for ``layout``.
+
+    It raises ``_Unparsable`` (reported as a problem for that file) when the path does not fit.
+    """
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
+    if layout == "regex" or speaker_regex is not None:
+        if layout != "regex":
+            raise InputError(f"--speaker-regex goes with --layout regex, not --layout {layout}")
+        return _regex_speaker(speaker_regex)
+    return {
+        "auto": _auto_speaker,
+        "voxceleb": _voxceleb_speaker,
+        "librispeech": _librispeech_speaker,
+        "cnceleb": _cnceleb_speaker,
+        "flat": lambda rel: "",
+    }[layout]
+
+
+def _split(rel: str) -> tuple[list[str], str]:
+    parts = rel.split("/")
+    return parts[:-1], parts[-1]
+
+
+def _stem(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def _voxceleb_speaker(rel: str) -> str:
+    dirs, _ = _split(rel)
+    if not dirs:
+        raise _Unparsable("not inside a speaker folder (voxceleb layout: <spk>/<session>/<utt>)")
+    return dirs[0]
+
+
+def _librispeech_speaker(rel: str) -> str:
+    _, name = _split(rel)
+    m = _LIBRI_NAME.match(_stem(name))
+    if not m:
+        raise _Unparsable("file name is not <spk>-<chapter>-<utt> (librispeech layout)")
+    return m.group(1)
+
+
+def _cnceleb_speaker(rel: str) -> str:
+    dirs, name = _split(rel)
+    m = _CNCELEB_NAME.match(name)
+    if m:
+        return m.group(1)
+    if dirs and dirs[0] == "data":
+        dirs = dirs[1:]
+    if not dirs:
+        raise _Unparsable("not inside a speaker folder (cnceleb layout: data/<spk>/<genre>-<session>-<utt>)")
+    return dirs[0]
+
+
+def _auto_speaker(rel: str) -> str:
+    dirs, name = _split(rel)
+    m = _LIBRI_NAME.match(_stem(name))
+    if m:
+        return m.group(1)
+    if len(dirs) > 1 and dirs[0] == "data":
+        dirs = dirs[1:]
+    return dirs[0] if dirs else ""
+
+
+def _regex_speaker(speaker_regex: str | None) -> Callable[[str], str]:
+    if not speaker_regex:
+        raise InputError("--layout regex needs --speaker-regex RE (its first group, or group 'speaker')")
+    try:
+        rx = re.compile(speaker_regex)
+    except re.error as err:
+        raise InputError(f"--speaker-regex {speaker_regex!r} is not a valid regular expression ({err})") from None
+    if rx.groups == 0:
+        raise InputError(f"--speaker-regex {speaker_regex!r} has no group: put the speaker in (...) "
+                         "or (?P<speaker>...)")
+    group: int | str = "speaker" if "speaker" in rx.groupindex else 1
+
+    def speaker(rel: str) -> str:
+        m = rx.search(rel)
+        if not m or not m.group(group):
+            raise _Unparsable(f"path does not match --speaker-regex {speaker_regex!r}")
+        return m.group(group)
+
+    return speaker
+
+
+def _probe(path: str, min_duration: float) -> tuple[int, float] | str:
+    """(sample_rate, duration) from the header, or the problem as a string."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        info = audio_info(path)
+    except InputError as err:
+        return err.message
+    except OSError as err:
+        return f"cannot read ({err.strerror or type(err).__name__})"
+    if info.duration < min_duration:
+        return f"too short ({info.duration:.3f} s < minimum {min_duration:g} s)"
+    return info.sample_rate, info.duration
+
+
+def probe_headers(
+    paths: Sequence[str],
+    min_duration: float = 0.0,
+    workers: int = DEFAULT_WORKERS,
+    progress: ProgressFn | None = None,
+) -> list[tuple[int, float] | str]:
+    """Header facts ``(sample_rate, duration)`` or a problem string for each path, in order."""
+    out: list[tuple[int, float] | str] = []
+    total = len(paths)
+    if progress:
+        progress(0, total)
+    if not paths:
+        return out
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, total))) as pool:
+        # In chunks, so that a million-file corpus does not queue a million futures at once.
+        for first in range(0, total, _CHUNK):
+            for res in pool.map(lambda p: _probe(p, min_duration), paths[first:first + _CHUNK]):
+                out.append(res)
+                if progress:
+                    progress(len(out), total)
+    return out
+
+
+def scan(
+    root: str | Path | Sequence[str | Path],
+    layout: str = "auto",
+    speaker_regex: str | None = None,
+    extensions: Iterable[str] = AUDIO_EXTENSIONS,
+    workers: int = DEFAULT_WORKERS,
+    min_duration: float = 0.0,
+    progress: ProgressFn | None = None,
+) -> tuple[list[Utterance], list[Problem]]:
+    """Scan one root (or several) for audio; return (utterances sorted by utt_id, problems).
+
+    A missing root, or a root with no audio at all, is an :class:`InputError` naming it. Files the
+    layout cannot parse or whose header is bad come back as ``(path, problem)`` and are left out.
+    ``progress(done, total)`` is called while headers are read.
+    """
+    if not isinstance(root, (str, Path)):
+        per_root = []
+        problems: list[Problem] = []
+        for r in root:
+            utts, probs = scan(r, layout, speaker_regex, extensions, workers, min_duration, progress)
+            per_root.append((r, utts))
+            problems += probs
+        return merge_roots(per_root), sorted(problems)
+    speaker_of = speaker_function(layout, speaker_regex)
+    root_path = Path(root)
+    if not root_path.exists():
+        raise InputError("no such folder", root)
+    if not root_path.is_dir():
+        raise InputError("not a folder", root)
+    exts = tuple(extensions)
+    rels = list_audio(root_path, exts)
+    if not rels:
+        raise InputError(f"no audio files here (looked for {', '.join(exts)})", root)
+    base = root_path.absolute()
+    problems = []
+    candidates: list[tuple[str, str, str]] = []  # rel, abs path, speaker
+    for rel in rels:
+        path = str(base / rel)
+        if any(c in rel for c in "\t\n\r"):
+            problems.append((path, "name contains a tab or newline, which a manifest cannot hold"))
+            continue
+        try:
+            spk = speaker_of(rel)
+        except _Unparsable as err:
+            problems.append((path, str(err)))
+            continue
+        candidates.append((rel, path, spk))
+    facts = probe_headers([c[1] for c in candidates], min_duration, workers, progress)
+    utts: list[Utterance] = []
+    for (rel, path, spk), fact in zip(candidates, facts, strict=True):
+        if isinstance(fact, str):
+            problems.append((path, fact))
+        else:
+            sr, dur = fact
+            utts.append(Utterance(utt_id=rel, path=path, speaker=spk, duration=dur, sample_rate=sr))
+    utts.sort(key=lambda u: u.utt_id)
+    return utts, sorted(problems)
+
+
+def merge_roots(per_root: Sequence[tuple[str | Path, list[Utterance]]]) -> list[Utterance]:
+    """Join the utterances of several roots (see the module doc for the collision rule).
+
+    The same root given twice (after resolving) is taken once.
+    """
+    unique: list[tuple[str | Path, list[Utterance]]] = []
+    seen_roots: set[str] = set()
+    for r, utts in per_root:
+        key = os.path.realpath(r)
+        if key not in seen_roots:
+            seen_roots.add(key)
+            unique.append((r, utts))
+    if roots_collide(unique):
+        names = [Path(os.path.abspath(r)).name for r, _ in unique]
+        for k, name in enumerate(names):
+            if names.count(name) > 1 or not name:
+                raise InputError(f"utt_ids collide between roots and this root's folder name {name!r} "
+                                 "is not unique either, so they cannot be told apart; rename or link it",
+                                 unique[k][0])
+        merged = [replace(u, utt_id=f"{name}/{u.utt_id}") for name, (_, utts) in zip(names, unique, strict=True)
+                  for u in utts]
+    else:
+        merged = [u for _, utts in unique for u in utts]
+    merged.sort(key=lambda u: u.utt_id)
+    return merged
+
+
+def roots_collide(per_root: Sequence[tuple[str | Path, list[Utterance]]]) -> bool:
+    """Whether :func:`merge_roots` would prefix utt_ids with the roots' folder names."""
+    ids: set[str] = set()
+    seen_roots: set[str] = set()
+    for r, utts in per_root:
+        key = os.path.realpath(r)
+        if key in seen_roots:
+            continue
+        seen_roots.add(key)
+        these = {u.utt_id for u in utts}
+        if ids & these:
+            return True
+        ids |= these
+    return False

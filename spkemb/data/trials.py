@@ -1,0 +1,196 @@
+"""Trial lists: read the field's formats, write them, and generate new lists from a manifest.
+
+Formats (auto-detected per file):
+
+* VoxCeleb ``label enroll test`` with ``1`` = target, ``0`` = non-target (``veri_test2.txt``);
+* Kaldi ``enroll test target|nontarget``;
+* unlabelled ``enroll test``;
+* a spkemb/Kaldi scores file ``enroll test score [target|nontarget]`` is also a trial list.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spkemb.data.manifest import Utterance, atomic_write_text
+from spkemb.errors import InputError
+
+_KALDI = {"target": 1, "nontarget": 0}
+
+
+@dataclass
+class Trials:
+    """Parallel lists of enrolment and test ids, with labels (1 target, 0 non-target) when known."""
+
+    enroll: list[str]
+    test: list[str]
+    labels: np.ndarray | None = None  # int8, same length
+
+    def __len__(self) -> int:
+        return len(self.enroll)
+
+    @property
+    def n_target(self) -> int:
+        return 0 if self.labels is None else int(self.labels.sum())
+
+    @property
+    def n_nontarget(self) -> int:
+        return 0 if self.labels is None else int(len(self.labels) - self.labels.sum())
+
+
+def read_trials(path: str | Path) -> Trials:
+    """Read a trial list (``-`` for stdin); a malformed line raises InputError with its number."""
+    if str(path) == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError("no such trial list", path)
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise InputError("not a text trial list (cannot decode as UTF-8)", path) from None
+    enroll: list[str] = []
+    test: list[str] = []
+    labels: list[int] = []
+    kind: str | None = None
+    for lineno, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        this, label, e, t = _parse(fields)
+        if this is None:
+            raise InputError(f"line {lineno}: cannot parse trial {line.strip()!r} "
+                             "(expected 'label enroll test', 'enroll test target|nontarget' or 'enroll test')",
+                             path)
+        if kind is None:
+            kind = this
+        elif (kind == "unlabelled") != (this == "unlabelled"):
+            raise InputError(f"line {lineno}: {line.strip()!r} has {len(fields)} fields, but the list started as "
+                             f"{kind} trials", path)
+        enroll.append(e)
+        test.append(t)
+        if label is not None:
+            labels.append(label)
+    if not enroll:
+        raise InputError("trial list has no trials", path)
+    arr = np.asarray(labels, dtype=np.int8) if kind != "unlabelled" else None
+    return Trials(enroll, test, arr)
+
+
+def _parse(f: list[str]) -> tuple[str | None, int | None, str, str]:
+    n = len(f)
+    if n == 3 and f[0] in ("0", "1"):
+        return "voxceleb", int(f[0]), f[1], f[2]
+    if n == 3 and f[2] in _KALDI:
+        return "kaldi", _KALDI[f[2]], f[0], f[1]
+    if n == 2:
+        return "unlabelled", None, f[0], f[1]
+    if n == 4 and f[3] in _KALDI and _is_float(f[2]):
+        return "kaldi", _KALDI[f[3]], f[0], f[1]
+    if n == 3 and _is_float(f[2]):
+        return "unlabelled", None, f[0], f[1]
+    return None, None, "", ""
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def format_trials(trials: Trials, fmt: str = "voxceleb") -> str:
+    """``voxceleb`` (label enroll test) or ``kaldi`` (enroll test target|nontarget)."""
+    if fmt not in ("voxceleb", "kaldi"):
+        raise InputError(f"unknown trial format {fmt!r} (voxceleb or kaldi)")
+    out = []
+    for i, (e, t) in enumerate(zip(trials.enroll, trials.test, strict=True)):
+        if trials.labels is None:
+            out.append(f"{e} {t}")
+        elif fmt == "voxceleb":
+            out.append(f"{int(trials.labels[i])} {e} {t}")
+        else:
+            out.append(f"{e} {t} {'target' if trials.labels[i] else 'nontarget'}")
+    return "\n".join(out) + "\n"
+
+
+def write_trials(trials: Trials, path: str | Path, fmt: str = "voxceleb") -> None:
+    text = format_trials(trials, fmt)
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(path, text)
+
+
+def generate_trials(
+    utts: Iterable[Utterance],
+    n_target: int,
+    n_nontarget: int,
+    seed: int = 0,
+    exclude_speakers: Iterable[str] = (),
+) -> Trials:
+    """Draw distinct target and non-target pairs (no self-pairs, no repeated pair) from labelled utterances.
+
+    Speakers in ``exclude_speakers`` (e.g. a training manifest's) are left out, so the list is
+    speaker-disjoint from training. Asking for more pairs than exist is an InputError.
+    """
+    excluded = set(exclude_speakers)
+    by_spk: dict[str, list[str]] = defaultdict(list)
+    for u in utts:
+        if u.speaker and u.speaker not in excluded:
+            by_spk[u.speaker].append(u.utt_id)
+    spks = sorted(by_spk)
+    if len(spks) < 2:
+        raise InputError(f"need at least 2 labelled speakers to make trials, found {len(spks)}")
+    ids = [i for s in spks for i in sorted(by_spk[s])]
+    spk_of = np.array([k for k, s in enumerate(spks) for _ in by_spk[s]])
+    n = len(ids)
+    sizes = np.bincount(spk_of)
+    max_target = int((sizes * (sizes - 1) // 2).sum())
+    max_non = n * (n - 1) // 2 - max_target
+    if n_target > max_target or n_nontarget > max_non:
+        raise InputError(f"asked for {n_target} target / {n_nontarget} non-target trials, but these "
+                         f"utterances allow at most {max_target} / {max_non}")
+    rng = np.random.default_rng(seed)
+    pairs: dict[int, set[tuple[int, int]]] = {1: set(), 0: set()}
+    want = {1: n_target, 0: n_nontarget}
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    for label in (1, 0):
+        # Rejection sampling is fast when the request is a small part of all pairs; otherwise enumerate.
+        total = max_target if label else max_non
+        if want[label] > total // 4:
+            cand = [(i, j) for i in range(n) for j in range(i + 1, n) if (spk_of[i] == spk_of[j]) == bool(label)]
+            pick = rng.choice(len(cand), size=want[label], replace=False)
+            pairs[label] = {cand[k] for k in pick}
+            continue
+        while len(pairs[label]) < want[label]:
+            i = int(rng.integers(n))
+            if label:
+                s = spk_of[i]
+                if sizes[s] < 2:
+                    continue
+                j = int(rng.integers(starts[s], starts[s + 1]))
+            else:
+                j = int(rng.integers(n))
+                if spk_of[i] == spk_of[j]:
+                    continue
+            if i == j:
+                continue
+            pairs[label].add((min(i, j), max(i, j)))
+    rows = [(i, j, 1) for i, j in sorted(pairs[1])] + [(i, j, 0) for i, j in sorted(pairs[0])]
+    order = rng.permutation(len(rows))
+    rows = [rows[k] for k in order]
+    return Trials(
+        enroll=[ids[i] for i, _, _ in rows],
+        test=[ids[j] for _, j, _ in rows],
+        labels=np.array([lab for _, _, lab in rows], dtype=np.int8),
+    )

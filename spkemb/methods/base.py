@@ -1,0 +1,108 @@
+"""The contract between a training method (moco, simclr, cel, dino, supervised) and the Trainer.
+
+A method is an ``nn.Module`` that owns every network and every piece of state it trains with,
+and turns one batch into one loss. The :class:`~spkemb.train.trainer.Trainer` owns everything
+else: device, precision, DDP, optimiser, schedule, checkpoints, logging and the data order.
+
+What a method provides
+----------------------
+``encoder``
+    The speaker encoder (waveform or features -> embedding) that training produces. The trainer
+    does not touch it itself; the command's ``export_encoder`` callable writes it to
+    ``encoder.pt`` at the end.
+``forward(batch) -> (loss, logs)``
+    ``batch`` is whatever the command's collate function made (tensors, or dicts/lists/tuples of
+    tensors), already moved to the training device. Return a scalar loss tensor (the trainer calls
+    ``backward`` on it) and a dict of Python floats to log (``{"acc": 0.93}``; use
+    ``tensor.item()``, keep it small: it is averaged over the log interval and written to
+    metrics.jsonl). Do not call ``backward``, ``optimizer.step`` or ``zero_grad``.
+    ``forward`` runs under ``torch.autocast`` when the precision is bf16/fp16; run numerically
+    sensitive parts (softmax over many logits, log-sum-exp) in float32 (see
+    ``spkemb.losses._common.float32_region``).
+``after_step(step, total_steps)``
+    Called once after every optimiser step, on the unwrapped module, with ``step`` = the number
+    of steps taken so far (1 after the first) and ``total_steps`` = ``max_steps`` or ``None`` when
+    only a time budget bounds the run. For EMA teacher / key-encoder updates, momentum schedules,
+    queue and centre updates that must see the updated student. Default: nothing.
+    For schedules, ``self.progress`` (set by the trainer before every ``forward``, in [0, 1]) is
+    the fraction of the run done, also meaningful for time-bounded runs.
+
+State and checkpoints
+---------------------
+Everything a method carries from one step to the next must be in its ``state_dict``: parameters,
+or buffers registered with ``register_buffer`` (persistent). A queue pointer, a centre, an EMA
+copy: tensors, never plain Python attributes, or a resumed run will not be the run that was
+never interrupted. Frozen networks (EMA teacher, MoCo key encoder) are parameters with
+``requires_grad=False`` (see :func:`freeze`); the optimiser only gets parameters that require
+gradients.
+
+Randomness: use the global torch generator (e.g. ``torch.rand``, dropout) freely; its state is
+checkpointed per rank. Do not create unseeded generators of your own.
+
+Distributed training (DDP under torchrun)
+-----------------------------------------
+* The trainer wraps the method in ``DistributedDataParallel``; ``forward`` is called through the
+  wrapper, ``after_step`` on the method itself. At wrap time all parameters (frozen ones too) and
+  buffers are broadcast from rank 0, so every rank starts identical.
+* Buffers are **not** re-broadcast before each forward (``forward_sync_buffers`` is off unless
+  the class sets ``ddp_sync_buffers = True``): a method must keep its own buffers identical on all
+  ranks. Build them from data every rank sees: enqueue ``concat_all_gather(keys)`` rather than the
+  local keys, update a DINO centre with ``all_reduce(batch_centre, "mean")``. EMA updates from the
+  (all-reduced, hence identical) student weights stay identical by themselves. BatchNorm running
+  statistics stay per-rank; rank 0's are the ones saved and exported.
+* Collective calls (``spkemb.train.distributed.concat_all_gather``, ``all_reduce``) may be made in
+  ``forward`` and ``after_step``: every rank runs ``forward`` and ``after_step`` for the same
+  steps, in the same order (a step whose batch lost all its items on any rank is skipped on every
+  rank). Batches may differ by a few items between ranks when a dataset returned ``None`` for
+  unreadable items: ``concat_all_gather`` handles uneven sizes, and a queue must accept an enqueue
+  of any size (wrap around rather than assert ``queue_size % batch == 0``).
+* Set ``ddp_find_unused_parameters = True`` on the class when some trainable parameters get no
+  gradient in some steps (DDP otherwise stops with an error).
+* Alone (no torchrun) the collectives return their input, so one code path serves both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class Method(nn.Module):
+    """Base class of the training methods; see the module docstring for the contract."""
+
+    encoder: nn.Module
+    #: how many crops (encoder inputs) one dataset item becomes; for the crops/s throughput figure
+    crops_per_item: int = 1
+    #: re-broadcast buffers from rank 0 before every forward under DDP (off: the method syncs them)
+    ddp_sync_buffers: bool = False
+    #: let DDP tolerate trainable parameters without a gradient in a step
+    ddp_find_unused_parameters: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress = 0.0  # set by the trainer before every forward: fraction of the run done
+
+    def forward(self, batch: Any) -> tuple[Tensor, dict[str, float]]:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(batch) -> (loss, logs)")
+
+    def after_step(self, step: int, total_steps: int | None) -> None:
+        """Called after each optimiser step (``step`` = steps taken). Default: nothing."""
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Turn off gradients for every parameter of ``module`` (an EMA teacher or key encoder)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
+    """``target = momentum * target + (1 - momentum) * source`` for parameters; buffers
+    (e.g. BatchNorm statistics) are copied from ``source``. The two modules must match in structure."""
+    for t, s in zip(target.parameters(), source.parameters(), strict=True):
+        t.lerp_(s.detach(), 1.0 - momentum)
+    for t, s in zip(target.buffers(), source.buffers(), strict=True):
+        t.copy_(s)

@@ -1,0 +1,60 @@
+"""Device and precision choices shared by extraction and training."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from spkemb.errors import InputError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` (CUDA if present, under torchrun the local rank's GPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {spec}: CUDA is not available on this machine (use cpu or auto)")
+        if spec == "cuda":
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise InputError(f"--device {spec}: not a device (auto, cpu, cuda, cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {spec}: only cpu and cuda are supported")
+    return dev
+
+
+def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision}: choose fp32, bf16 or fp16")
+    if precision == "fp16" and device.type == "cpu":
+        raise InputError("--precision fp16 is for CUDA; on the CPU use bf16 (fast with AMX/AVX512-BF16)")
+    return PRECISIONS[precision]
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """An autocast region for bf16/fp16, or a null context for fp32."""
+    dtype = check_precision(precision, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def set_threads(threads: int | None) -> None:
+    """Intra-op threads for the main process (default: all cores, but at least 1)."""
+    if threads:
+        torch.set_num_threads(max(1, threads))
+
+
+def worker_init(_: int) -> None:
+    """DataLoader workers decode audio; one torch thread each keeps them off the model's cores."""
+    torch.set_num_threads(1)

@@ -1,0 +1,154 @@
+"""Process groups and devices: one process per GPU (or per CPU group) started by ``torchrun``.
+
+``torchrun --nproc_per_node N -m spkemb pretrain ...`` sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`setup` reads them and joins the group
+(NCCL on CUDA, gloo on CPU). Without them (a plain ``spkemb pretrain``) everything here is a
+no-op for a world of one, so callers never need to branch on "distributed or not".
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from spkemb.errors import InputError
+
+
+def env_world_size() -> int:
+    """WORLD_SIZE as set by torchrun (1 when absent)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    """LOCAL_RANK as set by torchrun (0 when absent)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def local_world_size() -> int:
+    """Processes on this machine (LOCAL_WORLD_SIZE from torchrun; 1 when absent)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` = CUDA if available else CPU; ``cuda`` under torchrun = ``cuda:LOCAL_RANK``.
+
+    An explicit ``cuda:N`` is taken as given. Asking for CUDA where there is none is an
+    :class:`InputError`.
+    """
+    spec = spec.strip().lower()
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec not in ("auto", "cuda") and not spec.startswith("cuda:"):
+        raise InputError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}")
+    if not torch.cuda.is_available():
+        if spec == "auto":
+            return torch.device("cpu")
+        raise InputError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+    if spec in ("auto", "cuda"):
+        index = local_rank() if "LOCAL_RANK" in os.environ else torch.cuda.current_device()
+    else:
+        try:
+            index = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise InputError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}") from None
+    if index >= torch.cuda.device_count():
+        raise InputError(f"--device {spec}: no CUDA device {index} (this machine has {torch.cuda.device_count()})")
+    return torch.device("cuda", index)
+
+
+def setup(device: str = "auto") -> torch.device:
+    """Resolve the device and, under torchrun with WORLD_SIZE > 1, join the process group.
+
+    Idempotent: a group that is already initialised is kept as it is.
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if env_world_size() > 1 and not is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend=backend, init_method="env://", **kwargs)
+    return dev
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a plain single-process run): the process that writes files."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Leave the process group (call once, at the very end of a command)."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+@torch.no_grad()
+def concat_all_gather(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` from every rank along dim 0, in rank order (no gradient flows back).
+
+    Ranks may hold different numbers of rows (a batch that lost unreadable items): sizes are
+    exchanged first and the rows padded and trimmed. Every rank must call this at the same point.
+    """
+    if not is_initialized() or world_size() == 1:
+        return t.detach()
+    t = t.detach().contiguous()
+    n = torch.tensor([t.shape[0]], device=t.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    counts = [int(s.item()) for s in sizes]
+    longest = max(counts)
+    if t.shape[0] < longest:
+        pad = t.new_zeros((longest - t.shape[0], *t.shape[1:]))
+        t = torch.cat([t, pad])
+    out = [torch.empty_like(t) for _ in counts]
+    dist.all_gather(out, t)
+    return torch.cat([o[:c] for o, c in zip(out, counts, strict=True)])
+
+
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce (``sum``, ``max``, ``min`` or ``mean``); returns ``t``. No-op alone."""
+    if not is_initialized() or world_size() == 1:
+        return t
+    if op == "mean":
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.div_(world_size())
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    dist.all_reduce(t, op=ops[op])
+    return t
+
+
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` alone."""
+    if not is_initialized() or world_size() == 1:
+        return [obj]
+    out: list[object] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Rank ``src``'s ``obj`` on every rank (picklable); ``obj`` alone."""
+    if not is_initialized() or world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

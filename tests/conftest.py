@@ -1,0 +1,20 @@
+"""Shared fixtures: a tiny synthetic corpus, made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from spkemb.data.synthetic import make_corpus
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 speakers x 4 utterances of 1-2 s at 16 kHz, VoxCeleb layout (``spk/sess/utt.wav``)."""
+    root = tmp_path_factory.mktemp("corpus")
+    make_corpus(root, n_speakers=6, utts_per_speaker=4, seconds=(1.0, 2.0), sample_rate=16000, seed=0)
+    return root

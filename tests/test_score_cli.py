@@ -1,0 +1,143 @@
+"""`spkemb score` end to end through the Typer app, on tiny stores written in tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from spkemb.cli.app import app
+from spkemb.embeddings.store import write_embeddings
+from spkemb.scoring.metrics import summarize
+
+runner = CliRunner()
+
+N_SPK, PER_SPK, DIM = 4, 3, 8
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict[str, Path]:
+    """Store of 4 speakers x 3 utterances (clustered vectors), a cohort store, trial lists in both formats."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(N_SPK, DIM)) * 3
+    ids, vecs = [], []
+    for s in range(N_SPK):
+        for u in range(PER_SPK):
+            ids.append(f"spk{s}/sess/{u:05d}.wav")
+            vecs.append(centres[s] + rng.normal(size=DIM))
+    emb = tmp_path / "emb.h5"
+    write_embeddings(emb, ids, np.array(vecs), speakers=[i.split("/")[0] for i in ids])
+    cohort = tmp_path / "cohort.h5"
+    write_embeddings(cohort, [f"c{i}" for i in range(20)], rng.normal(size=(20, DIM)))
+    vox, kaldi, plain = [], [], []
+    for i in range(len(ids)):
+        for j in range(i + 1, len(ids)):
+            lab = int(ids[i][:4] == ids[j][:4])
+            vox.append(f"{lab} {ids[i]} {ids[j]}")
+            kaldi.append(f"{ids[i]} {ids[j]} {'target' if lab else 'nontarget'}")
+            plain.append(f"{ids[i]} {ids[j]}")
+    paths = {"emb": emb, "cohort": cohort}
+    for name, lines in (("vox", vox), ("kaldi", kaldi), ("plain", plain)):
+        paths[name] = tmp_path / f"{name}.txt"
+        paths[name].write_text("\n".join(lines) + "\n")
+    return paths
+
+
+def _score_lines(text: str) -> list[list[str]]:
+    return [line.split() for line in text.splitlines() if line.strip()]
+
+
+def test_both_labelled_formats_give_the_same_scores(setup: dict[str, Path]) -> None:
+    out = {}
+    for fmt in ("vox", "kaldi"):
+        r = runner.invoke(app, ["score", str(setup[fmt]), str(setup["emb"])])
+        assert r.exit_code == 0, r.output
+        rows = _score_lines(r.stdout)
+        assert len(rows) == 66 and all(len(row) == 4 for row in rows)
+        assert {row[3] for row in rows} == {"target", "nontarget"}
+        assert "EER" in r.stderr and "minDCF" in r.stderr
+        out[fmt] = rows
+    assert out["vox"] == out["kaldi"]
+    # The scores file is itself a labelled trial list: its EER matches the summary.
+    scores = np.array([float(r[2]) for r in out["vox"]])
+    labels = np.array([r[3] == "target" for r in out["vox"]], dtype=np.int8)
+    assert summarize(scores, labels)["targets"] == N_SPK * PER_SPK * (PER_SPK - 1) // 2
+
+
+def test_unlabelled_trials_from_stdin(setup: dict[str, Path]) -> None:
+    r = runner.invoke(app, ["score", "-", str(setup["emb"])], input=setup["plain"].read_text())
+    assert r.exit_code == 0, r.output
+    rows = _score_lines(r.stdout)
+    assert len(rows) == 66 and all(len(row) == 3 for row in rows)
+    assert "EER" not in r.stderr
+
+
+def test_json_summary_and_output_file(setup: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "scores.txt"
+    r = runner.invoke(app, ["score", str(setup["vox"]), str(setup["emb"]), "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)  # exactly one JSON object, nothing else on stdout
+    for key in ("eer", "mindcf_p0.01", "mindcf_p0.05", "targets", "nontargets", "trials", "skipped"):
+        assert key in summary
+    assert summary["trials"] == 66 and summary["skipped"] == 0
+    assert summary["targets"] + summary["nontargets"] == 66
+    rows = _score_lines(out.read_text())
+    assert len(rows) == 66 and all(len(row) == 4 for row in rows)
+    scores = np.array([float(row[2]) for row in rows])
+    labels = np.array([row[3] == "target" for row in rows], dtype=np.int8)
+    assert summary["eer"] == pytest.approx(summarize(scores, labels)["eer"], abs=1e-2)
+    # --json without -o: the summary only.
+    r = runner.invoke(app, ["score", str(setup["vox"]), str(setup["emb"]), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["trials"] == 66
+
+
+def test_malformed_line_is_one_clear_error_and_keeps_output(setup: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    lines = setup["vox"].read_text().splitlines()
+    lines[2] = "1 only-two-fields-and-extra garbage here"
+    bad.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scores.txt"
+    out.write_text("precious\n")
+    r = runner.invoke(app, ["score", str(bad), str(setup["emb"]), "-o", str(out)])
+    assert r.exit_code == 2
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(err) == 1, r.stderr
+    assert str(bad) in err[0] and "line 3" in err[0] and "Traceback" not in r.stderr
+    assert out.read_text() == "precious\n"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temp file left
+
+
+def test_missing_ids_fail_unless_skipped(setup: dict[str, Path], tmp_path: Path) -> None:
+    trials = tmp_path / "t.txt"
+    trials.write_text(setup["vox"].read_text() + "1 ghost1.wav spk0/sess/00000.wav\n0 ghost2.wav ghost1.wav\n")
+    out = tmp_path / "scores.txt"
+    out.write_text("precious\n")
+    r = runner.invoke(app, ["score", str(trials), str(setup["emb"]), "-o", str(out)])
+    assert r.exit_code == 2
+    assert "2 trial ids are not in" in r.stderr and "ghost1.wav" in r.stderr and "--skip-missing" in r.stderr
+    assert out.read_text() == "precious\n"
+    r = runner.invoke(app, ["score", str(trials), str(setup["emb"]), "--skip-missing", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["skipped"] == 2 and summary["trials"] == 66
+
+
+@pytest.mark.parametrize("norm", ["mean", "standardize", "asnorm"])
+def test_norms_run_with_a_cohort(setup: dict[str, Path], norm: str) -> None:
+    r = runner.invoke(app, ["score", str(setup["vox"]), str(setup["emb"]), "--cohort", str(setup["cohort"]),
+                            "--norm", norm, "--top-k", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["norm"] == norm and summary["eer"] < 20
+
+
+def test_usage_errors(setup: dict[str, Path], tmp_path: Path) -> None:
+    r = runner.invoke(app, ["score", str(setup["vox"]), str(setup["emb"]), "--norm", "asnorm"])
+    assert r.exit_code == 2 and "--cohort" in r.stderr
+    r = runner.invoke(app, ["score", str(setup["vox"]), str(tmp_path / "nope.h5")])
+    assert r.exit_code == 2 and "nope.h5" in r.stderr and "Traceback" not in r.stderr
+    r = runner.invoke(app, ["score", str(setup["vox"]), str(setup["emb"]), "--cohort", str(setup["cohort"])])
+    assert r.exit_code == 2
