@@ -19,8 +19,14 @@ from pathlib import Path
 
 from spkemb.errors import InputError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 COLUMNS = ("utt_id", "path", "speaker", "duration", "sample_rate")
-SEGMENT_COLUMNS = ("start", "end")
+SEGMENT__UMASK = os.umask(0)
+os.umask(_UMASK)
+
+COLUMNS = ("start", "end")
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

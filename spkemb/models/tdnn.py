@@ -40,7 +40,9 @@ def masked_mean_std(x: Tensor, mask: Tensor | None, eps: float = 1e-5) -> tuple[
     """
     x = x.float()
     if mask is None:
-        var, mean = torch.var_mean(x, dim=2, correction=0)
+        # (torch.var_mean is several times slower than this on the CPU.)
+        mean = x.mean(dim=2)
+        var = torch.linalg.vecdot(x, x, dim=2) / x.shape[2] - mean.square()
         return mean, var.clamp(min=eps).sqrt()
     mask = mask.float()
     n = mask.sum(dim=2).clamp(min=1.0)  # (B, 1)
