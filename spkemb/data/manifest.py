@@ -23,10 +23,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 COLUMNS = ("utt_id", "path", "speaker", "duration", "sample_rate")
-SEGMENT__UMASK = os.umask(0)
-os.umask(_UMASK)
-
-COLUMNS = ("start", "end")
+SEGMENT_COLUMNS = ("start", "end")
 
 
 @dataclass(frozen=True)

@@ -338,10 +338,12 @@ class Trainer:
         )
         task = bar.add_task(cfg.method, total=cfg.max_steps, completed=step, info="")
         done = self._finished(step, elapsed)
+        batches: Iterator[CollatedBatch] | None = None
+        empty_run = 0  # consecutive batches that lost all their items
         try:
             with bar:
                 while not done:
-                    batches: Iterator[CollatedBatch] = iter(loader)
+                    batches = iter(loader)
                     for batch in batches:
                         # What every rank must agree on before the step: empty batch? elapsed time?
                         sync = torch.tensor(
@@ -356,8 +358,13 @@ class Trainer:
                             break
                         sampler.mark_consumed()
                         skipped_total += int(n_skipped)
-                        if empty:
-                            continue  # every item of this batch was unreadable (on some rank)
+                        if empty:  # every item of this batch was unreadable (on some rank)
+                            empty_run += 1
+                            if empty_run > sampler.batches_per_epoch:
+                                raise WorkError("a whole epoch of training items was unreadable (the dataset "
+                                                "returned None for every item); check the manifest's audio paths")
+                            continue
+                        empty_run = 0
 
                         lr = lr_at(step, elapsed, base_lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
                                    max_steps=cfg.max_steps, max_minutes=cfg.max_minutes)
@@ -390,13 +397,14 @@ class Trainer:
                         if self._finished(step, elapsed):
                             done = True
                             break
-                    del batches
+                    batches = None
             log_line(step)
             if step > last_saved:
                 last_path, last_saved = save(step) or last_path, step
         finally:
             if metrics is not None:
                 metrics.close()
+            batches = None
             del loader  # shut persistent workers down now, also when an error is on its way up
 
         encoder_path = None
