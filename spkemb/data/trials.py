@@ -161,32 +161,14 @@ def generate_trials(
         raise InputError(f"asked for {n_target} target / {n_nontarget} non-target trials, but these "
                          f"utterances allow at most {max_target} / {max_non}")
     rng = np.random.default_rng(seed)
-    pairs: dict[int, set[tuple[int, int]]] = {1: set(), 0: set()}
-    want = {1: n_target, 0: n_nontarget}
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    for label in (1, 0):
-        # Rejection sampling is fast when the request is a small part of all pairs; otherwise enumerate.
-        total = max_target if label else max_non
-        if want[label] > total // 4:
-            cand = [(i, j) for i in range(n) for j in range(i + 1, n) if (spk_of[i] == spk_of[j]) == bool(label)]
-            pick = rng.choice(len(cand), size=want[label], replace=False)
-            pairs[label] = {cand[k] for k in pick}
-            continue
-        while len(pairs[label]) < want[label]:
-            i = int(rng.integers(n))
-            if label:
-                s = spk_of[i]
-                if sizes[s] < 2:
-                    continue
-                j = int(rng.integers(starts[s], starts[s + 1]))
-            else:
-                j = int(rng.integers(n))
-                if spk_of[i] == spk_of[j]:
-                    continue
-            if i == j:
-                continue
-            pairs[label].add((min(i, j), max(i, j)))
-    rows = [(i, j, 1) for i, j in sorted(pairs[1])] + [(i, j, 0) for i, j in sorted(pairs[0])]
+    # Targets: enumerate within-speaker pairs (cheap: sum of squared speaker sizes) and draw.
+    ti, tj = zip(*[(a, b) for s in range(len(spks)) for a in range(starts[s], starts[s + 1])
+                   for b in range(a + 1, starts[s + 1])], strict=True) if max_target else ((), ())
+    pick = rng.choice(max_target, size=n_target, replace=False) if n_target else np.zeros(0, int)
+    targets = {(ti[k], tj[k]) for k in pick}
+    nontargets = _draw_nontargets(spk_of, n_nontarget, max_non, rng)
+    rows = [(i, j, 1) for i, j in sorted(targets)] + [(i, j, 0) for i, j in sorted(nontargets)]
     order = rng.permutation(len(rows))
     rows = [rows[k] for k in order]
     return Trials(
@@ -194,3 +176,25 @@ def generate_trials(
         test=[ids[j] for _, j, _ in rows],
         labels=np.array([lab for _, _, lab in rows], dtype=np.int8),
     )
+
+
+def _draw_nontargets(spk_of: np.ndarray, want: int, total: int, rng: np.random.Generator) -> set[tuple[int, int]]:
+    """Distinct cross-speaker pairs (i < j): vectorised rejection sampling, or full enumeration when
+    the request is a large part of all pairs (only then is enumeration both needed and small)."""
+    n = len(spk_of)
+    if want > total // 2:
+        i, j = np.triu_indices(n, k=1)
+        cross = spk_of[i] != spk_of[j]
+        i, j = i[cross], j[cross]
+        pick = rng.choice(len(i), size=want, replace=False)
+        return set(zip(i[pick].tolist(), j[pick].tolist(), strict=True))
+    chosen: set[tuple[int, int]] = set()
+    while len(chosen) < want:
+        m = 2 * (want - len(chosen)) + 16
+        a, b = rng.integers(n, size=m), rng.integers(n, size=m)
+        ok = spk_of[a] != spk_of[b]
+        for x, y in zip(np.minimum(a, b)[ok].tolist(), np.maximum(a, b)[ok].tolist(), strict=True):
+            if len(chosen) >= want:
+                break
+            chosen.add((x, y))
+    return chosen

@@ -75,6 +75,5 @@ class CEL(Method):
         loss, parts = self.loss_fn(z)
         logs = {"loss": float(loss.detach().item())}
         logs.update({k: float(p.item()) for k, p in parts.items()})
-        logs["scale"] = float(self.loss_fn.angproto.scale.detach().item()) if hasattr(
-            self.loss_fn.angproto, "scale") else logs.get("scale", 0.0)
+        logs["ap_scale"] = float(self.loss_fn.angproto.w.detach().item())
         return loss, logs
