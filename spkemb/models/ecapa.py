@@ -1,7 +1,7 @@
 """ECAPA-TDNN (Desplanques, Thienpondt and Demuynck, Interspeech 2020).
 
 Fbank (80) -> Conv1d(k=5) -> 3 SE-Res2Blocks (k=3, dilation 2, 3, 4, scale 8) -> multi-layer
-feature aggregation (concatenated block outputs -> 1x1 conv to 3C channels) -> channel- and
+feature aggregation (concatenated block outputs -> 1x1 conv to 1536 channels) -> channel- and
 context-dependent attentive statistics pooling -> BN -> FC -> BN (192-d).
 Every conv is Conv1d -> ReLU -> BatchNorm, as in the paper.
 
@@ -123,14 +123,14 @@ class ECAPA(nn.Module):
         n_mels: int = 80,
         channels: int = 512,
         embed_dim: int = 192,
-        mfa_channels: int | None = None,
+        mfa_channels: int | None = None,  # 1536 (the paper's, for C=512 and C=1024)
         attention_channels: int = 128,
         se_channels: int = 128,
         scale: int = 8,
         global_context: bool = True,
     ) -> None:
         super().__init__()
-        mfa_channels = 3 * int(channels) if mfa_channels is None else int(mfa_channels)
+        mfa_channels = 1536 if mfa_channels is None else int(mfa_channels)
         self.config = {
             "name": "ecapa",
             "sample_rate": int(sample_rate),

@@ -1,0 +1,161 @@
+"""DINO for speakers (Caron et al. 2021; for speaker verification e.g. Han et al. 2022, Chen et
+al. 2023): self-distillation without labels.
+
+The student (encoder + :class:`~spkemb.losses.DINOHead`) sees every crop, two long "global" ones
+and several short "local" ones; the teacher, an exponential moving average of the student that
+no gradient reaches, sees only the global crops. The student learns to predict the teacher's
+centred, sharpened distribution over ``out_dim`` prototypes for every other crop of the same
+utterance (:class:`~spkemb.losses.DINOLoss`). Collapse is held off by centring (the centre is an
+EMA of the teacher's outputs, moved after each loss with ``update_center``) and sharpening (a
+teacher temperature below the student's).
+
+Schedules: teacher momentum ``1 - (1 - momentum) * (1 + cos(pi * p)) / 2``, from ``momentum`` at
+the start to 1 at the end, with ``p = step / total_steps`` (the trainer's ``progress`` when the
+run is bounded by time only), applied in :meth:`DINO.after_step`; teacher temperature linear from
+``warmup_teacher_temp`` to ``teacher_temp`` over the first ``warmup_teacher_temp_steps`` steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from spkemb.data.crops import ViewSpec
+from spkemb.losses import DINOHead, DINOLoss
+from spkemb.methods.base import Method, ema_update, freeze
+from spkemb.methods.simclr import batch_views, device_of, flatten_views
+
+__all__ = ["DINO", "cosine_momentum"]
+
+
+def cosine_momentum(base: float, step: int, total_steps: int | None, progress: float = 0.0) -> float:
+    """Teacher momentum after ``step`` of ``total_steps``: ``base`` at 0, 1 at the end."""
+    p = min(max(step / total_steps, 0.0), 1.0) if total_steps else min(max(float(progress), 0.0), 1.0)
+    return 1.0 - (1.0 - base) * (1.0 + math.cos(math.pi * p)) / 2.0
+
+
+class DINO(Method):
+    """Student/teacher self-distillation with multi-crop; see the module docstring.
+
+    Options (defaults): ``out_dim`` 4096 (K prototypes; 65,536 in the image paper, a few thousand
+    to tens of thousands for speakers), ``hidden`` 2048, ``bottleneck`` 256, ``head_layers`` 3,
+    ``norm_last_layer`` True, ``head_bn`` False; ``teacher_temp`` 0.04, ``warmup_teacher_temp``
+    0.04, ``warmup_teacher_temp_steps`` 0, ``student_temp`` 0.1, ``center_momentum`` 0.9;
+    ``momentum`` 0.996 (teacher EMA, cosine-scheduled to 1); crops: ``global_crops`` 2 of
+    ``global_seconds`` 3.0, ``local_crops`` 4 of ``local_seconds`` 1.5.
+
+    Logged: ``loss``, ``teacher_temp``, ``teacher_momentum`` (the value of the latest EMA update),
+    ``teacher_entropy`` (mean entropy of the teacher distribution, in nats; it falls towards 0 on
+    collapse to one prototype and stays at log K on collapse to uniform), ``center_norm``.
+    """
+
+    steps_done: Tensor
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        out_dim: int = 4096,
+        hidden: int = 2048,
+        bottleneck: int = 256,
+        head_layers: int = 3,
+        norm_last_layer: bool = True,
+        head_bn: bool = False,
+        teacher_temp: float = 0.04,
+        warmup_teacher_temp: float = 0.04,
+        warmup_teacher_temp_steps: int = 0,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        momentum: float = 0.996,
+        global_crops: int = 2,
+        global_seconds: float = 3.0,
+        local_crops: int = 4,
+        local_seconds: float = 1.5,
+    ) -> None:
+        super().__init__()
+        if int(global_crops) < 1 or int(global_crops) + int(local_crops) < 2:
+            raise ValueError("DINO needs at least one global crop and two crops in all")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        self.encoder = encoder
+        self.head = DINOHead(int(encoder.embed_dim), int(out_dim), int(hidden), int(bottleneck),
+                             int(head_layers), bool(norm_last_layer), bool(head_bn))  # fmt: skip
+        self.teacher_encoder = freeze(copy.deepcopy(encoder))
+        self.teacher_head = freeze(copy.deepcopy(self.head))
+        self.loss_fn = DINOLoss(int(out_dim), int(global_crops), teacher_temp, student_temp, center_momentum)
+        self.base_momentum = float(momentum)
+        self.teacher_momentum = float(momentum)  # the latest value used (for the logs)
+        self.teacher_temp = float(teacher_temp)
+        self.warmup_teacher_temp = float(warmup_teacher_temp)
+        self.warmup_teacher_temp_steps = int(warmup_teacher_temp_steps)
+        self.global_crops = int(global_crops)
+        self.local_crops = int(local_crops)
+        self.crops_per_item = self.global_crops + self.local_crops
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self.config = {
+            "name": "dino", "out_dim": int(out_dim), "hidden": int(hidden), "bottleneck": int(bottleneck),
+            "head_layers": int(head_layers), "norm_last_layer": bool(norm_last_layer), "head_bn": bool(head_bn),
+            "teacher_temp": self.teacher_temp, "warmup_teacher_temp": self.warmup_teacher_temp,
+            "warmup_teacher_temp_steps": self.warmup_teacher_temp_steps, "student_temp": float(student_temp),
+            "center_momentum": float(center_momentum), "momentum": self.base_momentum,
+            "global_crops": self.global_crops, "global_seconds": float(global_seconds),
+            "local_crops": self.local_crops, "local_seconds": float(local_seconds),
+        }  # fmt: skip
+
+    @staticmethod
+    def views(
+        global_crops: int = 2, global_seconds: float = 3.0, local_crops: int = 4, local_seconds: float = 1.5
+    ) -> ViewSpec:
+        spec: ViewSpec = [(int(global_crops), float(global_seconds))]
+        if int(local_crops) > 0:
+            spec.append((int(local_crops), float(local_seconds)))
+        return spec
+
+    def teacher_temp_at(self, step: int) -> float:
+        """Teacher temperature for the step after ``step`` steps were taken."""
+        n = self.warmup_teacher_temp_steps
+        if n <= 0 or step >= n:
+            return self.teacher_temp
+        return self.warmup_teacher_temp + (self.teacher_temp - self.warmup_teacher_temp) * step / n
+
+    def forward(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
+        views, _ = batch_views(batch, device_of(self))
+        g = views[0]
+        if g.dim() != 3 or g.shape[1] != self.global_crops:
+            raise ValueError(f"DINO needs global views (B, {self.global_crops}, S), got {tuple(g.shape)}")
+        b = g.shape[0]
+        self.loss_fn.teacher_temp = self.teacher_temp_at(int(self.steps_done.item()))
+        student: list[Tensor] = []
+        for v in views:  # one encoder pass per crop length
+            s = self.head(self.encoder(flatten_views(v)))
+            student.extend(s.reshape(v.shape[1], b, -1).unbind(0))
+        with torch.no_grad():
+            t = self.teacher_head(self.teacher_encoder(flatten_views(g)))
+            teacher = list(t.reshape(self.global_crops, b, -1).unbind(0))
+        loss = self.loss_fn(student, teacher)
+        with torch.no_grad():
+            tt = torch.cat(teacher).float()
+            p = torch.softmax((tt - self.loss_fn.center) / self.loss_fn.teacher_temp, dim=-1)
+            entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1).mean()
+        if self.training:
+            self.loss_fn.update_center(teacher)
+        logs = {
+            "loss": float(loss.detach().item()),
+            "teacher_temp": float(self.loss_fn.teacher_temp),
+            "teacher_momentum": float(self.teacher_momentum),
+            "teacher_entropy": float(entropy.item()),
+            "center_norm": float(self.loss_fn.center.norm().item()),
+        }
+        return loss, logs
+
+    @torch.no_grad()
+    def after_step(self, step: int, total_steps: int | None) -> None:
+        """Teacher <- ``m * teacher + (1 - m) * student`` with the scheduled momentum ``m``."""
+        m = cosine_momentum(self.base_momentum, step, total_steps, self.progress)
+        self.teacher_momentum = m
+        ema_update(self.teacher_encoder, self.encoder, m)
+        ema_update(self.teacher_head, self.head, m)
+        self.steps_done.fill_(int(step))
