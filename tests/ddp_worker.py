@@ -2,7 +2,8 @@
 
     torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py OUT_DIR
 
-Each rank trains the toy method a few steps on the CPU (gloo), then writes
+(the test forks the two processes itself with :func:`run_rank`, which is faster). Each rank
+trains the toy method a few steps on the CPU (gloo), then writes
 ``OUT_DIR/hash-{rank}.txt`` (a digest of its final state_dict) and, for every checkpoint it
 wrote, ``OUT_DIR/saved-by-rank{rank}-step{N}``.
 """
@@ -10,6 +11,7 @@ wrote, ``OUT_DIR/saved-by-rank{rank}-step{N}``.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -94,12 +96,21 @@ def state_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def run_rank(rank: int, world: int, port: int, out_dir: str) -> None:
+    """What torchrun would do for one process: set its environment, then run :func:`main`
+    (for ``multiprocessing`` with the fork start method, which spares re-importing torch)."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    main(out_dir)
+
+
 def main(out_dir: str) -> None:
     import spkemb.train.trainer as trainer_mod
-    from spkemb.train import Trainer, TrainConfig
+    from spkemb.train import TrainConfig, Trainer
 
     out = Path(out_dir)
-    rank = int(__import__("os").environ["RANK"])
+    rank = int(os.environ["RANK"])
     torch.manual_seed(100 + rank)  # ranks start different: DDP must broadcast rank 0's weights
     method = ToyMethod()
     save = trainer_mod.save_checkpoint

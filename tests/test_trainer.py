@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
+import multiprocessing as mp
+import pickle
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+from ddp_worker import ToyData, ToyMethod, run_rank
 
-from ddp_worker import ToyData, ToyMethod
 from spkemb.data.sampler import EpochIndex, ResumableSampler, item_rng
 from spkemb.errors import InputError, WorkError
-from spkemb.train import Trainer, TrainConfig, dump_config, load_config, merge_config
+from spkemb.train import TrainConfig, Trainer, dump_config, load_config, merge_config
 from spkemb.train.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint
 from spkemb.train.schedule import lr_at, progress
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def toy_cfg(**kw: object) -> TrainConfig:
@@ -113,6 +111,20 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path: Path, capsys: pytest.Cap
     assert metrics_steps(tmp_path) == [1, 2, 3, 4]
 
 
+def test_time_budget_survives_resume(tmp_path: Path) -> None:
+    cfg = toy_cfg(max_steps=None, max_minutes=0.001, checkpoint_every=1000, keep_checkpoints=1)
+    first = Trainer(ToyMethod(), ToyData(n=16), None, cfg, tmp_path).fit()
+    assert first["steps"] >= 1 and first["elapsed_s"] >= 0.06
+    state = load_checkpoint(first["checkpoint"])
+    assert state["step"] == first["steps"] and state["elapsed"] >= 0.06
+    cfg.max_minutes = (state["elapsed"] + 0.1) / 60  # a longer budget: the run goes on for ~0.1 s
+    second = Trainer(ToyMethod(), ToyData(n=16), None, cfg, tmp_path).fit(resume=True)
+    assert second["steps"] > first["steps"] and second["elapsed_s"] >= state["elapsed"] + 0.1
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, second["steps"] + 1))
+    assert lines[first["steps"]]["elapsed"] >= state["elapsed"]  # the clock carried on, not restarted
+
+
 def test_nan_loss_is_a_work_error_and_saves_nothing(tmp_path: Path) -> None:
     cfg = toy_cfg(max_steps=6, checkpoint_every=2)
     with pytest.raises(WorkError, match=r"diverged.*step 3 .*step-00000002\.pt"):
@@ -125,16 +137,20 @@ def test_nan_loss_is_a_work_error_and_saves_nothing(tmp_path: Path) -> None:
 
 
 def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun not installed beside this python")
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(REPO / "tests" / "ddp_worker.py"),
-         str(tmp_path)],
-        capture_output=True, text=True, timeout=120, env=env, cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    """Two ranks on the CPU (gloo), environment as torchrun sets it; forked so torch is not re-imported."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=run_rank, args=(r, 2, port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert [p.exitcode for p in procs] == [0, 0]
     h0 = (tmp_path / "hash-0.txt").read_text().split()
     h1 = (tmp_path / "hash-1.txt").read_text().split()
     assert h0 == h1  # same weights, EMA teacher, queue, step count and skipped count on both ranks
@@ -261,5 +277,7 @@ def test_sampler_splits_ranks_and_resumes() -> None:
         ResumableSampler(22, 4, seed=5).load_state_dict(state)
     with pytest.raises(ValueError, match="no batch"):
         ResumableSampler(3, 4, seed=0)
+    again = pickle.loads(pickle.dumps(EpochIndex(7, 3)))  # as sent to DataLoader workers
+    assert again == 7 and again.epoch == 3 and [10, 11, 12, 13, 14, 15, 16, 17][again] == 17
     assert (item_rng(1, 2, 3).random(4) == item_rng(1, 2, 3).random(4)).all()
     assert (item_rng(1, 2, 3).random(4) != item_rng(1, 3, 3).random(4)).all()

@@ -82,7 +82,15 @@ def pretrain(
     if cfg.method not in METHODS:
         raise InputError(f"--method {cfg.method}: choose one of {', '.join(METHODS)}", config)
     utts = read_manifest(manifest)
-    summary = run_pretrain(utts, cfg, output)
-    console.print(f"encoder written to {summary.get('encoder', Path(output) / 'encoder.pt')}", highlight=False)
+    from spkemb.train import distributed
+
+    try:
+        summary = run_pretrain(utts, cfg, output)
+        main_rank = distributed.is_main()
+    finally:
+        distributed.cleanup()
+    if not main_rank:
+        return  # under torchrun only rank 0 reports
+    console.print(f"encoder written to {Path(output) / 'encoder.pt'}", highlight=False)
     if json_out:
         print_json(summary)

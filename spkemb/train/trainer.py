@@ -13,6 +13,12 @@ The experiment folder (only rank 0 writes)::
     OUT/metrics.jsonl        {step, epoch, loss, lr, crops_per_s, elapsed, skipped_items, <method logs>}
     OUT/encoder.pt           written by export_encoder
 
+A folder that already holds checkpoints is refused unless resuming (``--resume`` or
+``fit(resume=True)``), which continues from the newest checkpoint that loads (a corrupt newest one
+is reported and skipped) and first drops metrics lines past it. A crash or Ctrl-C loses at most the
+steps since the last checkpoint. A NaN/inf loss stops the run with :class:`WorkError` and writes
+nothing more. Dataset items that are ``None`` are dropped (``skipped_items`` in the metrics).
+
 Resume is bit-for-bit (same final weights as a run never interrupted) when the settings that
 shape training are unchanged, the number of processes is the same, the dataset derives its
 randomness from :func:`spkemb.data.sampler.item_rng`, the method keeps its state in its
@@ -304,7 +310,27 @@ class Trainer:
                 cfg.keep_checkpoints,
             )
 
-        metrics = open(metrics_path, "a", encoding="utf-8") if main else None  # noqa: SIM115
+        def train_step(batch_data: Any, lr: float) -> tuple[float, dict[str, Any]]:
+            """Forward, loss check, backward, clip, optimiser step; the loss averaged over ranks."""
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            data = to_device(batch_data, device, non_blocking)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss, logs = model(data)
+            mean_loss = dist_.all_reduce(loss.detach().float().clone().reshape(1), "mean")
+            loss_value = float(mean_loss.item())
+            if not math.isfinite(loss_value):  # the same verdict on every rank: the value is all-reduced
+                raise WorkError(self._diverged(loss_value, step + 1, sampler.epoch, last_path))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            return loss_value, logs or {}
+
+        metrics = open(metrics_path, "a", encoding="utf-8") if main else None
 
         def log_line(step_: int) -> None:
             nonlocal last_loss
@@ -346,13 +372,14 @@ class Trainer:
                     batches = iter(loader)
                     for batch in batches:
                         # What every rank must agree on before the step: empty batch? elapsed time?
-                        sync = torch.tensor(
-                            [float(batch.data is None), float(batch.n_skipped), float(batch.n_items), now()],
-                            dtype=torch.float64,
-                            device=device,
+                        empty, n_skipped, n_items, elapsed = (
+                            float(batch.data is None), batch.n_skipped, batch.n_items, now()
                         )
-                        empty, n_skipped, n_items, elapsed = dist_.all_reduce(sync).tolist()
-                        elapsed /= world
+                        if world > 1:
+                            sync = torch.tensor([empty, n_skipped, n_items, elapsed], dtype=torch.float64,
+                                                device=device)
+                            empty, n_skipped, n_items, elapsed = dist_.all_reduce(sync).tolist()
+                            elapsed /= world
                         if self._finished(step, elapsed):
                             done = True
                             break
@@ -368,26 +395,12 @@ class Trainer:
 
                         lr = lr_at(step, elapsed, base_lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
                                    max_steps=cfg.max_steps, max_minutes=cfg.max_minutes)
-                        for group in optimizer.param_groups:
-                            group["lr"] = lr
                         method.progress = progress(step, elapsed, cfg.max_steps, cfg.max_minutes)
-                        data = to_device(batch.data, device, non_blocking)
-                        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                            loss, logs = model(data)
-                        loss_value = float(dist_.all_reduce(loss.detach().float().reshape(1), "mean").item())
-                        if not math.isfinite(loss_value):
-                            raise WorkError(self._diverged(loss_value, step + 1, sampler.epoch, last_path))
-                        optimizer.zero_grad(set_to_none=True)
-                        scaler.scale(loss).backward()
-                        if cfg.grad_clip:
-                            scaler.unscale_(optimizer)
-                            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                        scaler.step(optimizer)
-                        scaler.update()
+                        loss_value, logs = train_step(batch.data, lr)
                         step += 1
                         method.after_step(step, cfg.max_steps)
 
-                        window.add(loss_value, n_items * crops_per_item, logs or {})
+                        window.add(loss_value, n_items * crops_per_item, logs)
                         bar.update(task, completed=step, info=f"loss {loss_value:.4f}  "
                                    f"{window.crops_per_s():.0f} crops/s  lr {lr:.2e}")
                         if step % cfg.log_every == 0:

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# All benchmarks; figures go to stdout as JSON lines. Needs the corpora (see benchmarks/README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python benchmarks/bench_extract.py
+python benchmarks/bench_score.py
+bash benchmarks/baselines.sh
