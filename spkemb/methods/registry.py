@@ -48,9 +48,7 @@ def _check(name: str, options: dict[str, Any]) -> None:
     known = method_options(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise InputError(
-            f"method {_key(name)!r} has no option(s) {', '.join(unknown)} (options: {', '.join(known)})"
-        )
+        raise InputError(f"method {_key(name)!r} has no option(s) {', '.join(unknown)} (options: {', '.join(known)})")
 
 
 def build_method(name: str, encoder: nn.Module, **options: Any) -> Method:

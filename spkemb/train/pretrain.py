@@ -44,11 +44,12 @@ def run_pretrain(utts: list[Utterance], cfg: TrainConfig, out_dir: str | Path) -
     from spkemb.data.crops import CropDataset, collate_crops
     from spkemb.methods import build_method, method_views
     from spkemb.models import save_encoder
-    from spkemb.train.trainer import Trainer
+    from spkemb.train.trainer import Trainer, seed_everything
 
     if not utts:
         raise InputError("the manifest has no utterances to train on")
     data = dict(cfg.data_options)
+    seed_everything(cfg.seed)  # initial weights (and heads, queues) follow --seed
     encoder = build_encoder_from(cfg)
     sr = int(encoder.sample_rate)
     augmenter = None

@@ -1,0 +1,186 @@
+"""Random crops for pretraining: shapes, where they come from, what is read, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch.utils.data import DataLoader
+
+from spkemb.data.crops import CropDataset, check_views, collate_crops, measure_loader
+from spkemb.data.manifest import Utterance
+from spkemb.data.sampler import EpochIndex, ResumableSampler
+
+SR = 16000
+
+
+def _ramp(n: int) -> np.ndarray:
+    """Distinct, exactly representable values: sample k is k / 2**17 (float WAV keeps them)."""
+    return (np.arange(n, dtype=np.float64) / 2**17).astype(np.float32)
+
+
+def _write(path: Path, x: np.ndarray, sr: int = SR) -> Utterance:
+    sf.write(str(path), x, sr, subtype="FLOAT")
+    return Utterance(path.name, str(path), "s", len(x) / sr, sr)
+
+
+@pytest.fixture()
+def ramp_utt(tmp_path: Path) -> Utterance:
+    return _write(tmp_path / "ramp.wav", _ramp(3 * SR))
+
+
+def _offset(crop: np.ndarray) -> int:
+    return int(round(float(crop[0]) * 2**17))
+
+
+def test_shapes_and_origin(ramp_utt: Utterance) -> None:
+    x = _ramp(3 * SR)
+    ds = CropDataset([ramp_utt], SR, [(2, 0.5), (3, 0.25)], seed=1)
+    item = ds[0]
+    assert item is not None and item["index"] == 0
+    assert [v.shape for v in item["views"]] == [(2, SR // 2), (3, SR // 4)]
+    for group in item["views"]:
+        assert group.dtype == np.float32
+        for crop in group:
+            off = _offset(crop)
+            np.testing.assert_array_equal(crop, x[off : off + len(crop)])
+    offsets = {_offset(c) for g in item["views"] for c in g}
+    assert len(offsets) == 5  # independent offsets
+
+
+def test_segment_bounds_respected(tmp_path: Path) -> None:
+    u = _write(tmp_path / "long.wav", _ramp(4 * SR))
+    seg = Utterance("seg", u.path, "s", 1.0, SR, start=1.0, end=2.0)
+    ds = CropDataset([seg], SR, [(4, 0.5)], seed=0)
+    for epoch in range(10):
+        ds.set_epoch(epoch)
+        for crop in ds[0]["views"][0]:
+            off = _offset(crop)
+            assert SR <= off and off + len(crop) <= 2 * SR
+
+
+def test_reads_only_the_needed_frames(ramp_utt: Utterance, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[int] = []
+    seeks: list[int] = []
+    real_read, real_seek = sf.SoundFile.read, sf.SoundFile.seek
+
+    def read(self, frames=-1, *args, **kwargs):  # noqa: ANN001, ANN202
+        reads.append(frames)
+        return real_read(self, frames, *args, **kwargs)
+
+    def seek(self, frames, *args, **kwargs):  # noqa: ANN001, ANN202
+        seeks.append(frames)
+        return real_seek(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", read)
+    monkeypatch.setattr(sf.SoundFile, "seek", seek)
+    ds = CropDataset([ramp_utt], SR, [(2, 0.5)], seed=3)
+    item = ds[0]
+    assert reads == [SR // 2, SR // 2]  # two crops, never the whole 3-s file
+    assert {_offset(c) for c in item["views"][0]} - {0} <= set(seeks)  # reached by seeking
+
+
+def test_resamples_to_model_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    n = 3 * 8000
+    t = np.arange(n) / 8000
+    u = _write(tmp_path / "tone8k.wav", (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 8000)
+    reads: list[int] = []
+    real_read = sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read", lambda self, frames=-1, *a, **k: reads.append(frames)
+                        or real_read(self, frames, *a, **k))  # fmt: skip
+    ds = CropDataset([u], SR, [(1, 0.5)], seed=0)
+    crop = ds[0]["views"][0][0]
+    assert crop.shape == (SR // 2,) and reads == [4000]  # 0.5 s of the 8-kHz file
+    # Still a 440-Hz tone at the new rate.
+    spec = np.abs(np.fft.rfft(crop * np.hanning(len(crop))))
+    assert abs(np.argmax(spec) * SR / len(crop) - 440) < 5
+
+
+def test_short_utterance_is_repeated(tmp_path: Path) -> None:
+    x = _ramp(1000)
+    u = _write(tmp_path / "short.wav", x)
+    ds = CropDataset([u], SR, [(2, 0.25)], seed=0)
+    for crop in ds[0]["views"][0]:
+        assert crop.shape == (SR // 4,)
+        start = _offset(crop)
+        expected = np.tile(np.roll(x, -start), -(-len(crop) // len(x)))[: len(crop)]
+        np.testing.assert_array_equal(crop, expected)
+
+
+def test_determinism(ramp_utt: Utterance) -> None:
+    utts = [ramp_utt] * 3
+
+    def crops(seed: int, epoch: int, index: int) -> list[np.ndarray]:
+        ds = CropDataset(utts, SR, [(2, 0.25)], augmenter=_noisy, seed=seed)
+        ds.set_epoch(epoch)
+        return ds[index]["views"]
+
+    a, b = crops(0, 1, 2), crops(0, 1, 2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    for other in (crops(0, 2, 2), crops(1, 1, 2), crops(0, 1, 1)):
+        assert not np.array_equal(a[0], other[0])
+    # The epoch an EpochIndex carries wins over set_epoch.
+    ds = CropDataset(utts, SR, [(2, 0.25)], augmenter=_noisy, seed=0)
+    ds.set_epoch(7)
+    assert np.array_equal(ds[EpochIndex(2, 1)]["views"][0], a[0])
+
+
+def _noisy(x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    return (x + 0.01 * rng.standard_normal(len(x))).astype(np.float32), {}
+
+
+def test_augmenter_per_crop_and_length_kept(ramp_utt: Utterance) -> None:
+    calls: list[int] = []
+
+    def stretch(x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        calls.append(len(x))
+        factor = float(rng.choice([0.9, 1.1]))  # changes the length, like speed perturbation
+        return np.interp(np.arange(0, len(x), factor), np.arange(len(x)), x).astype(np.float32), {}
+
+    ds = CropDataset([ramp_utt], SR, [(2, 0.25), (3, 0.125)], augmenter=stretch, seed=0)
+    item = ds[0]
+    assert calls == [SR // 4] * 2 + [SR // 8] * 3
+    assert [v.shape for v in item["views"]] == [(2, SR // 4), (3, SR // 8)]
+
+
+def test_unreadable_file_gives_none_and_collate(tmp_path: Path, ramp_utt: Utterance) -> None:
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    missing = Utterance("gone", str(tmp_path / "gone.wav"), "s", 2.0, SR)
+    ds = CropDataset([ramp_utt, Utterance("bad", str(bad), "s", 2.0, SR), missing], SR, [(2, 0.25)])
+    assert ds[1] is None and ds[2] is None
+    batch = collate_crops([ds[0], ds[1], ds[0]])
+    assert [tuple(v.shape) for v in batch["views"]] == [(2, 2, SR // 4)]
+    assert batch["views"][0].dtype == torch.float32
+    assert batch["index"].dtype == torch.long and batch["index"].tolist() == [0, 0]
+
+
+def test_workers_and_resumable_sampler_give_the_same_batches(ramp_utt: Utterance) -> None:
+    ds = CropDataset([ramp_utt] * 8, SR, [(2, 0.1)], augmenter=_noisy, seed=5)
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        sampler = ResumableSampler(len(ds), 4, seed=5)
+        loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate_crops)
+        out = []
+        for _ in range(2):  # two epochs
+            for b in loader:
+                out.append(b["views"][0])
+                sampler.mark_consumed()
+        return out
+
+    a, b = batches(0), batches(2)
+    assert len(a) == 4
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], a[2])  # epoch 1 differs from epoch 0
+
+
+def test_check_views_and_measure_loader(ramp_utt: Utterance) -> None:
+    assert check_views([(2, 2)]) == [(2, 2.0)]
+    for bad in ([], [(0, 1.0)], [(1, 0.0)], [(1,)]):
+        with pytest.raises(ValueError):
+            check_views(bad)
+    ds = CropDataset([ramp_utt] * 4, SR, [(2, 0.1)])
+    assert measure_loader(ds, batch_size=2, workers=0, seconds=0.2) > 0
