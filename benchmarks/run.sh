@@ -5,3 +5,4 @@ cd "$(dirname "$0")/.."
 python benchmarks/bench_extract.py
 python benchmarks/bench_score.py
 bash benchmarks/baselines.sh
+python benchmarks/bench_train.py
