@@ -157,9 +157,7 @@ class MFCC(nn.Module):
         super().__init__()
         if n_mfcc > n_mels:
             raise ValueError(f"n_mfcc ({n_mfcc}) cannot exceed n_mels ({n_mels})")
-        self.fbank = Fbank(
-            sample_rate, n_mels, win_ms, hop_ms, f_min, f_max, mean_norm=False, preemphasis=preemphasis
-        )
+        self.fbank = Fbank(sample_rate, n_mels, win_ms, hop_ms, f_min, f_max, mean_norm=False, preemphasis=preemphasis)
         self.sample_rate = self.fbank.sample_rate
         self.n_mfcc = int(n_mfcc)
         self.mean_norm = bool(mean_norm)

@@ -132,7 +132,8 @@ def test_bf16_close_to_fp32(manifest: Path, encoder_file: Path, tmp_path: Path) 
 
 def test_shards_merge_into_the_full_store(manifest: Path, tmp_path: Path) -> None:
     full = tmp_path / "full.h5"
-    assert runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(full), "--workers", "0"]).exit_code == 0
+    res = runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(full), "--workers", "0"])
+    assert res.exit_code == 0, res.output
     shards = []
     for i in range(3):
         s = tmp_path / f"s{i}.h5"

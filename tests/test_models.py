@@ -65,9 +65,7 @@ def test_encoder_shape_and_config(name, sr):
     assert torch.isfinite(emb).all()
     rebuilt = build_encoder(**model.config)
     assert rebuilt.config == model.config
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
-        k: v.shape for k, v in model.state_dict().items()
-    }
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("name", ["ecapa", "resnet34", "tdnn", "mfcc-stats"])
@@ -114,6 +112,31 @@ def test_ecapa_bf16_autocast_close_to_fp32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(wav, lens)
     assert F.cosine_similarity(ref, low.float(), dim=1).min() > 0.999
+
+
+def test_ecapa_inference_path_matches_autograd_path():
+    # Without gradients ECAPA takes faster routes (oneDNN linear, in-place BatchNorm); same maths.
+    model = _build("ecapa")
+    wav = torch.stack([_speechlike(12000, 16000, 0), _speechlike(12000, 16000, 1)])
+    lens = torch.tensor([12000, 9000])
+    with torch.no_grad():
+        fast = model(wav, lens)
+    slow = model(wav, lens).detach()
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
+
+
+def test_ecapa_dense_layer_is_a_dilated_conv():
+    from spkemb.models.ecapa import _Dense
+
+    torch.manual_seed(0)
+    layer = _Dense(6, 5, kernel=3, dilation=2).eval()
+    x = torch.randn(2, 11, 6)
+    # Tap j of the linear weight is the conv kernel's position j.
+    w = layer.linear.weight.view(5, 3, 6).permute(0, 2, 1)  # (out, in, k)
+    ref = torch.relu(F.conv1d(x.transpose(1, 2), w, layer.linear.bias, padding=2, dilation=2))
+    ref = layer.bn(ref).transpose(1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_ecapa_trains_with_lengths():

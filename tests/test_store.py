@@ -19,7 +19,8 @@ IDS = [f"spk{i // 3}/u{i}.wav" for i in range(9)]
 
 def test_round_trip_and_attributes(tmp_path: Path) -> None:
     v = np.random.default_rng(0).standard_normal((9, 4)).astype(np.float32)
-    write_embeddings(tmp_path / "e.h5", IDS, v, [i.split("/")[0] for i in IDS], {"encoder": "x", "encoder_config": {"c": 1}})
+    attrs = {"encoder": "x", "encoder_config": {"c": 1}}
+    write_embeddings(tmp_path / "e.h5", IDS, v, [i.split("/")[0] for i in IDS], attrs)
     e = read_embeddings(tmp_path / "e.h5")
     assert e.ids == IDS and np.array_equal(e.vectors, v) and e.speakers[3] == "spk1"
     assert e.attrs["encoder_config"] == {"c": 1} and e.attrs["complete"]

@@ -16,7 +16,7 @@ from spkemb.data.manifest import Utterance
 from spkemb.data.utterances import ListBatchSampler, UtteranceDataset, bucket_batches, collate
 from spkemb.embeddings.store import StoreWriter
 from spkemb.errors import InputError
-from spkemb.runtime import autocast, resolve_device, worker_init
+from spkemb.runtime import autocast, resolve_device, tune_cpu_allocator, worker_init
 
 
 @dataclass
@@ -81,6 +81,8 @@ def extract_embeddings(
     device = resolve_device(opts.device)
     ctx_check = autocast(device, opts.precision)  # validates precision for the device early
     del ctx_check
+    if device.type == "cpu":
+        tune_cpu_allocator()
     model = model.to(device).eval()
     dim = int(model.embed_dim)
     ids = [u.utt_id for u in utts]

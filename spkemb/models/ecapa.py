@@ -5,36 +5,135 @@ feature aggregation (concatenated block outputs -> 1x1 conv to 1536 channels) ->
 context-dependent attentive statistics pooling -> BN -> FC -> BN (192-d).
 Every conv is Conv1d -> ReLU -> BatchNorm, as in the paper.
 
-Padding in a batch is handled exactly: the inputs of every conv wider than one frame are zeroed past
-each utterance's end, squeeze-excitation and pooling average over the valid frames only, so a padded
-batch gives the same embeddings as each utterance alone.
+Implementation notes (speed; the maths is the paper's):
 
-For speed the attention's global context (mean and std of each channel, constant over time) is not
-concatenated to every frame: the first attention conv is applied to it once per utterance and added,
-which is the same computation with a third of the work.
+* Activations are kept time-major, (B, T, C). A 1x1 conv is then a plain matrix product
+  (``F.linear``) and a dilated conv of kernel k is one matrix product over the k shifted copies of its
+  (narrow) input, so the CPU spends its time in GEMMs without layout conversions.
+* The attention's global context (mean and std of each channel, constant over time) is not
+  concatenated to every frame: its part of the first attention layer is computed once per utterance.
+* Padding in a batch is handled exactly: the inputs of every layer wider than one frame are zeroed
+  past each utterance's end, and squeeze-excitation and pooling average over the valid frames only,
+  so a padded batch gives the same embeddings as each utterance alone.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spkemb.features import Fbank
+from spkemb.features import Fbank, frame_mask
 from spkemb.models.registry import register_encoder
-from spkemb.models.tdnn import masked_mean_std, time_mask
 
 __all__ = ["ECAPA"]
 
+# --- fp32 inference on the CPU -------------------------------------------------------------------
+# PyTorch sends float32 matrix products to MKL, which on non-Intel CPUs runs at about half the speed
+# of oneDNN. When no gradient is needed (extraction, evaluation) the products go through oneDNN's
+# linear instead (the op behind torch.compile's CPU fusions), with the ReLU fused into it.
+try:
+    _LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+except (AttributeError, RuntimeError):
+    _LINEAR_POINTWISE = None
 
-class _ConvReluBn(nn.Module):
+
+def _linear(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, cols: int | None = None, relu: bool = False
+) -> Tensor:
+    """``F.linear(x, weight[:, :cols], bias)`` (then ReLU), through oneDNN for fp32 CPU inference."""
+    global _LINEAR_POINTWISE
+    w = weight if cols is None else weight[:, :cols]
+    if (
+        _LINEAR_POINTWISE is not None
+        and x.dtype == torch.float32
+        and w.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        try:
+            x2 = x.reshape(-1, x.shape[-1]).contiguous()
+            y = _LINEAR_POINTWISE(x2, w.contiguous(), bias, "relu" if relu else "none", [], "")
+            return y.view(*x.shape[:-1], y.shape[-1])
+        except RuntimeError as err:  # an unusual build: use the ordinary path from now on
+            _LINEAR_POINTWISE = None
+            warnings.warn(f"oneDNN linear unavailable, using the default path ({err})", stacklevel=2)
+    y = F.linear(x, w, bias)
+    return torch.relu_(y) if relu else y
+
+
+def _shifted_taps(x: Tensor, kernel: int, dilation: int) -> Tensor:
+    """(B, T, C) -> (B, T, kernel*C): the frames t + (j - kernel//2)*dilation, zero outside [0, T)."""
+    if kernel == 1:
+        return x
+    B, T, C = x.shape
+    half = kernel // 2
+    out = x.new_zeros(B, T, kernel * C)
+    for j in range(kernel):
+        s = (j - half) * dilation  # this tap reads frame t + s
+        dst = out[:, :, j * C : (j + 1) * C]
+        if s == 0:
+            dst.copy_(x)
+        elif abs(s) < T:
+            if s > 0:
+                dst[:, : T - s].copy_(x[:, s:])
+            else:
+                dst[:, -s:].copy_(x[:, : T + s])
+    return out
+
+
+class _Dense(nn.Module):
+    """Conv1d(k, dilation) -> ReLU -> BatchNorm on time-major (B, T, C) activations.
+
+    The weight is stored as a linear layer over the ``kernel`` shifted copies of the input
+    (in-features ordered tap-major: [tap 0 channels, tap 1 channels, ...]).
+    """
+
     def __init__(self, cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(cin, cout, kernel, dilation=dilation, padding=dilation * (kernel - 1) // 2)
+        if kernel % 2 != 1:
+            raise ValueError("kernel must be odd")
+        self.kernel, self.dilation = kernel, dilation
+        # Initialised exactly as nn.Conv1d(cin, cout, kernel) would be (the same random draws).
+        self.linear = nn.utils.skip_init(nn.Linear, kernel * cin, cout)
+        with torch.no_grad():
+            w = torch.empty(cout, cin, kernel)
+            nn.init.kaiming_uniform_(w, a=5**0.5)
+            self.linear.weight.copy_(w.permute(0, 2, 1).reshape(cout, kernel * cin))
+            bound = 1 / (cin * kernel) ** 0.5
+            self.linear.bias.uniform_(-bound, bound)
         self.bn = nn.BatchNorm1d(cout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.bn(torch.relu(self.conv(x)))
+        h = _linear(_shifted_taps(x, self.kernel, self.dilation), self.linear.weight, self.linear.bias, relu=True)
+        bn = self.bn
+        if not bn.training and _no_grad(h) and bn.running_var is not None:
+            # Inference: BatchNorm with running statistics is an affine map; apply it in place.
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            shift = bn.bias - bn.running_mean * scale
+            return torch.addcmul(shift.to(h.dtype), h, scale.to(h.dtype), out=h)
+        B, T, C = h.shape
+        return bn(h.reshape(B * T, C)).view(B, T, C)
+
+
+def _no_grad(t: Tensor) -> bool:
+    """True when no gradient flows through ``t``, so it may be overwritten in place."""
+    return not (torch.is_grad_enabled() and t.requires_grad)
+
+
+def _mul(a: Tensor, b: Tensor) -> Tensor:
+    """``a * b``, in place in ``a`` (a fresh intermediate) when no gradient is needed."""
+    return a.mul_(b) if _no_grad(a) and _no_grad(b) and a.dtype == torch.promote_types(a.dtype, b.dtype) else a * b
+
+
+def _masked_time_mean(x: Tensor, mask: Tensor | None, frames: Tensor | None) -> Tensor:
+    """Mean over time (dim 1) of (B, T, C) ``x`` on the valid frames."""
+    if mask is None:
+        return x.mean(dim=1)
+    return (x * mask).sum(dim=1) / frames.to(x.dtype).unsqueeze(1)
 
 
 class _SqueezeExcite(nn.Module):
@@ -44,12 +143,8 @@ class _SqueezeExcite(nn.Module):
         self.fc2 = nn.Linear(bottleneck, channels)
 
     def forward(self, x: Tensor, mask: Tensor | None, frames: Tensor | None) -> Tensor:
-        if mask is None:
-            s = x.mean(dim=2)
-        else:
-            s = (x * mask).sum(dim=2) / frames.to(x.dtype).unsqueeze(1)
-        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
-        return x * s.unsqueeze(2)
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(_masked_time_mean(x, mask, frames)))))
+        return _mul(x, s.unsqueeze(1).to(x.dtype))
 
 
 class _SERes2Block(nn.Module):
@@ -59,57 +154,84 @@ class _SERes2Block(nn.Module):
             raise ValueError(f"channels ({channels}) must be divisible by scale ({scale})")
         width = channels // scale
         self.scale = scale
-        self.conv1 = _ConvReluBn(channels, channels)
-        self.res2 = nn.ModuleList(_ConvReluBn(width, width, kernel, dilation) for _ in range(scale - 1))
-        self.conv3 = _ConvReluBn(channels, channels)
+        self.conv1 = _Dense(channels, channels)
+        self.res2 = nn.ModuleList(_Dense(width, width, kernel, dilation) for _ in range(scale - 1))
+        self.conv3 = _Dense(channels, channels)
         self.se = _SqueezeExcite(channels, se_channels)
 
     def forward(self, x: Tensor, mask: Tensor | None, frames: Tensor | None) -> Tensor:
         h = self.conv1(x)
         if mask is not None:
-            h = h * mask
-        parts = h.chunk(self.scale, dim=1)
+            h = _mul(h, mask)
+        parts = h.chunk(self.scale, dim=2)
         outs = [parts[0]]
         y = None
-        for i, conv in enumerate(self.res2, start=1):
-            y = conv(parts[i] if y is None else parts[i] + y)
+        for i, layer in enumerate(self.res2, start=1):
+            y = layer(parts[i] if y is None else parts[i] + y)
             if mask is not None:
-                y = y * mask
+                y = _mul(y, mask)
             outs.append(y)
-        h = self.conv3(torch.cat(outs, dim=1))
-        return self.se(h, mask, frames) + x
+        h = self.se(self.conv3(torch.cat(outs, dim=2)), mask, frames)
+        return h.add_(x) if _no_grad(h) and _no_grad(x) else h + x
 
 
 class _AttentiveStatsPool(nn.Module):
-    """Channel- and context-dependent attentive statistics pooling (global context on)."""
+    """Channel- and context-dependent attentive statistics pooling.
+
+    The attention logit of channel c at frame t is ``v_c . tanh(BN(ReLU(W [h_t; mean; std] + b)))``
+    where mean and std are the (masked) global statistics of the utterance; the softmax over the
+    valid frames weights the mean and standard deviation that are returned (B, 2C), in float32.
+    The output layer has no bias: a per-channel constant does not change a softmax over time.
+    """
 
     def __init__(self, channels: int, attention_channels: int, global_context: bool = True) -> None:
         super().__init__()
         self.channels = channels
         self.global_context = global_context
-        cin = 3 * channels if global_context else channels
-        self.attn = _ConvReluBn(cin, attention_channels)
-        self.attn_out = nn.Conv1d(attention_channels, channels, 1)
+        self.attn = _Dense(3 * channels if global_context else channels, attention_channels)
+        self.attn_out = nn.Linear(attention_channels, channels, bias=False)
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        conv = self.attn.conv
-        if self.global_context:
-            mean, std = masked_mean_std(x, mask)
-            c = self.channels
-            w = conv.weight[:, :, 0]  # (A, 3C)
-            # conv(cat([x, mean, std])) == conv_x(x) + (W_mean mean + W_std std + b), once per utterance.
-            ctx = torch.cat([mean, std], dim=1).to(x.dtype) @ w[:, c:].t().to(x.dtype)
-            a = F.conv1d(x, conv.weight[:, :c], conv.bias) + ctx.to(x.dtype).unsqueeze(2)
-        else:
-            a = conv(x)
-        a = self.attn_out(torch.tanh(self.attn.bn(torch.relu(a))))
-        a = a.float()
-        if mask is not None:
-            a = a.masked_fill(mask == 0, float("-inf"))
-        w = torch.softmax(a, dim=2)
+        C = self.channels
         xf = x.float()
-        mu = (w * xf).sum(dim=2)
-        var = (w * xf.square()).sum(dim=2) - mu.square()
+        inplace = _no_grad(xf)
+        maskf = None if mask is None else mask.float()
+        if self.global_context:
+            if maskf is None:
+                mean, msq = xf.mean(dim=1), xf.square().mean(dim=1)
+            else:
+                n = maskf.sum(dim=1)  # (B, 1)
+                mean = (xf * maskf).sum(dim=1) / n
+                msq = _mul(xf.square(), maskf).sum(dim=1) / n
+            std = (msq - mean.square()).clamp(min=1e-5).sqrt()
+            # W [h_t; mean; std] + b == W_h h_t + (W_ctx [mean; std] + b), the latter once per utterance.
+            lin = self.attn.linear
+            ctx = torch.addmm(lin.bias, torch.cat([mean, std], dim=1), lin.weight[:, C:].t())
+            a = _linear(x, lin.weight, cols=C) + ctx.unsqueeze(1).to(x.dtype)
+            B, T, A = a.shape
+            if inplace:
+                h = torch.tanh_(self.attn.bn(torch.relu_(a).reshape(B * T, A)).view(B, T, A))
+            else:
+                h = torch.tanh(self.attn.bn(torch.relu(a).reshape(B * T, A)).view(B, T, A))
+        else:
+            h = torch.tanh(self.attn(x))
+        logits = _linear(h, self.attn_out.weight).float()
+        if inplace:
+            # The same softmax and weighted sums, in one big buffer instead of four.
+            if mask is not None:
+                logits.masked_fill_(mask == 0, float("-inf"))
+            w = logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+            z = w.sum(dim=1)
+            wx = w.mul_(xf)
+            mu = wx.sum(dim=1) / z
+            ex2 = wx.mul_(xf).sum(dim=1) / z
+        else:
+            if mask is not None:
+                logits = logits.masked_fill(mask == 0, float("-inf"))
+            w = torch.softmax(logits, dim=1)
+            mu = (w * xf).sum(dim=1)
+            ex2 = (w * xf.square()).sum(dim=1)
+        var = ex2 - mu.square()
         return torch.cat([mu, var.clamp(min=1e-5).sqrt()], dim=1)
 
 
@@ -146,30 +268,25 @@ class ECAPA(nn.Module):
         self.sample_rate = int(sample_rate)
         self.embed_dim = int(embed_dim)
         self.frontend = Fbank(sample_rate=sample_rate, n_mels=n_mels)
-        self.layer1 = _ConvReluBn(n_mels, channels, kernel=5)
-        self.blocks = nn.ModuleList(
-            _SERes2Block(channels, 3, d, scale, se_channels) for d in (2, 3, 4)
-        )
-        self.mfa = _ConvReluBn(3 * channels, mfa_channels)
+        self.layer1 = _Dense(n_mels, channels, kernel=5)
+        self.blocks = nn.ModuleList(_SERes2Block(channels, 3, d, scale, se_channels) for d in (2, 3, 4))
+        self.mfa = _Dense(3 * channels, mfa_channels)
         self.pool = _AttentiveStatsPool(mfa_channels, attention_channels, global_context)
         self.pool_bn = nn.BatchNorm1d(2 * mfa_channels)
         self.fc = nn.Linear(2 * mfa_channels, embed_dim)
         self.emb_bn = nn.BatchNorm1d(embed_dim)
 
     def forward(self, wav: Tensor, lengths: Tensor | None = None) -> Tensor:
-        feats, frames = self.frontend(wav, lengths)
-        x = feats.transpose(1, 2)  # (B, n_mels, T)
-        mask = time_mask(None if lengths is None else frames, x.shape[2], x.dtype)
-        if mask is None:
-            frames = None
+        x, frames = self.frontend(wav, lengths)  # (B, T, n_mels), padding already zero
+        mask = frames = None if lengths is None or bool((frames >= x.shape[1]).all()) else frames
         x = self.layer1(x)
-        if mask is not None:
-            mask = mask.to(x.dtype)
+        if frames is not None:
+            mask = frame_mask(frames, x.shape[1]).unsqueeze(2).to(x.dtype)  # (B, T, 1)
             x = x * mask
         outs = []
         for block in self.blocks:
             x = block(x, mask, frames)
             outs.append(x)
-        x = self.mfa(torch.cat(outs, dim=1))
+        x = self.mfa(torch.cat(outs, dim=2))
         pooled = self.pool(x, mask)
         return self.emb_bn(self.fc(self.pool_bn(pooled)))

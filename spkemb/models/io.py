@@ -128,9 +128,7 @@ def load_encoder(spec: str | Path, map_location: str | torch.device = "cpu") -> 
                 f"(built-in encoders that need no weights: {builtin})",
                 spec,
             )
-        raise InputError(
-            f"no such encoder file or folder, and not a built-in encoder (built-in: {builtin})", spec
-        )
+        raise InputError(f"no such encoder file or folder, and not a built-in encoder (built-in: {builtin})", spec)
     if not path.is_file():
         raise InputError("not a regular file", path)
     if path.stat().st_size == 0:

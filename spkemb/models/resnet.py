@@ -98,7 +98,8 @@ class ResNet(nn.Module):
         feats, frames = self.frontend(wav, lengths)
         if lengths is None:
             frames = None
-        x = feats.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T)
+        # (B, 1, F, T), channels-last: oneDNN's (and cuDNN's) fast layout for these convolutions.
+        x = feats.transpose(1, 2).unsqueeze(1).contiguous(memory_format=torch.channels_last)
         x = torch.relu(self.bn1(self.conv1(x)))
         mask = _mask4(frames, x.shape[3], x.dtype)
         if mask is not None:

@@ -50,6 +50,10 @@ def run_pretrain(utts: list[Utterance], cfg: TrainConfig, out_dir: str | Path) -
         raise InputError("the manifest has no utterances to train on")
     data = dict(cfg.data_options)
     seed_everything(cfg.seed)  # initial weights (and heads, queues) follow --seed
+    from spkemb.runtime import resolve_device, tune_cpu_allocator
+
+    if resolve_device(cfg.device).type == "cpu":
+        tune_cpu_allocator()
     encoder = build_encoder_from(cfg)
     sr = int(encoder.sample_rate)
     augmenter = None

@@ -1,0 +1,36 @@
+"""The app as a whole: help, version, placeholders, generated docs."""
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from spkemb import __version__
+from spkemb.cli.app import app
+from spkemb.cli.gendocs import main as gendocs_main
+
+runner = CliRunner()
+COMMANDS = ("prepare", "augment", "pretrain", "finetune", "extract", "cluster", "score")
+
+
+def test_help_lists_all_seven_subcommands() -> None:
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for c in COMMANDS:
+        assert c in res.output
+
+
+def test_python_dash_m_and_version() -> None:
+    res = subprocess.run([sys.executable, "-m", "spkemb", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == f"spkemb {__version__}"
+
+
+def test_unbuilt_commands_say_so_and_exit_2() -> None:
+    for c in ("finetune", "cluster"):
+        res = runner.invoke(app, [c])
+        assert res.exit_code == 2
+        assert "not implemented yet" in res.output
+
+
+def test_completions_and_man_pages_are_current() -> None:
+    assert gendocs_main(["--check"]) == 0, "run `make docs` to regenerate completions/ and man/"
