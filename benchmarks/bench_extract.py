@@ -38,7 +38,7 @@ def run(model: torch.nn.Module, utts: list, out: Path, opts: ExtractOptions) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=None, help="default: extract's own (0 on the CPU)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--channels", type=int, default=512)
     a = ap.parse_args()

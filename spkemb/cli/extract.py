@@ -29,7 +29,9 @@ def extract(
     output: Path = typer.Option(..., "-o", "--output", help="HDF5 store to write (emb.h5)."),
     batch_seconds: float = typer.Option(120.0, help="Padded audio seconds per batch (length-bucketed)."),
     max_batch: int = typer.Option(64, help="At most this many utterances per batch."),
-    workers: int = typer.Option(1, help="DataLoader worker processes decoding audio (0 = in the main process)."),
+    workers: int | None = typer.Option(None, help="DataLoader worker processes decoding audio (0 = in the main "
+                                       "process). [default: 0 on the CPU, where a worker steals the model's "
+                                       "cores; 4 on CUDA]"),
     chunk: float | None = typer.Option(None, help="Embed long utterances in windows of this many seconds and "
                                        "average them."),
     hop: float | None = typer.Option(None, help="Hop between windows in seconds (default: --chunk)."),

@@ -23,7 +23,7 @@ from spkemb.runtime import autocast, resolve_device, tune_cpu_allocator, worker_
 class ExtractOptions:
     batch_seconds: float = 120.0   # padded audio seconds per batch
     max_batch: int = 64
-    workers: int = 1
+    workers: int | None = None    # None: 0 on the CPU (decoding in a worker steals the model's cores), 4 on CUDA
     chunk: float | None = None     # seconds; average embeddings of windows of long utterances
     hop: float | None = None
     vad: bool = False
@@ -98,16 +98,17 @@ def extract_embeddings(
         if on_progress and writer.resumed:
             on_progress(sum(utts[i].duration for i in np.flatnonzero(done)), writer.resumed)
         durations = [_effective_seconds(utts[i].duration, opts) for i in todo]
+        workers = opts.workers if opts.workers is not None else (0 if device.type == "cpu" else 4)
         dataset = UtteranceDataset(utts, todo, int(model.sample_rate), opts.chunk, opts.hop, opts.vad)
         batches = bucket_batches(durations, opts.batch_seconds, opts.max_batch)
         loader = DataLoader(
             dataset,
             batch_sampler=ListBatchSampler(batches),
             collate_fn=collate,
-            num_workers=opts.workers,
-            worker_init_fn=worker_init if opts.workers else None,
+            num_workers=workers,
+            worker_init_fn=worker_init if workers else None,
             pin_memory=device.type == "cuda",
-            prefetch_factor=4 if opts.workers else None,
+            prefetch_factor=4 if workers else None,
         )
         written = writer.resumed
         with torch.inference_mode():
