@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
-from spkemb.data.crops import CropDataset, check_views, collate_crops, measure_loader
+from spkemb.data.crops import CropDataset, SkippedAudioWarning, check_views, collate_crops, measure_loader
 from spkemb.data.manifest import Utterance
 from spkemb.data.sampler import EpochIndex, ResumableSampler
 
@@ -151,8 +151,12 @@ def test_unreadable_file_gives_none_and_collate(tmp_path: Path, ramp_utt: Uttera
     bad.write_bytes(b"not audio at all")
     missing = Utterance("gone", str(tmp_path / "gone.wav"), "s", 2.0, SR)
     ds = CropDataset([ramp_utt, Utterance("bad", str(bad), "s", 2.0, SR), missing], SR, [(2, 0.25)])
-    assert ds[1] is None and ds[2] is None
-    batch = collate_crops([ds[0], ds[1], ds[0]])
+    with pytest.warns(SkippedAudioWarning, match="bad.wav"):
+        assert ds[1] is None
+    with pytest.warns(SkippedAudioWarning, match="gone.wav"):
+        assert ds[2] is None
+    with pytest.warns(SkippedAudioWarning):
+        batch = collate_crops([ds[0], ds[1], ds[0]])
     assert [tuple(v.shape) for v in batch["views"]] == [(2, 2, SR // 4)]
     assert batch["views"][0].dtype == torch.float32
     assert batch["index"].dtype == torch.long and batch["index"].tolist() == [0, 0]

@@ -189,3 +189,15 @@ def test_bucket_batches_respects_limits() -> None:
     for b in batches:
         assert len(b) <= 3 and max(d[i] for i in b) * len(b) <= 20 or len(b) == 1
     assert batches[0][0] == 1  # longest first
+
+
+def test_short_clip_and_stereo_44k_are_embedded(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    sf.write(tmp_path / "short.wav", 0.1 * rng.standard_normal(1600).astype(np.float32), 16000)  # 0.1 s
+    sf.write(tmp_path / "st.flac", 0.1 * rng.standard_normal((44100 * 2, 2)).astype(np.float32), 44100)
+    write_manifest([Utterance("short.wav", str(tmp_path / "short.wav"), "a", 0.1, 16000),
+                    Utterance("st.flac", str(tmp_path / "st.flac"), "b", 2.0, 44100)], tmp_path / "m.tsv")
+    res = runner.invoke(app, ["extract", "mfcc-stats", str(tmp_path / "m.tsv"), "-o", str(tmp_path / "e.h5")])
+    assert res.exit_code == 0, res.output
+    emb = read_embeddings(tmp_path / "e.h5")
+    assert emb.ids == ["short.wav", "st.flac"] and np.isfinite(emb.vectors).all()

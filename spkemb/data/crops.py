@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +51,10 @@ def check_views(views: Sequence[tuple[int, float]]) -> ViewSpec:
     if not out:
         raise ValueError("the view spec is empty")
     return out
+
+
+class SkippedAudioWarning(UserWarning):
+    """An utterance could not be read during training and was left out of its batch."""
 
 
 class CropDataset(Dataset):
@@ -97,7 +102,9 @@ class CropDataset(Dataset):
         u = self.utts[index]
         try:
             groups = self._read_crops(u, rng)
-        except InputError:
+        except InputError as err:
+            # One line per bad file (warnings shows each distinct message once); the Trainer counts it.
+            warnings.warn(f"skipping unreadable training audio {err}", SkippedAudioWarning, stacklevel=1)
             return None
         if self.augmenter is not None:
             for g, length in zip(groups, self.lengths, strict=True):
