@@ -349,3 +349,35 @@ def test_cli_bad_input_is_one_line_exit_2(corpus: Path) -> None:
     assert res.exit_code == 2 and "nothing to do" in res.stderr
     res = runner.invoke(app, ["augment", str(corpus / "nope.tsv"), "-o", str(out), "--gain"])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
+
+
+# -- the core job, without the CLI ---------------------------------------------------------------
+
+
+def test_run_offline_same_result_with_any_workers_and_reports_progress(corpus: Path) -> None:
+    from spkemb.augment import OfflineOptions, run_offline
+
+    utts = read_manifest(corpus / "manifest.tsv")
+    options = OfflineOptions(speed=True, gain=True, seed=5, sample_rate=SR)
+    plans: list[tuple[int, int]] = []
+    steps: list[tuple[int, int, str]] = []
+    one = run_offline(utts, corpus / "w1", options, copies=2, on_plan=lambda *a: plans.append(a),
+                      on_progress=lambda *a: steps.append(a))
+    assert (one.utterances, one.files, one.written, one.skipped) == (3, 6, 6, 0)
+    assert plans == [(6, 0)] and steps[0] == (0, 6, "") and [s[0] for s in steps] == list(range(7))
+    two = run_offline(corpus / "manifest.tsv", corpus / "w2", options, copies=2, workers=2)
+    assert two.written == 6 and two.manifest == corpus / "w2" / "manifest.tsv"
+    for row in read_manifest(one.manifest):
+        assert np.array_equal(sf.read(row.path)[0], sf.read(str(corpus / "w2" / row.utt_id))[0])
+    assert one.records.read_text() == two.records.read_text()
+    # A rerun writes nothing and calls on_progress not at all; other options are refused.
+    steps.clear()
+    again = run_offline(utts, corpus / "w1", options, copies=2, on_plan=lambda *a: plans.append(a),
+                        on_progress=lambda *a: steps.append(a))
+    assert (again.written, again.skipped, plans[-1], steps) == (0, 6, (6, 6), [])
+    with pytest.raises(InputError, match=r"different options \(gain\)"):
+        run_offline(utts, corpus / "w1", OfflineOptions(speed=True, seed=5, sample_rate=SR), copies=2)
+    bad = [Utterance("../escape.wav", utts[0].path, "spk1", 0.5, SR)]
+    with pytest.raises(InputError, match="cannot name a file under the output folder"):
+        run_offline(bad, corpus / "w3", options)
+    assert not (corpus / "w3").exists()

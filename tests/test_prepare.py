@@ -337,3 +337,32 @@ def test_librispeech_samples_auto(tmp_path: Path) -> None:
     ids = {u.utt_id for u in utts}
     trials = read_trials(corpus / "trials-test-other.txt")
     assert set(trials.enroll + trials.test) <= ids
+
+
+# --- the core job, without the CLI -----------------------------------------------------------------
+
+
+def test_prepare_manifest_core_callbacks_defaults_and_errors(tmp_path: Path) -> None:
+    from spkemb.data.prepare import classify_inputs, draw_trials, prepare_manifest
+
+    a, b = _vox(tmp_path / "a"), _vox(tmp_path / "b")
+    (a / "spkB/s1/zero.wav").write_bytes(b"")
+    steps: list[tuple[Path, int, int | None]] = []
+    reads: list[tuple[list, bool]] = []
+    man, tri = tmp_path / "out/m.tsv", tmp_path / "out/t.txt"
+    res = prepare_manifest([a, b], output=man, trials=tri, on_progress=lambda *s: steps.append(s),
+                           on_read=lambda *r: reads.append(r))
+    assert [s for s in steps if s[2] is None] == [(a, 0, None), (b, 0, None)]
+    assert reads == [([(str((a / "spkB/s1/zero.wav").absolute()), "empty file (0 bytes)")], True)]
+    assert [u.utt_id for u in read_manifest(man)] == [u.utt_id for u in res.utterances]
+    assert res.utterances[0].utt_id == "a/spkA/s1/1.wav" and res.speakers == 2
+    assert res.hours == pytest.approx(2 * 1.2 / 3600)
+    # Default counts: every target pair (4 of spkA, 2 of spkB: 6 + 1), non-targets capped by what exists.
+    assert res.trials is not None and (res.trials.n_target, res.trials.n_nontarget) == (7, 8)
+    assert read_trials(tri).n_target == 7
+    assert draw_trials(res.utterances, seed=1).n_nontarget == 8
+    with pytest.raises(InputError, match="after --exclude-speakers-of"):
+        draw_trials(res.utterances, excluded={"spkB"})
+    with pytest.raises(InputError, match="sole input"):
+        classify_inputs([man, a])
+    assert [s.kind for s in classify_inputs([man])] == ["manifest"]

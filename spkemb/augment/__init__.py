@@ -2,6 +2,7 @@
 
 The waveform steps work on 1-D float32 numpy arrays with a ``numpy.random.Generator`` passed in,
 so they run in DataLoader workers without torch; :class:`SpecAugment` (torch) is imported lazily.
+:func:`run_offline` writes augmented copies of a manifest's audio to a folder (``spkemb augment``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from spkemb.augment.chain import Augmenter, Step, from_options
 from spkemb.augment.gain import RandomGain
 from spkemb.augment.noise import CATEGORIES, AddNoise, AugmentWarning, NoiseBank
+from spkemb.augment.offline import OfflineOptions, OfflineResult, run_offline
 from spkemb.augment.reverb import Reverb, apply_rir, simulate_rir
 from spkemb.augment.speed import SpeedPerturb, speed_change
 
@@ -23,6 +25,8 @@ __all__ = [
     "AugmentWarning",
     "Augmenter",
     "NoiseBank",
+    "OfflineOptions",
+    "OfflineResult",
     "RandomGain",
     "Reverb",
     "SpecAugment",
@@ -30,6 +34,7 @@ __all__ = [
     "Step",
     "apply_rir",
     "from_options",
+    "run_offline",
     "simulate_rir",
     "speed_change",
 ]

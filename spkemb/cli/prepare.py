@@ -1,4 +1,8 @@
-"""`spkemb prepare`: audio folders or Kaldi data folders to a manifest, trial lists, a Kaldi export."""
+"""`spkemb prepare`: audio folders or Kaldi data folders to a manifest, trial lists, a Kaldi export.
+
+The job is :func:`spkemb.data.prepare.prepare_manifest`; this module parses the options, shows the
+progress bar, reports the files left out and prints the summary.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,10 @@ from pathlib import Path
 import typer
 
 from spkemb.cli.common import console, guarded, print_json, progress
+from spkemb.data.prepare import DEFAULT_MAX_TARGETS, NONTARGETS_PER_TARGET
 from spkemb.errors import InputError
 
 MAX_SHOWN_PROBLEMS = 10
-DEFAULT_MAX_TARGETS = 10_000
-NONTARGETS_PER_TARGET = 10
 
 
 class Layout(StrEnum):
@@ -86,9 +89,7 @@ def prepare(
     Files that cannot be used (unreadable, empty, too short) are reported on stderr and left out.
     If two ROOTs hold the same relative path, every utt_id gets its ROOT's folder name as a prefix.
     """
-    from spkemb.audio import AUDIO_EXTENSIONS
-    from spkemb.data import kaldi, layouts
-    from spkemb.data.manifest import format_manifest, read_manifest, speakers_of
+    from spkemb.data.prepare import prepare_manifest
 
     # Check everything cheap before the slow part, so bad usage fails fast and writes nothing.
     if trials is None and (targets is not None or nontargets is not None or exclude_speakers_of):
@@ -106,89 +107,44 @@ def prepare(
     for name, value in (("--targets", targets), ("--nontargets", nontargets)):
         if value is not None and value < 0:
             raise InputError(f"{name} must be >= 0, got {value}")
-    if layout == Layout.kaldi:
-        if speaker_regex is not None:
-            raise InputError("--speaker-regex goes with --layout regex, not --layout kaldi")
-    else:
-        layouts.speaker_function(layout.value, speaker_regex)  # validates the layout and the regex
 
-    sources: list[tuple[str, Path]] = []  # (kind, path) with kind in folder, kaldi, manifest
-    for root in roots:
-        if not root.exists():
-            raise InputError("no such file or folder", root)
-        if root.is_file():
-            if root.suffix.lower() in AUDIO_EXTENSIONS:
-                raise InputError("is an audio file; give the folder that holds it", root)
-            sources.append(("manifest", root))
-        elif layout == Layout.kaldi or (layout == Layout.auto and kaldi.is_kaldi_dir(root)):
-            if not kaldi.is_kaldi_dir(root):
-                raise InputError("not a Kaldi data folder (no wav.scp)", root)
-            sources.append(("kaldi", root))
-        else:
-            sources.append(("folder", root))
-    if any(kind == "manifest" for kind, _ in sources) and len(sources) > 1:
-        raise InputError("a manifest can only be the sole input (to make trials or a Kaldi export from it)")
+    bar = progress(transient=True)
+    task = None
 
-    excluded: set[str] = set()
-    for m in exclude_speakers_of or ():
-        excluded.update(speakers_of(read_manifest(m)))
+    def on_progress(root: Path, done: int, total: int | None) -> None:
+        nonlocal task
+        if total is None:  # the start of a root
+            bar.start()
+            task = bar.add_task(f"reading headers: {root.name or root}", total=None, info="")
+        elif task is not None:
+            bar.update(task, completed=done, total=total)
 
-    # Read the inputs.
-    per_root: list[tuple[Path, list]] = []
-    problems: list[tuple[str, str]] = []
-    if sources[0][0] == "manifest":
-        per_root.append((sources[0][1], read_manifest(sources[0][1])))
-    else:
-        with progress(transient=True) as bar:
-            for kind, root in sources:
-                task = bar.add_task(f"reading headers: {root.name or root}", total=None, info="")
+    def stop_bar() -> None:
+        nonlocal task
+        if task is not None:  # (stopping a bar that never started would print a blank line)
+            bar.stop()
+            task = None
 
-                def report(done: int, total: int, task: int = task) -> None:
-                    bar.update(task, completed=done, total=total)
+    def on_read(problems: list[tuple[str, str]], prefixed: bool) -> None:
+        stop_bar()
+        _report_problems(problems)
+        if prefixed:
+            console.print("[yellow]note:[/] the same utt_id occurs under two ROOTs: every utt_id now starts "
+                          "with its ROOT's folder name", highlight=False, soft_wrap=True)
 
-                if kind == "kaldi":
-                    utts, probs = kaldi.load_kaldi_dir(root, min_duration=min_duration, workers=workers,
-                                                       progress=report)
-                else:
-                    utts, probs = layouts.scan(root, layout.value, speaker_regex, workers=workers,
-                                               min_duration=min_duration, progress=report)
-                per_root.append((root, utts))
-                problems += probs
-    _report_problems(problems)
-    if len(per_root) > 1 and layouts.roots_collide(per_root):
-        console.print("[yellow]note:[/] the same utt_id occurs under two ROOTs: every utt_id now starts "
-                      "with its ROOT's folder name", highlight=False, soft_wrap=True)
-    utts = layouts.merge_roots(per_root)
-    if not utts:
-        if sources[0][0] == "manifest":
-            raise InputError("manifest has no utterances", sources[0][1])
-        where = per_root[0][0] if len(per_root) == 1 else None
-        raise InputError(f"no usable audio: all {len(problems)} file(s) were left out", where)
+    try:
+        result = prepare_manifest(
+            roots, layout=layout.value, speaker_regex=speaker_regex, min_duration=min_duration, workers=workers,
+            output=output, trials=trials, targets=targets, nontargets=nontargets, seed=seed,
+            exclude_speakers_of=exclude_speakers_of or (), trials_format=trials_format.value,
+            export_kaldi=export_kaldi, on_progress=on_progress, on_read=on_read,
+        )
+    finally:
+        stop_bar()
 
-    # Make every output in memory (this is where bad input shows), then write.
-    manifest_text = format_manifest(utts) if output is not None else None
-    trial_list = None
-    if trials is not None:
-        trial_list = _draw_trials(utts, targets, nontargets, seed, excluded)
-    if export_kaldi is not None:
-        kaldi.write_kaldi_dir(utts, export_kaldi)
-    if trial_list is not None:
-        from spkemb.data.trials import write_trials
-
-        write_trials(trial_list, trials, trials_format.value)
-    if output is not None and manifest_text is not None:
-        from spkemb.data.manifest import atomic_write_text
-
-        if output == "-":
-            import sys
-
-            sys.stdout.write(manifest_text)
-            sys.stdout.flush()
-        else:
-            atomic_write_text(output, manifest_text)
-
-    n_spk = len(speakers_of(utts))
-    hours = sum(u.duration for u in utts) / 3600
+    utts, problems, trial_list = result.utterances, result.problems, result.trials
+    n_spk = result.speakers
+    hours = result.hours
     where = f" → {output}" if output and output != "-" else ""
     console.print(f"{len(utts)} utterances, {n_spk} speakers, {hours:.2f} hours"
                   f"{f', {len(problems)} skipped' if problems else ''}{where}",
@@ -221,23 +177,3 @@ def _report_problems(problems: list[tuple[str, str]]) -> None:
         console.print(f"  {path}: {problem}", highlight=False, markup=False, soft_wrap=True)
     if len(problems) > MAX_SHOWN_PROBLEMS:
         console.print(f"  ... and {len(problems) - MAX_SHOWN_PROBLEMS} more", highlight=False, soft_wrap=True)
-
-
-def _draw_trials(utts: list, targets: int | None, nontargets: int | None, seed: int, excluded: set[str]):
-    """generate_trials with the documented defaults for counts that were not given."""
-    from collections import Counter
-
-    from spkemb.data.trials import generate_trials
-
-    sizes = Counter(u.speaker for u in utts if u.speaker and u.speaker not in excluded)
-    if len(sizes) < 2:
-        hint = " after --exclude-speakers-of" if excluded else ""
-        raise InputError(f"need at least 2 labelled speakers to make trials{hint}, found {len(sizes)}")
-    n = sum(sizes.values())
-    max_target = sum(s * (s - 1) // 2 for s in sizes.values())
-    max_non = n * (n - 1) // 2 - max_target
-    if targets is None:
-        targets = min(max_target, DEFAULT_MAX_TARGETS)
-    if nontargets is None:
-        nontargets = min(max_non, NONTARGETS_PER_TARGET * max(targets, 1))
-    return generate_trials(utts, targets, nontargets, seed=seed, exclude_speakers=excluded)

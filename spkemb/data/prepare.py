@@ -1,0 +1,247 @@
+"""Prepare: audio folders, Kaldi data folders or a manifest to a manifest, a trial list, a Kaldi export.
+
+:func:`prepare_manifest` is the job behind ``spkemb prepare``. Its inputs are either audio folders
+and Kaldi data folders (any mix; see :mod:`spkemb.data.layouts` for how utt_ids and speakers are
+found and how several roots are merged) or one existing manifest (to make trials or a Kaldi export
+from it). Files that cannot be used come back as ``(path, problem)`` pairs and are left out. Every
+output is made in memory before the first one is written, so bad input writes nothing.
+
+This module imports only the standard library at load time (the CLI reads its constants at start).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spkemb.errors import InputError
+
+if TYPE_CHECKING:
+    from spkemb.data.manifest import Utterance
+    from spkemb.data.trials import Trials
+
+DEFAULT_MAX_TARGETS = 10_000  # target trials drawn when no count is given (at most every target pair)
+NONTARGETS_PER_TARGET = 10  # non-target trials per target trial when no count is given
+DEFAULT_WORKERS = 8
+
+Problem = tuple[str, str]
+ReadProgressFn = Callable[[Path, int, int | None], None]
+ReadFn = Callable[[list[Problem], bool], None]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input: ``kind`` is ``folder`` (audio under a layout), ``kaldi`` (a data folder) or ``manifest``."""
+
+    kind: str
+    path: Path
+
+
+@dataclass
+class PrepareResult:
+    """What :func:`prepare_manifest` made: the merged utterances, the files left out, the trials."""
+
+    utterances: list[Utterance]
+    problems: list[Problem]
+    trials: Trials | None = None
+
+    @property
+    def speakers(self) -> int:
+        """Distinct non-empty speaker labels."""
+        return len({u.speaker for u in self.utterances if u.speaker})
+
+    @property
+    def hours(self) -> float:
+        return sum(u.duration for u in self.utterances) / 3600
+
+
+def check_layout(layout: str, speaker_regex: str | None = None) -> None:
+    """Check ``layout`` (one of :data:`spkemb.data.layouts.LAYOUTS` or ``kaldi``) and the regex."""
+    if layout == "kaldi":
+        if speaker_regex is not None:
+            raise InputError("--speaker-regex goes with --layout regex, not --layout kaldi")
+    else:
+        from spkemb.data import layouts
+
+        layouts.speaker_function(layout, speaker_regex)  # validates the layout and the regex
+
+
+def classify_inputs(roots: Iterable[str | Path], layout: str = "auto") -> list[Source]:
+    """What each root is: a manifest (a file), a Kaldi data folder or a folder of audio.
+
+    With ``layout`` ``kaldi`` every folder must be a Kaldi data folder; with ``auto`` a folder holding
+    a ``wav.scp`` is one. A missing root, an audio file, or a manifest given with other roots is an
+    :class:`InputError`.
+    """
+    from spkemb.audio import AUDIO_EXTENSIONS
+    from spkemb.data import kaldi
+
+    sources: list[Source] = []
+    for root in map(Path, roots):
+        if not root.exists():
+            raise InputError("no such file or folder", root)
+        if root.is_file():
+            if root.suffix.lower() in AUDIO_EXTENSIONS:
+                raise InputError("is an audio file; give the folder that holds it", root)
+            sources.append(Source("manifest", root))
+        elif layout == "kaldi" or (layout == "auto" and kaldi.is_kaldi_dir(root)):
+            if not kaldi.is_kaldi_dir(root):
+                raise InputError("not a Kaldi data folder (no wav.scp)", root)
+            sources.append(Source("kaldi", root))
+        else:
+            sources.append(Source("folder", root))
+    if any(s.kind == "manifest" for s in sources) and len(sources) > 1:
+        raise InputError("a manifest can only be the sole input (to make trials or a Kaldi export from it)")
+    return sources
+
+
+def speakers_of_manifests(manifests: Iterable[str | Path]) -> set[str]:
+    """The speakers of these manifests (e.g. training manifests, to leave out of trials)."""
+    from spkemb.data.manifest import read_manifest, speakers_of
+
+    speakers: set[str] = set()
+    for m in manifests:
+        speakers.update(speakers_of(read_manifest(m)))
+    return speakers
+
+
+def read_inputs(
+    sources: Sequence[Source],
+    layout: str = "auto",
+    speaker_regex: str | None = None,
+    *,
+    min_duration: float = 0.0,
+    workers: int = DEFAULT_WORKERS,
+    on_progress: ReadProgressFn | None = None,
+) -> tuple[list[tuple[Path, list[Utterance]]], list[Problem]]:
+    """Read the sources: ``([(root, its utterances), ...], problems)``.
+
+    A manifest is read as it is. For folders and Kaldi folders, ``on_progress(root, done, total)`` is
+    called with ``total`` None when a root is started, then while its headers are read.
+    """
+    from spkemb.data import kaldi, layouts
+    from spkemb.data.manifest import read_manifest
+
+    per_root: list[tuple[Path, list[Utterance]]] = []
+    problems: list[Problem] = []
+    if sources and sources[0].kind == "manifest":
+        per_root.append((sources[0].path, read_manifest(sources[0].path)))
+        return per_root, problems
+    for source in sources:
+        root = source.path
+        report: Callable[[int, int], None] | None = None
+        if on_progress:
+            on_progress(root, 0, None)
+            report = functools.partial(on_progress, root)
+        if source.kind == "kaldi":
+            utts, probs = kaldi.load_kaldi_dir(root, min_duration=min_duration, workers=workers, progress=report)
+        else:
+            utts, probs = layouts.scan(root, layout, speaker_regex, workers=workers,
+                                       min_duration=min_duration, progress=report)
+        per_root.append((root, utts))
+        problems += probs
+    return per_root, problems
+
+
+def draw_trials(
+    utts: Sequence[Utterance],
+    targets: int | None = None,
+    nontargets: int | None = None,
+    seed: int = 0,
+    excluded: Iterable[str] = (),
+) -> Trials:
+    """:func:`~spkemb.data.trials.generate_trials` with the default counts for those not given.
+
+    Default: every target pair, at most :data:`DEFAULT_MAX_TARGETS`; :data:`NONTARGETS_PER_TARGET`
+    non-targets per target, at most every non-target pair. Speakers in ``excluded`` are left out.
+    """
+    from collections import Counter
+
+    from spkemb.data.trials import generate_trials
+
+    excluded = set(excluded)
+    sizes = Counter(u.speaker for u in utts if u.speaker and u.speaker not in excluded)
+    if len(sizes) < 2:
+        hint = " after --exclude-speakers-of" if excluded else ""
+        raise InputError(f"need at least 2 labelled speakers to make trials{hint}, found {len(sizes)}")
+    n = sum(sizes.values())
+    max_target = sum(s * (s - 1) // 2 for s in sizes.values())
+    max_non = n * (n - 1) // 2 - max_target
+    if targets is None:
+        targets = min(max_target, DEFAULT_MAX_TARGETS)
+    if nontargets is None:
+        nontargets = min(max_non, NONTARGETS_PER_TARGET * max(targets, 1))
+    return generate_trials(utts, targets, nontargets, seed=seed, exclude_speakers=excluded)
+
+
+def prepare_manifest(
+    roots: Sequence[str | Path],
+    *,
+    layout: str = "auto",
+    speaker_regex: str | None = None,
+    min_duration: float = 0.0,
+    workers: int = DEFAULT_WORKERS,
+    output: str | Path | None = None,
+    trials: str | Path | None = None,
+    targets: int | None = None,
+    nontargets: int | None = None,
+    seed: int = 0,
+    exclude_speakers_of: Iterable[str | Path] = (),
+    trials_format: str = "voxceleb",
+    export_kaldi: str | Path | None = None,
+    on_progress: ReadProgressFn | None = None,
+    on_read: ReadFn | None = None,
+) -> PrepareResult:
+    """Read ``roots`` and write a manifest to ``output``, trials to ``trials``, a Kaldi folder to ``export_kaldi``.
+
+    Each output is optional (``-`` writes the manifest or the trials to stdout). ``roots`` are audio
+    folders read with ``layout`` (``kaldi``: Kaldi data folders; ``auto`` also imports folders that
+    hold a ``wav.scp``), or one manifest. Files shorter than ``min_duration`` or unusable are left
+    out and returned as problems; ``workers`` threads read the audio headers. The trials
+    (``targets`` / ``nontargets``, defaults as in :func:`draw_trials`) are drawn with ``seed`` from
+    the labelled utterances, leaving out the speakers of the ``exclude_speakers_of`` manifests, and
+    written in ``trials_format`` (``voxceleb`` or ``kaldi``).
+
+    ``on_progress`` is passed to :func:`read_inputs`. ``on_read(problems, prefixed)`` is called once
+    the inputs are read, before anything else can fail: the files left out, and whether every
+    utt_id gets its root's folder name as a prefix (the same utt_id occurs under two roots). Bad
+    input is an :class:`InputError`, raised before any output is written.
+    """
+    from spkemb.data import kaldi, layouts
+    from spkemb.data.manifest import atomic_write_text, format_manifest
+
+    check_layout(layout, speaker_regex)
+    sources = classify_inputs(roots, layout)
+    excluded = speakers_of_manifests(exclude_speakers_of)
+    per_root, problems = read_inputs(sources, layout, speaker_regex, min_duration=min_duration,
+                                     workers=workers, on_progress=on_progress)
+    if on_read:
+        on_read(problems, len(per_root) > 1 and layouts.roots_collide(per_root))
+    utts = layouts.merge_roots(per_root)
+    if not utts:
+        if sources[0].kind == "manifest":
+            raise InputError("manifest has no utterances", sources[0].path)
+        where = per_root[0][0] if len(per_root) == 1 else None
+        raise InputError(f"no usable audio: all {len(problems)} file(s) were left out", where)
+
+    # Make every output in memory (this is where bad input shows), then write.
+    manifest_text = format_manifest(utts) if output is not None else None
+    trial_list = draw_trials(utts, targets, nontargets, seed, excluded) if trials is not None else None
+    if export_kaldi is not None:
+        kaldi.write_kaldi_dir(utts, export_kaldi)
+    if trial_list is not None and trials is not None:
+        from spkemb.data.trials import write_trials
+
+        write_trials(trial_list, trials, trials_format)
+    if output is not None and manifest_text is not None:
+        if str(output) == "-":
+            import sys
+
+            sys.stdout.write(manifest_text)
+            sys.stdout.flush()
+        else:
+            atomic_write_text(output, manifest_text)
+    return PrepareResult(utts, problems, trial_list)
