@@ -141,3 +141,23 @@ def test_usage_errors(setup: dict[str, Path], tmp_path: Path) -> None:
     assert r.exit_code == 2 and "nope.h5" in r.stderr and "Traceback" not in r.stderr
     r = runner.invoke(app, ["score", str(setup["vox"]), str(setup["emb"]), "--cohort", str(setup["cohort"])])
     assert r.exit_code == 2
+
+
+def test_score_trials_core_without_the_cli() -> None:
+    import numpy as np
+
+    from spkemb.data.trials import Trials
+    from spkemb.embeddings.store import EmbeddingSet
+    from spkemb.errors import InputError
+    from spkemb.scoring.trials import score_trials
+
+    store = EmbeddingSet(["a", "b", "c"], np.array([[1, 0], [1, 0.1], [0, 1]], dtype=np.float32))
+    trials = Trials(["a", "a", "x"], ["b", "c", "a"], np.array([1, 0, 1], dtype=np.int8))
+    res = score_trials(trials, store, skip_missing=True)
+    assert res.summary["skipped"] == 1 and res.missing == ["x"]
+    assert res.summary["eer"] == 0.0
+    assert [line.split()[3] for line in res.lines().splitlines()] == ["target", "nontarget"]
+    with pytest.raises(InputError, match="not in"):
+        score_trials(trials, store)
+    with pytest.raises(InputError, match="asnorm needs"):
+        score_trials(trials, store, norm="asnorm")

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 from spkemb.cli.common import console, guarded, print_json
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from spkemb.data.trials import Trials
 
 
 class Norm(StrEnum):
@@ -55,8 +49,7 @@ def score(
     from spkemb.data.trials import read_trials
     from spkemb.embeddings.store import read_embeddings
     from spkemb.errors import InputError
-    from spkemb.scoring.backends import Normalizer, as_norm, cosine_scores, l2_normalize, resolve_ids
-    from spkemb.scoring.metrics import summarize
+    from spkemb.scoring.trials import score_trials
 
     if cohort is not None and norm is Norm.none:
         raise InputError("--cohort has no effect without --norm mean|standardize|asnorm")
@@ -66,47 +59,19 @@ def score(
     if json_out and output == "-":
         raise InputError("--json prints the summary on stdout; give -o FILE for the scores")
 
-    tr = read_trials(trials)
-    store = read_embeddings(embeddings)
-    enroll_idx, test_idx, keep, missing = resolve_ids(tr, store.index(), skip_missing, source=embeddings)
-    n_skipped = int(len(tr) - keep.sum())
-    if n_skipped:
-        console.print(f"skipped {n_skipped} of {len(tr)} trials: {len(missing)} ids are not in {embeddings}",
-                      highlight=False, soft_wrap=True)
-
-    vectors = store.vectors
-    coh = None
-    if cohort is not None:
-        coh = read_embeddings(cohort).vectors
-        if coh.shape[1] != vectors.shape[1]:
-            raise InputError(f"cohort embeddings are {coh.shape[1]}-d but {embeddings} holds "
-                             f"{vectors.shape[1]}-d embeddings", cohort)
-    if norm in (Norm.mean, Norm.standardize):
-        normalizer = Normalizer.fit(coh if coh is not None else vectors, norm.value)
-        vectors = normalizer.apply(vectors)
-    unit = l2_normalize(vectors)
-    scores = cosine_scores(unit, enroll_idx, test_idx, normalized=True)
-    if norm is Norm.asnorm:
-        assert coh is not None
-        scores = as_norm(scores, vectors, enroll_idx, test_idx, coh, top_k=top_k)
-
-    labels = None if tr.labels is None else tr.labels[keep]
-    summary: dict[str, object] = {
-        "eer": None, "eer_threshold": None, "mindcf_p0.01": None, "mindcf_p0.05": None,
-        "targets": None, "nontargets": None,
-    }
-    if labels is not None:
-        summary.update(summarize(scores, labels))
-    summary.update({"trials": int(keep.sum()), "skipped": n_skipped, "norm": norm.value,
-                    "output": None if to_stdout else output})
-
+    result = score_trials(read_trials(trials), read_embeddings(embeddings), norm=norm.value,
+                          cohort=read_embeddings(cohort) if cohort is not None else None, top_k=top_k,
+                          skip_missing=skip_missing, source=str(embeddings))
+    summary = {**result.summary, "output": None if to_stdout else output}
+    if summary["skipped"]:
+        console.print(f"skipped {summary['skipped']} of {len(result.trials)} trials: {len(result.missing)} ids "
+                      f"are not in {embeddings}", highlight=False, soft_wrap=True)
     if not to_stdout:
-        atomic_write_text(output, _format_scores(tr, keep, scores, labels))
+        atomic_write_text(output, result.lines())
     elif not json_out:
-        sys.stdout.write(_format_scores(tr, keep, scores, labels))
+        sys.stdout.write(result.lines())
         sys.stdout.flush()
-
-    if labels is not None:
+    if result.labels is not None:
         console.print(
             f"[bold]EER[/] {summary['eer']:.3f}%  [bold]minDCF[/](0.01) {summary['mindcf_p0.01']:.4f}  "
             f"[bold]minDCF[/](0.05) {summary['mindcf_p0.05']:.4f}  "
@@ -115,20 +80,3 @@ def score(
         )
     if json_out:
         print_json(summary)
-
-
-def _format_scores(tr: Trials, keep: np.ndarray, scores: np.ndarray, labels: np.ndarray | None) -> str:
-    """Scores as text lines, the trials' ids in their order (kept trials only)."""
-    import numpy as np  # noqa: F811 (lazy import keeps `spkemb --help` fast)
-
-    rows = np.flatnonzero(keep)
-    enroll = [tr.enroll[i] for i in rows]
-    test = [tr.test[i] for i in rows]
-    values = [f"{s:.6f}" for s in scores.tolist()]
-    if labels is None:
-        lines = [f"{e} {t} {s}" for e, t, s in zip(enroll, test, values, strict=True)]
-    else:
-        names = ("nontarget", "target")
-        lines = [f"{e} {t} {s} {names[lab]}" for e, t, s, lab in
-                 zip(enroll, test, values, labels.tolist(), strict=True)]
-    return "\n".join(lines) + "\n" if lines else ""
