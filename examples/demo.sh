@@ -26,14 +26,16 @@ for model in mfcc-stats rand-ecapa cel-ecapa; do
   src=$model; [ "$model" != mfcc-stats ] && src="$D/exp/$model"
   spkemb extract "$src" "$D/manifest.tsv" -o "$D/$model.h5"
   spkemb score "$D/trials.txt" "$D/$model.h5" -o "$D/$model.scores" --json > "$D/$model.json"
+  # Standardising the embeddings (per-dimension mean and std of a cohort, here the store itself) first:
+  spkemb score "$D/trials.txt" "$D/$model.h5" --norm standardize --json > "$D/$model.std.json"
 done
 
 python - "$D" <<'PY'
 import json, sys
 d = sys.argv[1]
-print(f"\n{'encoder':12s} {'EER %':>7s} {'minDCF0.01':>11s} {'minDCF0.05':>11s}")
+print(f"\n{'encoder':12s} {'EER %':>7s} {'minDCF0.01':>11s} {'minDCF0.05':>11s} {'EER % (standardised)':>21s}")
 for m in ("mfcc-stats", "rand-ecapa", "cel-ecapa"):
-    r = json.load(open(f"{d}/{m}.json"))
-    print(f"{m:12s} {r['eer']:7.2f} {r['mindcf_p0.01']:11.3f} {r['mindcf_p0.05']:11.3f}")
+    r, s = json.load(open(f"{d}/{m}.json")), json.load(open(f"{d}/{m}.std.json"))
+    print(f"{m:12s} {r['eer']:7.2f} {r['mindcf_p0.01']:11.3f} {r['mindcf_p0.05']:11.3f} {s['eer']:21.2f}")
 print(f"\nscores: {d}/*.scores   embeddings: {d}/*.h5   experiments: {d}/exp/")
 PY

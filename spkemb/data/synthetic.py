@@ -24,13 +24,16 @@ _VOWELS = np.array([
 ])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SyntheticSpeaker:
     name: str
     f0: float
     tract: float
     breath: float
     rate: float
+    vowels: np.ndarray    # this speaker's own formant targets (idiosyncratic, like real vowel spaces)
+    bandwidth: float      # formant bandwidth scale
+    tilt: float           # glottal source low-pass coefficient (voice quality)
 
 
 def make_speakers(n: int, seed: int = 0) -> list[SyntheticSpeaker]:
@@ -44,6 +47,9 @@ def make_speakers(n: int, seed: int = 0) -> list[SyntheticSpeaker]:
             tract=float(rng.uniform(1.05, 1.25) if female else rng.uniform(0.85, 1.05)),
             breath=float(rng.uniform(0.01, 0.08)),
             rate=float(rng.uniform(3.0, 6.0)),
+            vowels=_VOWELS * rng.uniform(0.88, 1.12, _VOWELS.shape),
+            bandwidth=float(rng.uniform(0.6, 1.6)),
+            tilt=float(rng.uniform(0.2, 0.9)),
         ))
     return out
 
@@ -69,12 +75,13 @@ def synthesize(spk: SyntheticSpeaker, seconds: float, sr: int, rng: np.random.Ge
         f0 = spk.f0 * rng.uniform(0.9, 1.1) * np.linspace(1.0, rng.uniform(0.9, 1.1), seg_n)
         phase = np.cumsum(f0 / sr)
         src = np.diff(np.floor(phase), prepend=0.0) * 1.0
+        src = lfilter([1 - spk.tilt], [1, -spk.tilt], src)
         src += spk.breath * rng.standard_normal(seg_n)
-        formants = _VOWELS[rng.integers(len(_VOWELS))] * spk.tract * rng.uniform(0.95, 1.05, 3)
+        formants = spk.vowels[rng.integers(len(spk.vowels))] * spk.tract * rng.uniform(0.97, 1.03, 3)
         seg = np.zeros(seg_n)
         for k, f in enumerate(formants):
             if f < sr / 2 - 200:
-                seg += _resonator(src, f, 60 + 40 * k, sr) / (k + 1)
+                seg += _resonator(src, f, (60 + 40 * k) * spk.bandwidth, sr) / (k + 1)
         seg *= np.hanning(seg_n)
         out[pos:pos + seg_n] += seg
         pos += seg_n + int(rng.uniform(0.0, 0.25) * sr * (rng.random() < 0.3))
