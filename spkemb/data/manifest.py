@@ -12,15 +12,12 @@ import csv
 import io
 import os
 import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from spkemb.errors import InputError
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from spkemb.fileio import atomic_write_text
 
 COLUMNS = ("utt_id", "path", "speaker", "duration", "sample_rate")
 SEGMENT_COLUMNS = ("start", "end")
@@ -112,21 +109,6 @@ def write_manifest(utts: Iterable[Utterance], path: str | Path) -> None:
         sys.stdout.flush()
         return
     atomic_write_text(path, text)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def speakers_of(utts: Iterable[Utterance]) -> list[str]:

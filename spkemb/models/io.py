@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from spkemb.errors import InputError
+from spkemb.fileio import atomic_torch_save
 from spkemb.models.registry import build_encoder, encoder_class, is_parameter_free, list_encoders
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ENCODER_FILE", "save_encoder", "load_encoder", "file_sha256",
@@ -74,19 +74,7 @@ def save_encoder(model: nn.Module, path: str | Path, extra: Mapping[str, Any] | 
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": _plain(dict(extra or {})),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def _short(err: BaseException) -> str:

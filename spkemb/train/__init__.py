@@ -16,14 +16,13 @@ Modules: :mod:`.config` (TrainConfig, YAML/TOML), :mod:`.schedule` (warm-up + co
 :mod:`.trainer` (the loop).
 """
 
-from spkemb.train.checkpoint import atomic_torch_save, find_resume_checkpoint, load_checkpoint
+from spkemb.train.checkpoint import find_resume_checkpoint, load_checkpoint
 from spkemb.train.config import TrainConfig, dump_config, load_config, merge_config
 from spkemb.train.trainer import Trainer, seed_everything, skip_none_collate
 
 __all__ = [
     "TrainConfig",
     "Trainer",
-    "atomic_torch_save",
     "dump_config",
     "find_resume_checkpoint",
     "load_checkpoint",

@@ -1,0 +1,54 @@
+"""Atomic file writes: a temporary file beside the target, fsync, rename. A crash or a failed run
+never leaves half a file where a whole one is expected, and never clobbers the previous one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _atomic_write(path: str | Path, mode: str, write: Callable[[IO[Any]], None]) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(p.parent)
+    return p
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    import torch
+
+    return _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
