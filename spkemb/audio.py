@@ -82,7 +82,7 @@ def load_audio(
     """
     sr = None
     if start is not None or end is not None:
-        sr = sf.info(str(path)).samplerate
+        sr = audio_info(path).sample_rate
         start_frame = int(round((start or 0.0) * sr))
         num_frames = -1 if end is None else max(0, int(round(end * sr)) - start_frame)
     first = start_frame or 0
@@ -93,7 +93,7 @@ def load_audio(
     x = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if sample_rate is not None:
         if sr is None:
-            sr = sf.info(str(path)).samplerate
+            sr = audio_info(path).sample_rate
         x = resample(x, sr, sample_rate)
     return np.ascontiguousarray(x, dtype=np.float32)
 

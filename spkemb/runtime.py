@@ -13,24 +13,27 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` (CUDA if present, under torchrun the local rank's GPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    spec = (spec or "auto").lower()
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    """``auto`` = CUDA if available else CPU; ``cuda`` under torchrun = ``cuda:LOCAL_RANK``; ``cuda:N``
+    is checked against the devices present. Asking for CUDA where there is none is an InputError."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "cpu":
         return torch.device("cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {spec}: CUDA is not available on this machine (use cpu or auto)")
-        if spec == "cuda":
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise InputError(f"--device {spec}: not a device (auto, cpu, cuda, cuda:N)") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {spec}: only cpu and cuda are supported")
-    return dev
+    if spec not in ("auto", "cuda") and not spec.startswith("cuda:"):
+        raise InputError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}")
+    if not torch.cuda.is_available():
+        if spec == "auto":
+            return torch.device("cpu")
+        raise InputError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+    if spec in ("auto", "cuda"):
+        index = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else torch.cuda.current_device()
+    else:
+        try:
+            index = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise InputError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}") from None
+    if index >= torch.cuda.device_count():
+        raise InputError(f"--device {spec}: no CUDA device {index} (this machine has {torch.cuda.device_count()})")
+    return torch.device("cuda", index)
 
 
 def check_precision(precision: str, device: torch.device) -> torch.dtype | None:

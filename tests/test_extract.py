@@ -113,7 +113,7 @@ def test_chunked_long_audio(tmp_path: Path) -> None:
     x = torch.from_numpy(sf.read(tmp_path / "long.wav", dtype="float32")[0])
     with torch.inference_mode():
         pieces = torch.stack([x[s:s + 48000] for s in (0, 32000, 64000)])  # the last window ends at the end
-        emb = torch.nn.functional.normalize(model(pieces), dim=-1).mean(0).numpy()
+        emb = model(pieces).mean(0).numpy()  # raw pieces averaged: same scale as unchunked rows
     np.testing.assert_allclose(got, emb, atol=1e-4)
 
 
@@ -201,3 +201,27 @@ def test_short_clip_and_stereo_44k_are_embedded(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     emb = read_embeddings(tmp_path / "e.h5")
     assert emb.ids == ["short.wav", "st.flac"] and np.isfinite(emb.vectors).all()
+
+
+def test_bad_options_and_inputs_are_one_line(manifest: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "e.h5")
+    for args, problem in (
+        (["mfcc-stats", str(manifest), "--chunk", "-1"], "--chunk"),
+        (["mfcc-stats", str(manifest), "--hop", "1"], "--hop"),
+        (["mfcc-stats", str(manifest), "--shard", "5/4"], "--shard"),
+        (["mfcc-stats", str(tmp_path / "e.h5")], "not a manifest"),
+    ):
+        if problem == "not a manifest":
+            (tmp_path / "e.h5").write_bytes(b"\x89HDF\r\n\x1a\n\x00\xff\xfe")
+        res = runner.invoke(app, ["extract", *args, "-o", out])
+        assert res.exit_code == 2 and problem in res.output, res.output
+
+
+def test_random_encoder_does_not_replace_an_experiment(manifest: Path, tmp_path: Path) -> None:
+    exp = tmp_path / "exp"
+    args = ["pretrain", str(manifest), "-o", str(exp), "--method", "none", "--encoder-opt", "channels=32"]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (exp / "encoder.pt").read_bytes()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "refusing" in res.output
+    assert (exp / "encoder.pt").read_bytes() == before

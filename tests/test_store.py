@@ -100,3 +100,21 @@ def test_exports(tmp_path: Path) -> None:
     for line in scp.read_text().splitlines():
         off = int(line.rsplit(":", 1)[1])
         assert data[off:off + 1] == b"["
+
+
+def test_merge_checks_before_writing(tmp_path: Path) -> None:
+    v = np.ones((9, 4), dtype=np.float32)
+    write_embeddings(tmp_path / "a.h5", IDS, v, attrs={"checkpoint_sha256": "s"})
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"earlier output")
+    with pytest.raises(InputError, match="another encoder"):
+        merge_stores([tmp_path / "a.h5"], out, order=IDS, expect_sha256="other")
+    assert out.read_bytes() == b"earlier output"
+
+
+def test_merge_allows_ids_a_shard_could_not_read(tmp_path: Path) -> None:
+    v = np.ones((9, 4), dtype=np.float32)
+    write_embeddings(tmp_path / "a.h5", IDS[:4], v[:4], attrs={"checkpoint_sha256": "s", "failed": 1})
+    write_embeddings(tmp_path / "b.h5", IDS[5:], v[5:], attrs={"checkpoint_sha256": "s"})
+    m = read_embeddings(merge_stores([tmp_path / "b.h5", tmp_path / "a.h5"], tmp_path / "m.h5", order=IDS))
+    assert m.ids == IDS[:4] + IDS[5:] and m.attrs["failed"] == 1

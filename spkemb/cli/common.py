@@ -42,11 +42,15 @@ def guarded(func: F) -> F:
             raise fail(str(err), 2) from None
         except WorkError as err:
             raise fail(str(err), 1) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted; run the same command again to resume", 130) from None
-        except BrokenPipeError:
+        except BrokenPipeError:  # `spkemb score ... | head`: the reader left; not an error
             sys.stderr.close()
             raise typer.Exit(0) from None
+        except OSError as err:  # an unwritable or missing path (2), a full disk (1): still one line
+            where = f"{err.filename}: " if err.filename else ""
+            usage = isinstance(err, PermissionError | FileNotFoundError | IsADirectoryError | NotADirectoryError)
+            raise fail(f"{where}{err.strerror or err}", 2 if usage else 1) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; run the same command again to resume", 130) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -58,20 +58,16 @@ def extract(
     from spkemb.embeddings.extract import ExtractOptions, extract_embeddings, parse_shard, shard_rows
     from spkemb.embeddings.store import merge_stores, read_embeddings
     from spkemb.errors import InputError
-    from spkemb.models.io import describe_encoder, file_sha256, load_encoder
+    from spkemb.models.io import describe_encoder, encoder_checksum, load_encoder
     from spkemb.runtime import set_threads
 
     utts = read_manifest(manifest)
     if not utts:
         raise InputError("manifest has no utterances", manifest)
-    model_path = Path(model) / "encoder.pt" if Path(model).is_dir() else Path(model)
-    sha = file_sha256(model_path) if model_path.is_file() else f"builtin:{model}"
+    sha = encoder_checksum(model)
     if merge:
-        out = merge_stores(merge, output, order=[u.utt_id for u in utts])
+        out = merge_stores(merge, output, order=[u.utt_id for u in utts], expect_sha256=sha)
         emb = read_embeddings(out)
-        if emb.attrs.get("checkpoint_sha256") != sha:
-            out.unlink()
-            raise InputError(f"the shards were made with another encoder than {model}", merge[0])
         console.print(f"merged {len(merge)} shards into {out} ({len(emb)} embeddings)")
         summary = {"output": str(out), "embeddings": len(emb), "merged": [str(m) for m in merge]}
     else:

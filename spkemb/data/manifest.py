@@ -45,8 +45,14 @@ def read_manifest(path: str | Path) -> list[Utterance]:
         p = Path(path)
         if not p.is_file():
             raise InputError("no such manifest file", path)
-        text, base = p.read_text(encoding="utf-8"), p.resolve().parent
-    rows = list(csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE))
+        try:
+            text, base = p.read_text(encoding="utf-8"), p.resolve().parent
+        except UnicodeDecodeError:
+            raise InputError("not a manifest (not UTF-8 text; arguments swapped?)", path) from None
+    try:
+        rows = list(csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE))
+    except csv.Error as err:
+        raise InputError(f"not a manifest TSV ({err})", path) from None
     rows = [r for r in rows if r and not (len(r) == 1 and not r[0].strip())]
     if not rows:
         raise InputError("empty manifest (no header)", path)

@@ -113,6 +113,10 @@ def format_trials(trials: Trials, fmt: str = "voxceleb") -> str:
         raise InputError(f"unknown trial format {fmt!r} (voxceleb or kaldi)")
     out = []
     for i, (e, t) in enumerate(zip(trials.enroll, trials.test, strict=True)):
+        if any(c.isspace() for c in e + t):
+            bad = e if any(c.isspace() for c in e) else t
+            raise InputError(f"utt_id {bad!r} contains whitespace, which trial lists cannot hold "
+                             "(rename the files, or prepare with --speaker-regex on a cleaner root)")
         if trials.labels is None:
             out.append(f"{e} {t}")
         elif fmt == "voxceleb":

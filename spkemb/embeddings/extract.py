@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from spkemb.data.manifest import Utterance
@@ -29,6 +28,14 @@ class ExtractOptions:
     vad: bool = False
     precision: str = "fp32"
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.chunk is not None and self.chunk <= 0:
+            raise InputError(f"--chunk {self.chunk}: must be a positive number of seconds")
+        if self.hop is not None and (self.hop <= 0 or self.chunk is None):
+            raise InputError(f"--hop {self.hop}: needs --chunk, and must be positive")
+        if self.batch_seconds <= 0 or self.max_batch < 1:
+            raise InputError("--batch-seconds and --max-batch must be positive")
 
     def identity(self) -> dict:
         """What changes the embeddings (and so must match to resume)."""
@@ -78,6 +85,8 @@ def extract_embeddings(
     options are kept. ``on_progress(audio_seconds, n_utts)`` is called after each batch. Utterances
     that fail to decode are reported in the result and left out of the store.
     """
+    if not utts:
+        raise InputError("nothing to extract: no utterances (an empty manifest, or a shard with no rows)")
     device = resolve_device(opts.device)
     ctx_check = autocast(device, opts.precision)  # validates precision for the device early
     del ctx_check
@@ -150,7 +159,11 @@ def embed_batch(
     device: torch.device,
     precision: str = "fp32",
 ) -> np.ndarray:
-    """Embed padded pieces and average each row's pieces (L2-normalised first) -> (n_rows, D)."""
+    """Embed padded pieces and average each row's pieces -> (n_rows, D).
+
+    Pieces are averaged raw, so a chunked row has the same scale as an unchunked one (scores that
+    normalise embeddings before cosine, e.g. cohort standardisation, need one scale for all rows).
+    """
     wav = wav.to(device, non_blocking=True)
     lengths = lengths.to(device)
     with autocast(device, precision):
@@ -158,7 +171,6 @@ def embed_batch(
     emb = emb.float()
     if len(owner) == n_rows:
         return emb.cpu().numpy()
-    emb = F.normalize(emb, dim=-1)
     owner = owner.to(device)
     summed = torch.zeros(n_rows, emb.shape[1], device=device).index_add_(0, owner, emb)
     counts = torch.bincount(owner, minlength=n_rows).clamp(min=1).unsqueeze(1)
@@ -173,19 +185,18 @@ def _finish_without_failed(
 
     from spkemb.embeddings.store import partial_path, write_embeddings
 
-    bad = {p for p, _ in failed}
     part = partial_path(out)
     with h5py.File(part, "r") as f:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         mask = f["written"][()]
         vectors = f["embedding"][()][mask]
-    keep = [u for u, m in zip(utts, mask, strict=True) if m and u.path not in bad]
+    keep = [u for u, m in zip(utts, mask, strict=True) if m]  # a failed row is never marked written
+    if not keep:
+        part.unlink(missing_ok=True)
+        raise InputError(f"no utterance could be read (first: {failed[0][0]}: {failed[0][1]})")
     attrs = {k: v for k, v in attrs.items() if k not in ("complete", "format", "format_version", "created")}
     attrs["failed"] = len(failed)
     path = write_embeddings(out, [u.utt_id for u in keep], vectors, [u.speaker for u in keep], attrs)
     part.unlink(missing_ok=True)
     return ExtractResult(path, len(keep), resumed, failed, audio, time.monotonic() - t0)
 
-
-def options_dict(opts: ExtractOptions) -> dict:
-    return asdict(opts)

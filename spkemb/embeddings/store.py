@@ -236,17 +236,28 @@ def write_embeddings(
     return w.finish()
 
 
-def merge_stores(inputs: Sequence[str | Path], out: str | Path, order: Sequence[str] | None = None) -> Path:
-    """Merge complete stores (e.g. shards) into one; ids must not repeat; attributes of the first are kept.
+def merge_stores(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    order: Sequence[str] | None = None,
+    expect_sha256: str | None = None,
+) -> Path:
+    """Merge complete stores (e.g. shards) into one, checked before anything is written.
 
-    Shards must come from the same encoder checkpoint. ``order`` (e.g. the manifest's ids) fixes
-    the row order and must be covered exactly.
+    Shards must come from the same encoder checkpoint (``expect_sha256`` when given) and the same
+    extraction options, and must not share ids. ``order`` (the manifest's ids) fixes the row order:
+    every id must belong to it, and ids may be absent only where a shard recorded unreadable files.
     """
     sets = [read_embeddings(p) for p in inputs]
     first = sets[0]
     for p, s in zip(inputs, sets, strict=True):
-        if s.attrs.get("checkpoint_sha256") != first.attrs.get("checkpoint_sha256"):
+        sha = s.attrs.get("checkpoint_sha256")
+        if expect_sha256 is not None and sha != expect_sha256:
+            raise InputError("made with another encoder than the one given (checkpoint SHA-256 differs)", p)
+        if sha != first.attrs.get("checkpoint_sha256"):
             raise InputError("made with a different encoder checkpoint than the first shard", p)
+        if s.attrs.get("options") != first.attrs.get("options"):
+            raise InputError(f"extracted with other options ({s.attrs.get('options')}) than the first shard", p)
         if s.vectors.shape[1] != first.vectors.shape[1]:
             raise InputError(f"embedding dimension {s.vectors.shape[1]} differs from {first.vectors.shape[1]}", p)
     ids = [u for s in sets for u in s.ids]
@@ -256,14 +267,22 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path, order: Sequence[
     pos = {u: i for i, u in enumerate(ids)}
     if len(pos) != len(ids):
         raise InputError("the stores share utt_ids; shards must be disjoint", inputs[0])
+    failed = sum(int(s.attrs.get("failed", 0)) for s in sets)
     if order is not None:
+        known = set(order)
+        stray = [u for u in ids if u not in known]
+        if stray:
+            raise InputError(f"{len(stray)} ids are not in the manifest (first: {', '.join(stray[:3])})", inputs[0])
         missing = [u for u in order if u not in pos]
-        if missing or len(order) != len(ids):
+        if len(missing) > failed:
             raise InputError(f"the shards do not cover the manifest: {len(missing)} ids missing "
-                             f"(first: {', '.join(missing[:3])}), {len(ids)} ids present for {len(order)}")
-        idx = np.array([pos[u] for u in order])
-        ids, vectors = list(order), vectors[idx]
+                             f"(first: {', '.join(missing[:3])}); extract the missing shards first")
+        idx = np.array([pos[u] for u in order if u in pos])
+        ids, vectors = [ids[i] for i in idx], vectors[idx]
         speakers = [speakers[i] for i in idx] if speakers is not None else None
-    attrs = {k: v for k, v in first.attrs.items() if k not in ("complete", "format", "format_version", "created")}
+    drop = ("complete", "format", "format_version", "created", "shard", "failed")
+    attrs = {k: v for k, v in first.attrs.items() if k not in drop}
     attrs["merged_from"] = [str(p) for p in inputs]
+    if failed:
+        attrs["failed"] = failed
     return write_embeddings(out, ids, vectors, speakers, attrs)

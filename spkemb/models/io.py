@@ -170,6 +170,15 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def encoder_checksum(spec: str | Path) -> str:
+    """What identifies the weights behind ``spec``: the SHA-256 of its encoder file, or
+    ``builtin:NAME`` for a parameter-free baseline (recorded in stores; shards must agree on it)."""
+    path = _resolve(spec)
+    if path is None:
+        return "builtin:" + str(spec).strip().lower().replace("_", "-")
+    return file_sha256(path)
+
+
 def describe_encoder(model: nn.Module) -> dict[str, Any]:
     """Name, config, parameter count, embedding size and sample rate of an encoder."""
     model = unwrap(model)

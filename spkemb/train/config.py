@@ -209,3 +209,18 @@ def dump_config(cfg: TrainConfig, path: str | Path) -> None:
     text = "# effective configuration written by spkemb (usable as --config)\n"
     text += yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     atomic_write_text(path, text)
+
+
+def parse_key_values(pairs: list[str] | None, option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (e.g. ``--encoder-opt channels=1024``) -> dict; values are read as YAML
+    scalars, so numbers, booleans and lists come out typed."""
+    out: dict[str, Any] = {}
+    for item in pairs or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"{option} {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise InputError(f"{option} {item!r}: cannot read the value") from None
+    return out

@@ -13,7 +13,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from spkemb.errors import InputError
+from spkemb.runtime import resolve_device
 
 
 def env_world_size() -> int:
@@ -29,33 +29,6 @@ def local_rank() -> int:
 def local_world_size() -> int:
     """Processes on this machine (LOCAL_WORLD_SIZE from torchrun; 1 when absent)."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` = CUDA if available else CPU; ``cuda`` under torchrun = ``cuda:LOCAL_RANK``.
-
-    An explicit ``cuda:N`` is taken as given. Asking for CUDA where there is none is an
-    :class:`InputError`.
-    """
-    spec = spec.strip().lower()
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec not in ("auto", "cuda") and not spec.startswith("cuda:"):
-        raise InputError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}")
-    if not torch.cuda.is_available():
-        if spec == "auto":
-            return torch.device("cpu")
-        raise InputError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
-    if spec in ("auto", "cuda"):
-        index = local_rank() if "LOCAL_RANK" in os.environ else torch.cuda.current_device()
-    else:
-        try:
-            index = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise InputError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}") from None
-    if index >= torch.cuda.device_count():
-        raise InputError(f"--device {spec}: no CUDA device {index} (this machine has {torch.cuda.device_count()})")
-    return torch.device("cuda", index)
 
 
 def setup(device: str = "auto") -> torch.device:

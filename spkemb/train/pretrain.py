@@ -26,6 +26,10 @@ def random_encoder(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
 
     from spkemb.models import describe_encoder, save_encoder
 
+    for existing in ("encoder.pt", "checkpoints"):
+        if (out_dir / existing).exists():
+            raise InputError(f"already holds {existing}; refusing to replace it with a random encoder "
+                             "(choose another -o)", out_dir)
     torch.manual_seed(cfg.seed)
     enc = build_encoder_from(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -37,7 +41,11 @@ def random_encoder(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
 
 def run_pretrain(utts: list[Utterance], cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     """Train ``cfg.method`` on ``utts`` into ``out_dir`` (resumable with ``cfg.resume``)."""
+    from spkemb.methods import list_methods
+
     out = Path(out_dir)
+    if cfg.method not in ("none", *list_methods()):
+        raise InputError(f"method {cfg.method!r}: choose none, {', '.join(list_methods())}")
     if cfg.method == "none":
         return random_encoder(cfg, out)
     from spkemb.augment.chain import from_options
