@@ -40,7 +40,9 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
     if precision not in PRECISIONS:
         raise InputError(f"--precision {precision}: choose fp32, bf16 or fp16")
     if precision == "fp16" and device.type == "cpu":
-        raise InputError("--precision fp16 is for CUDA; on the CPU use bf16 (fast with AMX/AVX512-BF16)")
+        raise InputError("--precision fp16 needs a CUDA device; on the CPU use bf16 (fast with AMX/AVX512-BF16)")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise InputError(f"--precision bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16")
     return PRECISIONS[precision]
 
 

@@ -381,3 +381,21 @@ def test_run_offline_same_result_with_any_workers_and_reports_progress(corpus: P
     with pytest.raises(InputError, match="cannot name a file under the output folder"):
         run_offline(bad, corpus / "w3", options)
     assert not (corpus / "w3").exists()
+
+
+def test_noise_draws_do_not_depend_on_what_a_process_found_bad(tmp_path: Path, x: np.ndarray) -> None:
+    """A resumed run (fresh workers, nothing known bad yet) must draw what the first run drew."""
+    d = tmp_path / "noise"
+    d.mkdir()
+    (d / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    for i in range(3):
+        _write(d / f"good{i}.wav", 0.1 * np.random.default_rng(i).standard_normal(SR))
+    seasoned, fresh = AddNoise(NoiseBank(d)), AddNoise(NoiseBank(d))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AugmentWarning)
+        for seed in range(20):  # the seasoned bank meets the corrupt file and remembers it
+            seasoned(x, SR, np.random.default_rng(100 + seed))
+        for seed in range(10):
+            a, ra = seasoned(x, SR, np.random.default_rng(seed))
+            b, rb = fresh(x, SR, np.random.default_rng(seed))
+            assert ra == rb and np.array_equal(a, b)

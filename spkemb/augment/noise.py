@@ -28,7 +28,7 @@ CATEGORIES = ("noise", "music", "babble")
 MUSAN_SUBDIRS = {"noise": "noise", "music": "music", "speech": "babble"}
 DEFAULT_SNR: dict[str, tuple[float, float]] = {"noise": (0.0, 15.0), "music": (5.0, 15.0), "babble": (13.0, 20.0)}
 _EPS = 1e-10
-_MAX_TRIES = 10
+_MAX_TRIES = 32
 
 
 class AugmentWarning(UserWarning):
@@ -120,15 +120,23 @@ class NoiseBank:
     ) -> tuple[np.ndarray, str] | None:
         """A non-silent segment of a random file of ``category``, or None if no file is usable.
 
-        Bad files are skipped (with one warning each) and never tried again in this process.
+        Bad files are skipped (with one warning each) and not read again in this process. The draws
+        do not depend on which files this process already found bad, so a resumed run with fresh
+        workers draws exactly what the first one did.
         """
-        for _ in range(_MAX_TRIES):
-            candidates = [f for f in self.files.get(category, ()) if f not in self._bad and f not in exclude]
-            if not candidates:
-                return None
-            path = candidates[int(rng.integers(0, len(candidates)))]
+        candidates = [f for f in self.files.get(category, ()) if f not in exclude]
+        if not candidates:
+            return None
+        # A random order over all files (bad ones included) and one seed per try, drawn up front: the
+        # random numbers consumed never depend on what this process has already found bad.
+        order = rng.permutation(len(candidates))[:_MAX_TRIES]
+        seeds = rng.integers(2**63, size=len(order))
+        for k, seed in zip(order, seeds, strict=True):
+            path = candidates[int(k)]
+            if path in self._bad:
+                continue
             try:
-                seg = self.read_segment(path, length, sample_rate, rng)
+                seg = self.read_segment(path, length, sample_rate, np.random.default_rng(int(seed)))
             except Exception as err:  # never crash a training worker on a bad noise file
                 self._skip(path, err)
                 continue
@@ -137,7 +145,7 @@ class NoiseBank:
                 continue
             if power(seg) > _EPS:
                 return seg.astype(np.float32, copy=False), path
-            # A silent stretch: draw again. A short file that was read whole is silent throughout.
+            # A silent stretch: try another file. A short file that was read whole is silent throughout.
             info = self._info.get(path)
             if info is not None and info.frames * sample_rate <= length * info.sample_rate:
                 self._skip(path, ValueError("silent audio"))

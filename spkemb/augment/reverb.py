@@ -134,11 +134,12 @@ class Reverb:
             i = int(rng.integers(0, self.pool_size))
             rir, room = self.pooled(i, sample_rate)
             return apply_rir(x, rir), {"rir": f"sim:{i}", "room": room["room"], "rt60": room["rt60"]}
-        for _ in range(_MAX_TRIES):
-            candidates = [f for f in self.files if f not in self._bad]
-            if not candidates:
-                return x, None
-            path = candidates[int(rng.integers(0, len(candidates)))]
+        # A random order over all files (bad ones included): the draws never depend on what this
+        # process already found bad, so they are the same in every worker and after a resume.
+        for k in rng.permutation(len(self.files))[:_MAX_TRIES]:
+            path = self.files[int(k)]
+            if path in self._bad:
+                continue
             rir = self._load(path, sample_rate)
             if rir is not None:
                 return apply_rir(x, rir), {"rir": path}

@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from spkemb.data.manifest import atomic_write_text
 from spkemb.data.sampler import ResumableSampler
 from spkemb.errors import InputError, WorkError
+from spkemb.runtime import check_precision, worker_init
 from spkemb.train import distributed as dist_
 from spkemb.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -124,10 +125,6 @@ def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any
     return obj
 
 
-def _worker_init(worker_id: int) -> None:
-    torch.set_num_threads(1)
-
-
 def _limit_cpu_threads(device: torch.device) -> None:
     """On CPU, share the cores between the processes of this machine (unless OMP_NUM_THREADS says)."""
     if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
@@ -136,18 +133,6 @@ def _limit_cpu_threads(device: torch.device) -> None:
     budget = max(1, cores // max(1, dist_.local_world_size()))
     if torch.get_num_threads() > budget:
         torch.set_num_threads(budget)
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise InputError("--precision fp16 needs a CUDA device; use bf16 (or fp32) on the CPU")
-        return torch.float16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise InputError(f"--precision bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16")
-    return torch.bfloat16
 
 
 def build_optimizer(method: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -222,7 +207,7 @@ class Trainer:
         cfg = self.cfg.validate()
         resume = cfg.resume if resume is None else resume
         device = dist_.setup(cfg.device)
-        amp_dtype = _autocast_dtype(cfg.precision, device)
+        amp_dtype = check_precision(cfg.precision, device)
         _limit_cpu_threads(device)
         rank, world = dist_.rank(), dist_.world_size()
         main = rank == 0
@@ -268,7 +253,7 @@ class Trainer:
             num_workers=cfg.num_workers,
             pin_memory=device.type == "cuda",
             persistent_workers=cfg.num_workers > 0,
-            worker_init_fn=_worker_init if cfg.num_workers > 0 else None,
+            worker_init_fn=worker_init if cfg.num_workers > 0 else None,
             # a private generator: making a loader iterator must not draw from the global RNG
             generator=torch.Generator().manual_seed(cfg.seed + rank),
         )
