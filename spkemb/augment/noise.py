@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from spkemb.audio import AUDIO_EXTENSIONS, AudioInfo, audio_info, load_audio
+from spkemb.data.layouts import list_audio as relative_audio_paths
 from spkemb.errors import InputError
 
 CATEGORIES = ("noise", "music", "babble")
@@ -36,9 +37,9 @@ class AugmentWarning(UserWarning):
 
 
 def list_audio(folder: str | Path) -> list[str]:
-    """All audio files under ``folder`` (recursive), sorted so that indices are reproducible."""
+    """Absolute paths of the audio files under ``folder`` (recursive, sorted, hidden files skipped)."""
     root = Path(folder)
-    return sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    return [str(root / rel) for rel in relative_audio_paths(root)]
 
 
 def power(x: np.ndarray) -> float:
