@@ -166,11 +166,7 @@ def generate_trials(
                          f"utterances allow at most {max_target} / {max_non}")
     rng = np.random.default_rng(seed)
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    # Targets: enumerate within-speaker pairs (cheap: sum of squared speaker sizes) and draw.
-    ti, tj = zip(*[(a, b) for s in range(len(spks)) for a in range(starts[s], starts[s + 1])
-                   for b in range(a + 1, starts[s + 1])], strict=True) if max_target else ((), ())
-    pick = rng.choice(max_target, size=n_target, replace=False) if n_target else np.zeros(0, int)
-    targets = {(ti[k], tj[k]) for k in pick}
+    targets = _draw_targets(sizes, starts, n_target, max_target, rng)
     nontargets = _draw_nontargets(spk_of, n_nontarget, max_non, rng)
     rows = [(i, j, 1) for i, j in sorted(targets)] + [(i, j, 0) for i, j in sorted(nontargets)]
     order = rng.permutation(len(rows))
@@ -201,4 +197,30 @@ def _draw_nontargets(spk_of: np.ndarray, want: int, total: int, rng: np.random.G
             if len(chosen) >= want:
                 break
             chosen.add((x, y))
+    return chosen
+
+
+def _draw_targets(sizes: np.ndarray, starts: np.ndarray, want: int, total: int,
+                  rng: np.random.Generator) -> set[tuple[int, int]]:
+    """Distinct same-speaker pairs, uniform over all of them: a speaker drawn in proportion to its
+    pair count, then two of its utterances. Enumerates only when the request is most of the pairs
+    (so memory stays O(request), not O(sum of squared speaker sizes))."""
+    if want > total // 2:
+        pairs = [(a, b) for s in range(len(sizes)) for a in range(starts[s], starts[s + 1])
+                 for b in range(a + 1, starts[s + 1])]
+        return {pairs[k] for k in rng.choice(len(pairs), size=want, replace=False)}
+    weights = sizes * (sizes - 1) / 2
+    weights = weights / weights.sum()
+    chosen: set[tuple[int, int]] = set()
+    while len(chosen) < want:
+        m = 2 * (want - len(chosen)) + 16
+        spk = rng.choice(len(sizes), size=m, p=weights)
+        a = rng.integers(0, sizes[spk])
+        b = rng.integers(0, sizes[spk] - 1)
+        b = b + (b >= a)
+        i, j = starts[spk] + np.minimum(a, b), starts[spk] + np.maximum(a, b)
+        for pair in zip(i.tolist(), j.tolist(), strict=True):
+            if len(chosen) >= want:
+                break
+            chosen.add(pair)
     return chosen
