@@ -125,8 +125,9 @@ def crop_or_pad(
         else:
             off = 0
         return x[off : off + length]
-    reps = -(-length // max(n, 1))
-    return np.tile(x, reps)[:length]
+    if n == 0:
+        return np.zeros(length, dtype=np.float32)
+    return np.tile(x, -(-length // n))[:length]
 
 
 def energy_vad(

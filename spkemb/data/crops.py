@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spkemb.audio import load_audio, resample
+from spkemb.audio import crop_or_pad, load_audio, resample
 from spkemb.data.manifest import Utterance
 from spkemb.data.sampler import item_rng
 from spkemb.errors import InputError
@@ -110,7 +110,7 @@ class CropDataset(Dataset):
             for g, length in zip(groups, self.lengths, strict=True):
                 for k in range(len(g)):
                     y, _ = self.augmenter(g[k], self.sample_rate, rng)
-                    g[k] = _fit(np.asarray(y, dtype=np.float32), length)
+                    g[k] = crop_or_pad(np.asarray(y, dtype=np.float32), length, mode="start")
         return {"views": [np.stack(g) for g in groups], "index": index}
 
     # -- reading -------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ class CropDataset(Dataset):
                     x = np.roll(whole, -shift) if shift else whole
                 else:
                     x = self._load(u, first + off, frames, fsr)
-                crops.append(_fit(x, length))
+                crops.append(crop_or_pad(x, length, mode="start"))
             out.append(crops)
         return out
 
@@ -162,18 +162,6 @@ class CropDataset(Dataset):
         except (OSError, RuntimeError, ValueError) as err:
             raise InputError(f"cannot read audio ({err})", u.path) from None
         return resample(x, fsr, self.sample_rate) if fsr != self.sample_rate else x
-
-
-def _fit(x: np.ndarray, length: int) -> np.ndarray:
-    """Exactly ``length`` samples: the first ``length``, or the signal repeated to fill."""
-    n = len(x)
-    if n == length:
-        return x
-    if n > length:
-        return x[:length]
-    if n == 0:
-        return np.zeros(length, dtype=np.float32)
-    return np.tile(x, -(-length // n))[:length]
 
 
 def collate_crops(items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
