@@ -3,15 +3,8 @@
 # MFCC mean+std and a random ECAPA-TDNN, scored raw and with cohort normalisation
 # (cohort = train-clean-100, speaker-disjoint from test-other).
 set -euo pipefail
-C=${SPKEMB_CORPORA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/corpora}
-L=$C/librispeech-samples
-[ -d "$L" ] || { echo "skipped: no corpora at $C (set SPKEMB_CORPORA)" >&2; exit 0; }
-W=${BENCH_DIR:-benchmarks/out}
-mkdir -p "$W"
-spkemb prepare "$L" -o "$W/libri.tsv"
-awk -F'\t' 'NR==1 || $1 ~ /^test-other\//' "$W/libri.tsv" > "$W/test-other.tsv"
-awk -F'\t' 'NR==1 || $1 ~ /^train-clean-100\//' "$W/libri.tsv" > "$W/train.tsv"
-spkemb pretrain "$W/train.tsv" -o "$W/rand-ecapa" --method none --encoder ecapa --seed 0
+source "$(dirname "$0")/libri.sh"
+[ -f "$W/rand-ecapa/encoder.pt" ] || spkemb pretrain "$W/train.tsv" -o "$W/rand-ecapa" --method none --encoder ecapa --seed 0
 for m in mfcc-stats rand-ecapa; do
   src=$m; [ $m = rand-ecapa ] && src="$W/rand-ecapa"
   spkemb extract "$src" "$W/test-other.tsv" -o "$W/$m.test.h5"

@@ -4,16 +4,7 @@
 # cohort). One JSON line per (method, minutes) on stdout.
 #   METHODS="cel simclr moco dino" MINUTES="10" bash benchmarks/ssl_ladder.sh
 set -euo pipefail
-C=${SPKEMB_CORPORA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/corpora}
-L=$C/librispeech-samples
-[ -d "$L" ] || { echo "skipped: no corpora at $C (set SPKEMB_CORPORA)" >&2; exit 0; }
-W=${BENCH_DIR:-benchmarks/out}
-mkdir -p "$W"
-[ -f "$W/train.tsv" ] || {
-  spkemb prepare "$L" -o "$W/libri.tsv"
-  awk -F'\t' 'NR==1 || $1 ~ /^test-other\//' "$W/libri.tsv" > "$W/test-other.tsv"
-  awk -F'\t' 'NR==1 || $1 ~ /^train-clean-100\//' "$W/libri.tsv" > "$W/train.tsv"
-}
+source "$(dirname "$0")/libri.sh"
 for minutes in ${MINUTES:-10}; do
   for m in ${METHODS:-cel simclr moco dino}; do
     exp="$W/ssl-$m-${minutes}min"
