@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -381,6 +382,48 @@ def test_run_offline_same_result_with_any_workers_and_reports_progress(corpus: P
     with pytest.raises(InputError, match="cannot name a file under the output folder"):
         run_offline(bad, corpus / "w3", options)
     assert not (corpus / "w3").exists()
+
+
+@pytest.mark.parametrize("options, kwargs, message", [
+    ({"gain": True}, {"copies": 0}, "--copies must be at least 1, got 0"),
+    ({"gain": True}, {"workers": 0}, "--workers must be at least 1, got 0"),
+    ({"gain": True, "sample_rate": 0}, {}, "--sample-rate must be positive, got 0"),
+    ({"gain": True, "p_noise": 1.5}, {}, "--p-noise must be between 0 and 1, got 1.5"),
+    ({"gain": True, "p_reverb": -0.1}, {}, "--p-reverb must be between 0 and 1, got -0.1"),
+    ({"gain": True, "p_noise": float("nan")}, {}, "--p-noise must be between 0 and 1"),
+    ({"rir": " "}, {}, "--rir needs a folder of RIR files or 'simulate'"),
+    ({"rir": "", "gain": True}, {}, "--rir needs a folder of RIR files or 'simulate'"),
+    ({}, {}, "nothing to do: give --noise, --rir, --speed or --gain"),
+])  # fmt: skip
+def test_run_offline_refuses_bad_values_before_writing(corpus: Path, options: dict, kwargs: dict, message: str) -> None:
+    from spkemb.augment import OfflineOptions, run_offline
+
+    out = corpus / "aug"
+    with pytest.raises(InputError, match=re.escape(message)):
+        run_offline(corpus / "manifest.tsv", out, OfflineOptions(**options), **kwargs)
+    assert not out.exists()
+    # The options alone: the same check, without a run.
+    if not kwargs:
+        with pytest.raises(InputError, match=re.escape(message)):
+            OfflineOptions(**options).validate()
+    else:
+        OfflineOptions(**options).validate()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gain", "--copies", "0"], "--copies must be at least 1"),
+    (["--gain", "--workers", "0"], "--workers must be at least 1"),
+    (["--gain", "--sample-rate", "0"], "--sample-rate must be positive"),
+    (["--gain", "--p-noise", "2"], "--p-noise must be between 0 and 1"),
+    (["--rir", ""], "--rir needs a folder"),
+])  # fmt: skip
+def test_cli_bad_values_are_one_line_exit_2(corpus: Path, args: list[str], message: str) -> None:
+    out = corpus / "aug"
+    res = runner.invoke(app, ["augment", str(corpus / "manifest.tsv"), "-o", str(out), *args])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert not out.exists()
 
 
 def test_noise_draws_do_not_depend_on_what_a_process_found_bad(tmp_path: Path, x: np.ndarray) -> None:

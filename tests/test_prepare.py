@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -366,3 +367,52 @@ def test_prepare_manifest_core_callbacks_defaults_and_errors(tmp_path: Path) -> 
     with pytest.raises(InputError, match="sole input"):
         classify_inputs([man, a])
     assert [s.kind for s in classify_inputs([man])] == ["manifest"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"min_duration": -1.0}, "--min-duration must be >= 0, got -1"),
+    ({"min_duration": float("nan")}, "--min-duration must be >= 0, got nan"),
+    ({"workers": 0}, "--workers must be >= 1, got 0"),
+    ({"trials": "T", "targets": -1}, "--targets must be >= 0, got -1"),
+    ({"trials": "T", "nontargets": -2}, "--nontargets must be >= 0, got -2"),
+    ({"targets": 3}, "go with --trials OUT"),
+    ({"nontargets": 3}, "go with --trials OUT"),
+    ({"exclude_speakers_of": iter(["train.tsv"])}, "go with --trials OUT"),
+])  # fmt: skip
+def test_prepare_manifest_refuses_bad_arguments_before_reading(tmp_path: Path, kwargs: dict, message: str) -> None:
+    from spkemb.data.prepare import prepare_manifest
+
+    root = _vox(tmp_path / "audio")
+    if "trials" in kwargs:
+        kwargs = {**kwargs, "trials": tmp_path / "t.txt"}
+    steps: list = []
+    with pytest.raises(InputError, match=re.escape(message)):
+        prepare_manifest([root], output=tmp_path / "m.tsv", export_kaldi=tmp_path / "kaldi",
+                         on_progress=lambda *s: steps.append(s), **kwargs)
+    assert steps == [] and sorted(p.name for p in tmp_path.iterdir()) == ["audio"]
+
+
+def test_prepare_manifest_bad_trial_format_writes_nothing(tmp_path: Path) -> None:
+    from spkemb.data.prepare import prepare_manifest
+
+    root = _vox(tmp_path / "audio")
+    with pytest.raises(InputError, match="unknown trial format"):
+        prepare_manifest([root], output=tmp_path / "m.tsv", trials=tmp_path / "t.txt", trials_format="nist",
+                         export_kaldi=tmp_path / "kaldi")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min-duration", "-1"], "--min-duration must be >= 0"),
+    (["--workers", "0"], "--workers must be >= 1"),
+    (["--trials", "T", "--targets", "-1"], "--targets must be >= 0"),
+    (["--exclude-speakers-of", "train.tsv"], "go with --trials OUT"),
+])  # fmt: skip
+def test_cli_bad_arguments_are_one_line_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    root = _vox(tmp_path / "audio")
+    args = [str(tmp_path / "t.txt") if a == "T" else a for a in args]
+    res = run(root, "-o", tmp_path / "m.tsv", *args)
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio"]

@@ -45,7 +45,8 @@ class OfflineOptions:
     ``noise`` are noise folders (a MUSAN root or a plain folder of noise audio); ``rir`` a folder of
     room impulse responses, ``"simulate"``, or None; ``speed`` and ``gain`` switch on speed
     perturbation and random gain; ``p_noise`` and ``p_reverb`` are the probabilities of adding noise
-    and reverberation to a copy; ``sample_rate`` is that of the output audio.
+    and reverberation to a copy; ``sample_rate`` is that of the output audio. :meth:`validate`
+    checks them (:func:`run_offline` calls it).
     """
 
     noise: tuple[str, ...] = ()
@@ -56,6 +57,21 @@ class OfflineOptions:
     p_reverb: float = 0.3
     seed: int = 0
     sample_rate: int = 16000
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` for options out of range or that would augment nothing.
+
+        Messages name the options as ``spkemb augment`` does. Folders are checked by :func:`run_offline`.
+        """
+        if self.sample_rate < 1:
+            raise InputError(f"--sample-rate must be positive, got {self.sample_rate}")
+        for name, p in (("--p-noise", self.p_noise), ("--p-reverb", self.p_reverb)):
+            if not 0.0 <= p <= 1.0:
+                raise InputError(f"{name} must be between 0 and 1, got {p}")
+        if self.rir is not None and not self.rir.strip():
+            raise InputError("--rir needs a folder of RIR files or 'simulate'")
+        if not (self.noise or self.rir or self.speed or self.gain):
+            raise InputError("nothing to do: give --noise, --rir, --speed or --gain")
 
     def record(self) -> dict[str, Any]:
         """The options as written to ``augment-options.json``, folders resolved to absolute paths."""
@@ -96,7 +112,8 @@ def run_offline(
 ) -> OfflineResult:
     """Write ``copies`` augmented copies of every utterance of ``manifest`` under ``out_dir``.
 
-    ``manifest`` is a manifest file (``-`` reads stdin) or the utterances themselves. Bad input (an
+    ``manifest`` is a manifest file (``-`` reads stdin) or the utterances themselves. Bad input
+    (``copies`` or ``workers`` below 1, options that fail :meth:`OfflineOptions.validate`, an
     output path that is not a folder, a missing noise or RIR folder, a bad manifest, an ``utt_id``
     that cannot name a file under ``out_dir``, an existing ``out_dir`` made with other options) is an
     :class:`InputError` raised before anything is written. Files already written by an earlier run
@@ -108,11 +125,10 @@ def run_offline(
     worker processes are forked first), then after each file with the ``utt_id`` it wrote.
     """
     if copies < 1:
-        raise ValueError(f"copies must be at least 1, got {copies}")
+        raise InputError(f"--copies must be at least 1, got {copies}")
     if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    if options.sample_rate < 1:
-        raise ValueError(f"sample_rate must be positive, got {options.sample_rate}")
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    options.validate()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a folder", out)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import typer
 
 from spkemb.cli.common import console, guarded, print_json, progress
-from spkemb.errors import InputError
 
 
 @guarded
@@ -41,25 +40,11 @@ def augment(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Write augmented copies of the audio in MANIFEST (noise, reverb, speed, gain) to a folder."""
-    if copies < 1:
-        raise InputError(f"--copies must be at least 1, got {copies}")
-    if sample_rate < 1:
-        raise InputError(f"--sample-rate must be positive, got {sample_rate}")
-    if workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
-    for name, p in (("--p-noise", p_noise), ("--p-reverb", p_reverb)):
-        if not 0.0 <= p <= 1.0:
-            raise InputError(f"{name} must be between 0 and 1, got {p}")
-    noise = list(noise or [])
-    if rir is not None and not rir.strip():
-        raise InputError("--rir needs a folder of RIR files or 'simulate'")
-    if not (noise or rir or speed or gain):
-        raise InputError("nothing to do: give --noise, --rir, --speed or --gain")
-
     from spkemb.augment.offline import OfflineOptions, run_offline
 
+    # run_offline checks the values (InputError, before anything is written).
     options = OfflineOptions(
-        noise=tuple(noise),
+        noise=tuple(noise or ()),
         rir=rir,
         speed=speed,
         gain=gain,

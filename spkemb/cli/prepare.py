@@ -91,22 +91,14 @@ def prepare(
     """
     from spkemb.data.prepare import prepare_manifest
 
-    # Check everything cheap before the slow part, so bad usage fails fast and writes nothing.
-    if trials is None and (targets is not None or nontargets is not None or exclude_speakers_of):
-        raise InputError("--targets, --nontargets and --exclude-speakers-of go with --trials OUT")
+    # Check what only the CLI cares about (where output goes) before the slow part; prepare_manifest
+    # checks its own arguments before it reads any audio. Bad usage fails fast and writes nothing.
     on_stdout = [name for name, used in (("-o -", output == "-"), ("--trials -", trials == "-"),
                                          ("--json", json_out)) if used]
     if len(on_stdout) > 1:
         raise InputError(f"{' and '.join(on_stdout)} would all write to stdout; send all but one to files")
     if output is None and trials is None and export_kaldi is None:
         raise InputError("nothing to write: give -o MANIFEST ('-' for stdout), --trials OUT or --export-kaldi DIR")
-    if min_duration < 0:
-        raise InputError(f"--min-duration must be >= 0, got {min_duration:g}")
-    if workers < 1:
-        raise InputError(f"--workers must be >= 1, got {workers}")
-    for name, value in (("--targets", targets), ("--nontargets", nontargets)):
-        if value is not None and value < 0:
-            raise InputError(f"{name} must be >= 0, got {value}")
 
     bar = progress(transient=True)
     task = None

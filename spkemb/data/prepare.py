@@ -58,6 +58,27 @@ class PrepareResult:
         return sum(u.duration for u in self.utterances) / 3600
 
 
+def check_arguments(
+    *,
+    min_duration: float = 0.0,
+    workers: int = DEFAULT_WORKERS,
+    trials: str | Path | None = None,
+    targets: int | None = None,
+    nontargets: int | None = None,
+    exclude_speakers_of: Sequence[str | Path] = (),
+) -> None:
+    """Check :func:`prepare_manifest`'s arguments (named as ``spkemb prepare`` names them)."""
+    if not min_duration >= 0:  # (NaN too)
+        raise InputError(f"--min-duration must be >= 0, got {min_duration:g}")
+    if workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
+    for name, value in (("--targets", targets), ("--nontargets", nontargets)):
+        if value is not None and value < 0:
+            raise InputError(f"{name} must be >= 0, got {value}")
+    if trials is None and (targets is not None or nontargets is not None or exclude_speakers_of):
+        raise InputError("--targets, --nontargets and --exclude-speakers-of go with --trials OUT")
+
+
 def check_layout(layout: str, speaker_regex: str | None = None) -> None:
     """Check ``layout`` (one of :data:`spkemb.data.layouts.LAYOUTS` or ``kaldi``) and the regex."""
     if layout == "kaldi":
@@ -208,11 +229,16 @@ def prepare_manifest(
     ``on_progress`` is passed to :func:`read_inputs`. ``on_read(problems, prefixed)`` is called once
     the inputs are read, before anything else can fail: the files left out, and whether every
     utt_id gets its root's folder name as a prefix (the same utt_id occurs under two roots). Bad
-    input is an :class:`InputError`, raised before any output is written.
+    input is an :class:`InputError`, raised before any output is written; bad arguments (a negative
+    ``min_duration``, ``targets`` or ``nontargets``, ``workers`` below 1, trial options without
+    ``trials``) are refused before any audio is read.
     """
     from spkemb.data import kaldi, layouts
     from spkemb.data.manifest import atomic_write_text, format_manifest
 
+    exclude_speakers_of = list(exclude_speakers_of)
+    check_arguments(min_duration=min_duration, workers=workers, trials=trials, targets=targets,
+                    nontargets=nontargets, exclude_speakers_of=exclude_speakers_of)
     check_layout(layout, speaker_regex)
     sources = classify_inputs(roots, layout)
     excluded = speakers_of_manifests(exclude_speakers_of)
@@ -229,19 +255,23 @@ def prepare_manifest(
 
     # Make every output in memory (this is where bad input shows), then write.
     manifest_text = format_manifest(utts) if output is not None else None
-    trial_list = draw_trials(utts, targets, nontargets, seed, excluded) if trials is not None else None
+    trial_list: Trials | None = None
+    trials_text: str | None = None
+    if trials is not None:
+        from spkemb.data.trials import format_trials
+
+        trial_list = draw_trials(utts, targets, nontargets, seed, excluded)
+        trials_text = format_trials(trial_list, trials_format)
     if export_kaldi is not None:
         kaldi.write_kaldi_dir(utts, export_kaldi)
-    if trial_list is not None and trials is not None:
-        from spkemb.data.trials import write_trials
-
-        write_trials(trial_list, trials, trials_format)
-    if output is not None and manifest_text is not None:
-        if str(output) == "-":
+    for path, text in ((trials, trials_text), (output, manifest_text)):
+        if path is None or text is None:
+            continue
+        if str(path) == "-":
             import sys
 
-            sys.stdout.write(manifest_text)
+            sys.stdout.write(text)
             sys.stdout.flush()
         else:
-            atomic_write_text(output, manifest_text)
+            atomic_write_text(path, text)
     return PrepareResult(utts, problems, trial_list)
