@@ -34,3 +34,19 @@ def test_unbuilt_commands_say_so_and_exit_2() -> None:
 
 def test_completions_and_man_pages_are_current() -> None:
     assert gendocs_main(["--check"]) == 0, "run `make docs` to regenerate completions/ and man/"
+
+
+def test_man_pages_document_every_option() -> None:
+    import typer
+
+    from spkemb.cli.gendocs import man_page
+
+    top = typer.main.get_command(app)
+    parent = top.context_class(top, info_name="spkemb")
+    for name in ("pretrain", "extract", "score"):
+        command = top.commands[name]
+        file_name, text = man_page(command, name, parent)
+        assert file_name == f"spkemb-{name}.1"
+        for param in command.params:
+            flag = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+            assert flag.replace("-", r"\-") in text, f"{file_name} misses {flag}"

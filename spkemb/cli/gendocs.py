@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import inspect
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 SHELLS = {"bash": "spkemb.bash", "zsh": "_spkemb", "fish": "spkemb.fish"}
 MAN_DATE = "2026-11"  # fixed, so that regenerating is reproducible; bump with releases
@@ -30,11 +32,34 @@ def completion_script(shell: str) -> str:
     return out.stdout
 
 
-def write_all(root: Path) -> None:
-    import typer
-    from click_man.core import write_man_pages
+def man_page(command: Any, name: str, parent: Any = None) -> tuple[str, str]:
+    """(file name, troff text) of one command's man page, laid out by click-man.
+
+    click-man's own page builder keeps only parameters that are ``click.Option`` instances, and
+    Typer's parameters come from the click that Typer vendors, so it would drop every option: the
+    page is filled here from each parameter's help record instead.
+    """
+    from click_man.man import ManPage
 
     from spkemb import __version__
+
+    ctx = command.context_class(command, info_name=name, parent=parent)
+    page = ManPage(ctx.command_path)
+    page.version = __version__
+    page.date = MAN_DATE
+    page.short_help = command.get_short_help_str(limit=45)
+    page.description = inspect.cleandoc(command.help or "")
+    page.synopsis = " ".join(command.collect_usage_pieces(ctx))
+    page.options = [rec for p in command.params if not getattr(p, "hidden", False) and (rec := p.get_help_record(ctx))]
+    subcommands = getattr(command, "commands", {})
+    if subcommands:
+        page.commands = [(k, v.get_short_help_str(limit=45)) for k, v in subcommands.items()]
+    return f"{ctx.command_path.replace(' ', '-')}.1", str(page)
+
+
+def write_all(root: Path) -> None:
+    import typer
+
     from spkemb.cli.app import app
 
     (root / "completions").mkdir(parents=True, exist_ok=True)
@@ -44,7 +69,14 @@ def write_all(root: Path) -> None:
     man.mkdir(parents=True, exist_ok=True)
     for old in man.glob("*.1"):
         old.unlink()
-    write_man_pages("spkemb", typer.main.get_command(app), version=__version__, target_dir=str(man), date=MAN_DATE)
+    top = typer.main.get_command(app)
+    name, text = man_page(top, "spkemb")
+    (man / name).write_text(text)
+    parent = top.context_class(top, info_name="spkemb")
+    for sub_name, sub in getattr(top, "commands", {}).items():
+        if not sub.hidden:
+            name, text = man_page(sub, sub_name, parent)
+            (man / name).write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
