@@ -1,16 +1,20 @@
 """Training and data-pipeline throughput on LibriSpeech train-clean-100, in crops per second.
 
     python benchmarks/bench_train.py [--methods moco simclr cel dino] [--steps 6] [--channels 256]
+    python benchmarks/bench_train.py --levers [NAME ...] [--steps 10]
 
 For each method: optimiser steps of the real Trainer (bf16 autocast on the CPU, 1 worker) with and
 without noise augmentation; and the loader alone (0 and 2 workers), which must feed far more crops
-than the model consumes so that a GPU run is not starved.
+than the model consumes so that a GPU run is not starved. ``--levers``: CEL's step speed with one
+setting changed at a time from the CPU config (precision, torch.compile, threads, loader worker,
+allocator, channels, batch, crop length), each in a fresh process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,17 +33,55 @@ from spkemb.train.config import merge_config  # noqa: E402
 from spkemb.train.pretrain import run_pretrain  # noqa: E402
 
 
-def train_speed(utts: list, method: str, channels: int, batch: int, steps: int, noise: list[str],
-                precision: str) -> float:
+def train_speed(utts: list, overrides: dict, steps: int, skip: int = 2) -> float:
+    """Mean crops/s of the real Trainer over steps ``skip+1..steps`` (start-up and first batches skipped)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = merge_config({}, {"method": method, "encoder": "ecapa", "encoder_kwargs": {"channels": channels},
-                                "batch_size": batch, "max_steps": steps, "precision": precision,
-                                "num_workers": 1, "checkpoint_every": 10_000, "log_every": 1,
-                                "data_options": {"noise": noise} if noise else {}})
+        cfg = merge_config({}, {"encoder": "ecapa", "max_steps": steps, "checkpoint_every": 10_000,
+                                "log_every": 1, **overrides})
         run_pretrain(utts, cfg, tmp)
         lines = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    # Skip the first two steps (start-up, first-batch latency); crops/s over the rest.
-    return sum(x["crops_per_s"] for x in lines[2:]) / max(1, len(lines[2:]))
+    return sum(x["crops_per_s"] for x in lines[skip:]) / max(1, len(lines[skip:]))
+
+
+# One lever changed at a time from the CPU configs' CEL setting (C=256, batch 64, two 2-s crops, bf16,
+# 2 threads, loading in the main process, glibc allocator tuned, eager).
+BASE = {"method": "cel", "encoder_kwargs": {"channels": 256}, "batch_size": 64, "precision": "bf16",
+        "num_workers": 0, "method_options": {"crop_seconds": 2.0}}
+LEVERS: dict[str, dict] = {
+    "base": {},
+    "fp32": {"precision": "fp32"},
+    "compile": {"compile": True},
+    "1-thread": {},
+    "1-loader-worker": {"num_workers": 1},
+    "untuned-allocator": {},
+    "channels-512": {"encoder_kwargs": {"channels": 512}},
+    "batch-32": {"batch_size": 32},
+    "batch-128": {"batch_size": 128},
+    "crops-3s": {"method_options": {"crop_seconds": 3.0}},
+}
+
+
+def lever_speed(name: str, utts: list, steps: int) -> float:
+    """crops/s with one lever changed (run in a fresh process: threads, allocator and compile caches)."""
+    if name == "1-thread":
+        torch.set_num_threads(1)
+    if name == "untuned-allocator":
+        import spkemb.runtime
+
+        spkemb.runtime.tune_cpu_allocator = lambda *a, **k: False
+    return train_speed(utts, {**BASE, **LEVERS[name]}, steps, skip=4 if name == "compile" else 2)
+
+
+def levers(utts: list, steps: int, names: list[str]) -> dict[str, float]:
+    out = {}
+    for name in names:
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, __file__, "--lever", name, "--steps", str(steps)],
+                             capture_output=True, text=True, check=True)
+        out[name] = json.loads(res.stdout.splitlines()[-1])["crops_per_s"]
+        print(f"lever {name:18s} {out[name]:7.1f} crops/s  x{out[name] / out.get('base', out[name]):.2f} "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    return out
 
 
 def main() -> None:
@@ -50,17 +92,28 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=256)
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--levers", nargs="*", metavar="NAME", help=f"instead: one-at-a-time levers on CEL "
+                    f"({', '.join(LEVERS)}; none named = all)")
+    ap.add_argument("--lever", help=argparse.SUPPRESS)  # one lever, in a child process
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     root = corpora_root()
     utts, _ = scan(root / "librispeech-samples" / "train-clean-100")
+    if a.lever:
+        print(json.dumps({"lever": a.lever, "crops_per_s": round(lever_speed(a.lever, utts, a.steps), 1)}))
+        return
+    if a.levers is not None:
+        print(json.dumps({"steps": a.steps, "levers_crops_per_s": levers(utts, a.steps, a.levers or list(LEVERS))}))
+        return
     noise = [str(root / "noise" / "speech-commands-background")]
     out: dict = {"channels": a.channels, "batch": a.batch, "precision": a.precision, "train_crops_per_s": {},
                  "loader_crops_per_s": {}}
     for m in a.methods:
         for aug in (False, True):
             t0 = time.perf_counter()
-            speed = train_speed(utts, m, a.channels, a.batch, a.steps, noise if aug else [], a.precision)
+            speed = train_speed(utts, {"method": m, "encoder_kwargs": {"channels": a.channels},
+                                       "batch_size": a.batch, "precision": a.precision, "num_workers": 1,
+                                       "data_options": {"noise": noise} if aug else {}}, a.steps)
             out["train_crops_per_s"][f"{m}{'+noise' if aug else ''}"] = round(speed, 1)
             print(f"train {m:7s} aug={aug!s:5s} {speed:7.1f} crops/s ({time.perf_counter() - t0:.0f} s)",
                   file=sys.stderr)

@@ -281,3 +281,29 @@ def test_sampler_splits_ranks_and_resumes() -> None:
     assert again == 7 and again.epoch == 3 and [10, 11, 12, 13, 14, 15, 16, 17][again] == 17
     assert (item_rng(1, 2, 3).random(4) == item_rng(1, 2, 3).random(4)).all()
     assert (item_rng(1, 2, 3).random(4) != item_rng(1, 3, 3).random(4)).all()
+
+
+def test_compile_keeps_state_dict_keys_and_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile: true`` compiles the encoder in place: same keys and (here) the same weights as eager.
+    The eager backend checks the plumbing without paying for an inductor build in the test suite."""
+    original = torch.nn.Module.compile
+    compiled: list[torch.nn.Module] = []
+
+    def eager_compile(self: torch.nn.Module, *args: object, **kwargs: object) -> None:
+        compiled.append(self)
+        original(self, backend="eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", eager_compile)
+    results = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        method = ToyMethod()
+        Trainer(method, ToyData(n=8), None, toy_cfg(max_steps=3, compile=flag), tmp_path / str(flag)).fit()
+        results[flag] = method.state_dict()
+    assert len(compiled) == 1 and compiled[0] is method.encoder
+    assert results[True].keys() == results[False].keys()
+    for k, v in results[False].items():
+        torch.testing.assert_close(results[True][k], v, msg=k)
+    assert yaml_load(tmp_path / "True" / "config.yaml")["compile"] is True
+    with pytest.raises(InputError, match="compile: expected true or false"):
+        merge_config({"compile": "yes"}, {"max_steps": 1})

@@ -32,6 +32,8 @@ def pretrain(
     device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
     precision: str | None = typer.Option(None, help="fp32, bf16 or fp16."),
     seed: int | None = typer.Option(None, help="Random seed (data order, crops, augmentation, init)."),
+    compile_: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the encoder "
+                                         "(faster steps after a one-off compile). [default: the config's, else off]"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest good checkpoint in -o."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
@@ -54,6 +56,7 @@ def pretrain(
         "method": method, "encoder": encoder, "max_steps": max_steps, "max_minutes": max_minutes,
         "batch_size": batch_size, "lr": lr, "num_workers": workers, "checkpoint_every": checkpoint_every,
         "device": device, "precision": precision, "seed": seed, "resume": resume or None,
+        "compile": compile_,
         "encoder_kwargs": parse_key_values(encoder_opt, "--encoder-opt") or None,
         "method_options": parse_key_values(method_opt, "--method-opt") or None,
         "data_options": data_over or None,

@@ -60,6 +60,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10  # steps between metrics.jsonl lines
     resume: bool = False
+    compile: bool = False  # torch.compile the encoder (inductor); pays a one-off compile at start-up
     method_options: dict[str, Any] = field(default_factory=dict)  # read by the method
     data_options: dict[str, Any] = field(default_factory=dict)  # read by the CLI's dataset (crops, augment)
 
@@ -101,6 +102,7 @@ _INT_FIELDS = {"batch_size", "warmup_steps", "max_steps", "seed", "num_workers",
                "keep_checkpoints", "log_every"}
 _FLOAT_FIELDS = {"lr", "min_lr", "weight_decay", "max_minutes", "grad_clip"}
 _STR_FIELDS = {"method", "encoder", "optimizer", "precision", "device"}
+_BOOL_FIELDS = {"resume", "compile"}
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -161,7 +163,7 @@ def _coerce(key: str, value: Any, source: str | Path | None) -> Any:
         if not isinstance(value, Mapping):
             raise bad("a mapping")
         return {str(k): v for k, v in value.items()}
-    if key == "resume":
+    if key in _BOOL_FIELDS:
         if not isinstance(value, bool):
             raise bad("true or false")
         return value

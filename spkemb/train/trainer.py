@@ -135,6 +135,15 @@ def _limit_cpu_threads(device: torch.device) -> None:
         torch.set_num_threads(budget)
 
 
+def compile_encoder(method: nn.Module) -> None:
+    """``torch.compile`` the method's trained encoder in place (``nn.Module.compile``), so that its
+    state-dict keys, and hence checkpoints and ``encoder.pt``, are the same with and without it."""
+    encoder = getattr(method, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        raise InputError(f"compile: {type(method).__name__} has no .encoder module to compile")
+    encoder.compile()
+
+
 def build_optimizer(method: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW or SGD (momentum 0.9, Nesterov) over the parameters that require gradients; no weight
     decay on biases, norm weights and other 1-D parameters (scales, temperatures)."""
@@ -217,6 +226,8 @@ class Trainer:
         ckpt_path, state = self._pick_checkpoint(resume, ckpt_dir)
         method = self.method.to(device)
         method.train()
+        if cfg.compile:
+            compile_encoder(method)
         optimizer = build_optimizer(method, cfg)
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         try:
