@@ -323,3 +323,23 @@ def test_ddp_gathers_keys_and_negatives(tmp_path: Path) -> None:
     torch.testing.assert_close(r0["loss"], loss.detach())
     torch.testing.assert_close(r1["loss"], loss.detach())
     torch.testing.assert_close(r0["grad"], simclr.encoder.lin.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_dino_holds_its_prototypes_for_the_first_steps(utts: list[Utterance]) -> None:
+    options = {**SETTINGS["dino"][0], "freeze_last_layer_steps": 2}
+    method = make("dino", **options)
+    method.train()
+    opt = torch.optim.AdamW(trainable(method), lr=1e-2, weight_decay=0.1)
+    last = [p.detach().clone() for p in method.head.last_layer.parameters()]
+    first_mlp = next(method.head.mlp.parameters()).detach().clone()
+    for step, b in enumerate(batches(utts, "dino", options, 3), start=0):
+        loss, _ = method(b)
+        opt.zero_grad()
+        loss.backward()
+        method.before_optimizer_step(step)
+        opt.step()
+        method.after_step(step + 1, 3)
+        moved = [not torch.equal(p, q) for p, q in zip(method.head.last_layer.parameters(), last, strict=True)]
+        assert any(moved) == (step + 1 > 2), f"after step {step + 1}: last layer moved={moved}"
+    assert not torch.equal(next(method.head.mlp.parameters()), first_mlp)  # the rest of the head trains
+    assert method.config["freeze_last_layer_steps"] == 2

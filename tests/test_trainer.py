@@ -307,3 +307,18 @@ def test_compile_keeps_state_dict_keys_and_training(tmp_path: Path, monkeypatch:
     assert yaml_load(tmp_path / "True" / "config.yaml")["compile"] is True
     with pytest.raises(InputError, match="compile: expected true or false"):
         merge_config({"compile": "yes"}, {"max_steps": 1})
+
+
+def test_trainer_calls_before_optimizer_step_between_backward_and_step(tmp_path: Path) -> None:
+    seen: list[tuple[int, bool]] = []
+
+    class Hooked(ToyMethod):
+        def before_optimizer_step(self, step: int) -> None:
+            seen.append((step, self.encoder[0].weight.grad is not None))
+            self.scale.grad = None  # held still, as DINO holds its prototypes
+
+    method = Hooked()
+    scale = method.scale.detach().clone()
+    Trainer(method, ToyData(n=8), None, toy_cfg(max_steps=3), tmp_path).fit()
+    assert seen == [(0, True), (1, True), (2, True)]
+    assert torch.equal(method.scale.detach(), scale)

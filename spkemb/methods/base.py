@@ -27,6 +27,12 @@ What a method provides
     For schedules, ``self.progress`` (set by the trainer before every ``forward``, in [0, 1]) is
     the fraction of the run done, also meaningful for time-bounded runs.
 
+``before_optimizer_step(step)``
+    Called after ``backward`` (gradients all-reduced, unscaled and clipped) and before the
+    optimiser step, on the unwrapped module, with ``step`` = the steps taken before this one (0
+    for the first). To hold parameters still for a while, set their ``.grad`` to ``None``: the
+    optimiser then leaves them alone (DINO's last layer in its first steps). Default: nothing.
+
 State and checkpoints
 ---------------------
 Everything a method carries from one step to the next must be in its ``state_dict``: parameters,
@@ -89,6 +95,9 @@ class Method(nn.Module):
 
     def after_step(self, step: int, total_steps: int | None) -> None:
         """Called after each optimiser step (``step`` = steps taken). Default: nothing."""
+
+    def before_optimizer_step(self, step: int) -> None:
+        """Called between ``backward`` and the optimiser step (``step`` = steps taken). Default: nothing."""
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -74,6 +74,7 @@ class DINO(Method):
         global_seconds: float = 3.0,
         local_crops: int = 4,
         local_seconds: float = 1.5,
+        freeze_last_layer_steps: int = 0,
     ) -> None:
         super().__init__()
         if int(global_crops) < 1 or int(global_crops) + int(local_crops) < 2:
@@ -94,6 +95,7 @@ class DINO(Method):
         self.global_crops = int(global_crops)
         self.local_crops = int(local_crops)
         self.crops_per_item = self.global_crops + self.local_crops
+        self.freeze_last_layer_steps = int(freeze_last_layer_steps)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.config = {
             "name": "dino", "out_dim": int(out_dim), "hidden": int(hidden), "bottleneck": int(bottleneck),
@@ -103,6 +105,7 @@ class DINO(Method):
             "center_momentum": float(center_momentum), "momentum": self.base_momentum,
             "global_crops": self.global_crops, "global_seconds": float(global_seconds),
             "local_crops": self.local_crops, "local_seconds": float(local_seconds),
+            "freeze_last_layer_steps": self.freeze_last_layer_steps,
         }  # fmt: skip
 
     @staticmethod
@@ -150,6 +153,12 @@ class DINO(Method):
             "center_norm": float(self.loss_fn.center.norm().item()),
         }
         return loss, logs
+
+    def before_optimizer_step(self, step: int) -> None:
+        """Hold the prototypes (the head's last layer) still for the first ``freeze_last_layer_steps``."""
+        if step < self.freeze_last_layer_steps:
+            for p in self.head.last_layer.parameters():
+                p.grad = None
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int | None) -> None:

@@ -322,6 +322,7 @@ class Trainer:
             if cfg.grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            method.before_optimizer_step(step)
             scaler.step(optimizer)
             scaler.update()
             return loss_value, logs or {}
