@@ -8,8 +8,14 @@ D=${DEMO_DIR:-demo}
 MINUTES=${DEMO_MINUTES:-2}
 mkdir -p "$D"
 
+# Utterances of 6-10 s: two 2-s training crops of one utterance then rarely overlap, so the
+# self-supervised encoder cannot match crops by their shared audio instead of by voice.
 if [ ! -d "$D/corpus" ]; then
-  python -m spkemb.data.synthetic "$D/corpus.tmp" --speakers 24 --utts 8 --seed 0 && mv "$D/corpus.tmp" "$D/corpus"
+  python -m spkemb.data.synthetic "$D/corpus.tmp" --speakers 24 --utts 8 --min-seconds 6 --max-seconds 10 --seed 0
+  mv "$D/corpus.tmp" "$D/corpus"
+fi
+if [ ! -d "$D/noise" ]; then  # babble of other synthetic talkers + coloured noise, for online augmentation
+  python -m spkemb.data.synthetic "$D/noise.tmp" --noise 12 --seed 0 && mv "$D/noise.tmp" "$D/noise"
 fi
 
 # 1. Manifest of every utterance, and a trial list (speaker-labelled pairs).
@@ -19,7 +25,8 @@ spkemb prepare "$D/corpus" -o "$D/manifest.tsv" --trials "$D/trials.txt" --targe
 [ -f "$D/exp/rand-ecapa/encoder.pt" ] || spkemb pretrain "$D/manifest.tsv" -o "$D/exp/rand-ecapa" --method none \
   --encoder ecapa --encoder-opt channels=128
 [ -f "$D/exp/cel-ecapa/encoder.pt" ] || spkemb pretrain "$D/manifest.tsv" -o "$D/exp/cel-ecapa" \
-  --config examples/configs/cel-cpu.yaml --encoder-opt channels=128 --batch-size 32 --max-minutes "$MINUTES" --resume
+  --config examples/configs/cel-cpu.yaml --encoder-opt channels=128 --batch-size 32 --max-minutes "$MINUTES" \
+  --noise "$D/noise" --resume
 
 # 3. Embeddings into HDF5, 4. cosine scoring with EER and minDCF.
 for model in mfcc-stats rand-ecapa cel-ecapa; do

@@ -84,3 +84,18 @@ def test_energy_vad_drops_silence() -> None:
 def test_resample_noop() -> None:
     x = _tone(16000, 0.1)
     assert resample(x, 16000, 16000) is x or np.array_equal(resample(x, 16000, 16000), x)
+
+
+def test_synthetic_noise_folder_is_seeded_and_usable_as_noise(tmp_path: Path) -> None:
+    from spkemb.augment.noise import NoiseBank
+    from spkemb.data.synthetic import make_noise
+
+    a = make_noise(tmp_path / "a", n_files=4, seconds=1.0, seed=3)
+    b = make_noise(tmp_path / "b", n_files=4, seconds=1.0, seed=3)
+    assert [p.name for p in a] == ["babble000.wav", "colour001.wav", "babble002.wav", "colour003.wav"]
+    for pa, pb in zip(a, b, strict=True):
+        ya = load_audio(pa)
+        assert audio_info(pa).sample_rate == 16000 and len(ya) == 16000 and np.isfinite(ya).all()
+        assert 0.45 < np.abs(ya).max() <= 0.5 and ya.std() > 0.01  # not silent, peak-normalised
+        assert np.array_equal(ya, load_audio(pb))
+    assert sorted(NoiseBank(tmp_path / "a").files["noise"]) == sorted(str(p) for p in a)

@@ -5,6 +5,9 @@ table, a breathiness and a speaking rate; each utterance strings random vowel-li
 (glottal pulse train through formant resonators) with pauses. It is not speech, but it carries
 speaker identity in the same places real speech does (pitch and formants), so a speaker encoder
 can learn it and a baseline can score it. Layout: ``ROOT/<spk>/<session>/<utt>.wav`` (VoxCeleb).
+
+:func:`make_noise` writes a folder of background noise for augmentation (``--noise DIR``): babble of
+other synthetic talkers, and coloured noise.
 """
 
 from __future__ import annotations
@@ -111,6 +114,33 @@ def make_corpus(
     return files
 
 
+def make_noise(root: str | Path, n_files: int = 12, seconds: float = 6.0, sample_rate: int = 16000,
+               seed: int = 0) -> list[Path]:
+    """Write ``n_files`` noise files under ``root``: alternately babble (3-6 talkers who are not in
+    any corpus made with the same seed) and coloured noise (1/f^a spectrum, a in 0..2)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed + 2)
+    talkers = make_speakers(16, seed + 1000)
+    n = int(seconds * sample_rate)
+    files = []
+    for i in range(n_files):
+        if i % 2 == 0:
+            picks = rng.choice(len(talkers), size=int(rng.integers(3, 7)), replace=False)
+            y = sum(synthesize(talkers[k], seconds, sample_rate, rng).astype(np.float64) for k in picks)
+            kind = "babble"
+        else:
+            spec = np.fft.rfft(rng.standard_normal(n))
+            f = np.maximum(np.fft.rfftfreq(n, 1 / sample_rate), 20.0)
+            y = np.fft.irfft(spec / f ** (rng.uniform(0.0, 2.0) / 2), n)
+            kind = "colour"
+        peak = np.abs(y).max() or 1.0
+        path = root / f"{kind}{i:03d}.wav"
+        write_audio(path, (0.5 * y / peak).astype(np.float32), sample_rate)
+        files.append(path)
+    return files
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -122,7 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-seconds", type=float, default=4.0)
     ap.add_argument("--sample-rate", type=int, default=16000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--noise", type=int, metavar="N", help="write N background-noise files to ROOT instead")
     a = ap.parse_args(argv)
+    if a.noise is not None:
+        files = make_noise(a.root, a.noise, a.max_seconds, a.sample_rate, a.seed)
+        print(f"wrote {len(files)} noise files under {a.root}")
+        return
     files = make_corpus(a.root, a.speakers, a.utts, (a.min_seconds, a.max_seconds), a.sample_rate, a.seed)
     print(f"wrote {len(files)} files of {a.speakers} speakers under {a.root}")
 
