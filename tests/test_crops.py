@@ -188,3 +188,29 @@ def test_check_views_and_measure_loader(ramp_utt: Utterance) -> None:
             check_views(bad)
     ds = CropDataset([ramp_utt] * 4, SR, [(2, 0.1)])
     assert measure_loader(ds, batch_size=2, workers=0, seconds=0.2) > 0
+
+
+def test_speed_is_drawn_once_per_utterance(tmp_path: Path) -> None:
+    """Every crop of an item has the same speed (hence pitch); items differ; crop lengths are kept."""
+    from spkemb.augment.chain import from_options
+
+    t = np.arange(3 * SR) / SR
+    path = tmp_path / "tone.wav"
+    sf.write(path, (0.5 * np.sin(2 * np.pi * 400 * t)).astype(np.float32), SR)
+    utt = Utterance("tone", str(path), "s", 3.0, SR)
+    aug = from_options(speed=True, speed_factors=(0.8, 1.25), sample_rate=SR)
+    ds = CropDataset([utt] * 12, SR, [(3, 0.5), (2, 0.25)], augmenter=aug, seed=0)
+    assert ds.augmenter is None and ds.speed is not None  # speed was the only step
+
+    def pitch(x: np.ndarray) -> float:
+        spec = np.abs(np.fft.rfft(x * np.hanning(len(x)), n=8 * len(x)))
+        return float(np.fft.rfftfreq(8 * len(x), 1 / SR)[spec.argmax()])
+
+    seen = set()
+    for i in range(12):
+        views = ds[i]["views"]
+        assert [v.shape for v in views] == [(3, SR // 2), (2, SR // 4)]
+        f0s = [pitch(c) for v in views for c in v]
+        assert max(f0s) - min(f0s) < 10, f0s
+        seen.add(round(f0s[0] / 100))
+    assert seen == {3, 5}  # 400 Hz x 0.8 = 320 and x 1.25 = 500: both factors occur

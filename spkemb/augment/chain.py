@@ -78,6 +78,15 @@ class Augmenter:
             y = y.copy()
         return y, record
 
+    def split(self, name: str) -> tuple[Step | None, float, Augmenter]:
+        """``(step, probability, the rest)`` for the first step called ``name`` (``(None, 0, self)``
+        when there is none). The self-supervised crops draw speed once per utterance this way."""
+        for i, step in enumerate(self.steps):
+            if step.name == name:
+                rest = Augmenter(self.steps[:i] + self.steps[i + 1:], self.probs[:i] + self.probs[i + 1:])
+                return step, self.probs[i], rest
+        return None, 0.0, self
+
     @classmethod
     def from_options(cls, *args: Any, **kwargs: Any) -> Augmenter:
         """Same as :func:`from_options`."""

@@ -48,7 +48,10 @@ class SpeedPerturb:
     def __repr__(self) -> str:
         return f"SpeedPerturb(factors={self.factors})"
 
+    def draw(self, rng: np.random.Generator) -> float:
+        """One factor, as ``__call__`` would pick it."""
+        return self.factors[int(rng.choice(len(self.factors), p=self.weights))]
+
     def __call__(self, x: np.ndarray, sample_rate: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-        i = int(rng.choice(len(self.factors), p=self.weights))
-        factor = self.factors[i]
+        factor = self.draw(rng)
         return speed_change(x, factor), {"factor": factor}

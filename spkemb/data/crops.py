@@ -6,7 +6,10 @@ A :data:`ViewSpec` lists groups of ``(n_crops, seconds)``: ``[(2, 2.0)]`` for Mo
 for every crop it draws an offset from the manifest's duration (no header is read), decodes only
 those frames (a soundfile seek, at the file's own rate; resampled to the model's rate when they
 differ; segment ``start``/``end`` respected), pads an utterance shorter than the crop by repeating
-it, and runs the augmenter on each crop independently.
+it, and runs the augmenter on each crop independently, except speed perturbation: the speed
+factor is drawn once per item and applied to every crop (read ``factor`` times longer, then sped
+up to the crop length), because the views of one utterance must not differ in pitch, a cue of who
+speaks. (Supervised recipes, by contrast, treat each speed as a new speaker.)
 
 All randomness of item ``i`` comes from :func:`~spkemb.data.sampler.item_rng` ``(seed, epoch, i)``,
 so the crops of a resumed run are those of the uninterrupted run whatever the number of workers.
@@ -27,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from spkemb.audio import crop_or_pad, load_audio, resample
+from spkemb.augment.speed import speed_change
 from spkemb.data.manifest import Utterance
 from spkemb.data.sampler import item_rng
 from spkemb.errors import InputError
@@ -63,8 +67,9 @@ class CropDataset(Dataset):
     Returns ``{"views": [array (n_crops, samples) float32 per group], "index": i}``, or ``None``
     when the audio cannot be read (the Trainer's collate drops and counts those).
     ``augmenter(x, sample_rate, rng) -> (y, record)`` is applied to every crop on its own; a
-    result whose length changed (speed perturbation) is cut or repeat-padded back to the crop
-    length.
+    result whose length changed is cut or repeat-padded back to the crop length. When it is an
+    :class:`~spkemb.augment.chain.Augmenter` with a ``speed`` step, that step is taken out and
+    drawn once per item instead (see the module docstring).
     """
 
     def __init__(
@@ -78,6 +83,11 @@ class CropDataset(Dataset):
         self.utts = list(utts)
         self.sample_rate = int(sample_rate)
         self.views = check_views(views)
+        self.speed, self.p_speed = None, 0.0
+        if hasattr(augmenter, "split"):
+            self.speed, self.p_speed, augmenter = augmenter.split("speed")
+            if augmenter is not None and len(augmenter) == 0:
+                augmenter = None
         self.augmenter = augmenter
         self.seed = int(seed)
         self.epoch = 0
@@ -100,8 +110,11 @@ class CropDataset(Dataset):
         epoch = int(getattr(i, "epoch", self.epoch))
         rng = item_rng(self.seed, epoch, index)
         u = self.utts[index]
+        factor = 1.0
+        if self.speed is not None and rng.random() < self.p_speed:
+            factor = float(self.speed.draw(rng))
         try:
-            groups = self._read_crops(u, rng)
+            groups = self._read_crops(u, rng, factor)
         except InputError as err:
             # One line per bad file (warnings shows each distinct message once); the Trainer counts it.
             warnings.warn(f"skipping unreadable training audio {err}", SkippedAudioWarning, stacklevel=1)
@@ -127,12 +140,13 @@ class CropDataset(Dataset):
             avail = min(avail, to_end) if avail > 0 else to_end
         return fsr, first, avail
 
-    def _read_crops(self, u: Utterance, rng: np.random.Generator) -> list[list[np.ndarray]]:
+    def _read_crops(self, u: Utterance, rng: np.random.Generator, factor: float = 1.0) -> list[list[np.ndarray]]:
+        """The crops of ``u``, each read ``factor`` times the crop length and sped up by ``factor``."""
         fsr, first, avail = self._span(u)
         # Draw every offset first (a fixed number of draws per crop), then read.
         plan: list[list[tuple[int, int, int]]] = []  # per group: (file offset, file frames, roll)
         for (n, _), length in zip(self.views, self.lengths, strict=True):
-            need = int(math.ceil(length * fsr / self.sample_rate))
+            need = int(math.ceil(length * factor * fsr / self.sample_rate))
             group = []
             for _ in range(n):
                 if avail > need:
@@ -147,14 +161,18 @@ class CropDataset(Dataset):
             for off, frames, roll in group:
                 if frames < 0:
                     if whole is None:
-                        whole = self._load(u, first, avail if avail > 0 else -1, fsr)
+                        whole = self._sped(self._load(u, first, avail if avail > 0 else -1, fsr), factor)
                     shift = int(roll * self.sample_rate / fsr) % len(whole)
                     x = np.roll(whole, -shift) if shift else whole
                 else:
-                    x = self._load(u, first + off, frames, fsr)
+                    x = self._sped(self._load(u, first + off, frames, fsr), factor)
                 crops.append(crop_or_pad(x, length, mode="start"))
             out.append(crops)
         return out
+
+    @staticmethod
+    def _sped(x: np.ndarray, factor: float) -> np.ndarray:
+        return x if factor == 1.0 else speed_change(x, factor)
 
     def _load(self, u: Utterance, start_frame: int, num_frames: int, fsr: int) -> np.ndarray:
         try:
