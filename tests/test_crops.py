@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from spkemb.data.crops import CropDataset, SkippedAudioWarning, check_views, collate_crops, measure_loader
 from spkemb.data.manifest import Utterance
 from spkemb.data.sampler import EpochIndex, ResumableSampler
+from spkemb.errors import InputError
 
 SR = 16000
 
@@ -214,3 +215,45 @@ def test_speed_is_drawn_once_per_utterance(tmp_path: Path) -> None:
         assert max(f0s) - min(f0s) < 10, f0s
         seen.add(round(f0s[0] / 100))
     assert seen == {3, 5}  # 400 Hz x 0.8 = 320 and x 1.25 = 500: both factors occur
+
+
+def test_disjoint_offsets_never_overlap_and_cover_every_order() -> None:
+    from spkemb.data.crops import disjoint_offsets
+
+    rng = np.random.default_rng(0)
+    sizes = [50, 50, 20, 20, 20]
+    orders = set()
+    for _ in range(300):
+        starts = disjoint_offsets(sizes, 200, rng)
+        spans = sorted(zip(starts, sizes, strict=True))
+        assert spans[0][0] >= 0 and spans[-1][0] + spans[-1][1] <= 200
+        assert all(a + n <= b for (a, n), (b, _) in zip(spans, spans[1:]))
+        orders.add(tuple(int(i) for i in np.argsort(starts)))
+    assert len(orders) > 20  # the crops take random places along the utterance, not a fixed order
+    assert disjoint_offsets([100, 100], 200, rng) in ([0, 100], [100, 0])  # no slack: exactly tiled
+
+
+def test_disjoint_crops_share_no_sample_when_they_fit(ramp_utt: Utterance, tmp_path: Path) -> None:
+    views = [(2, 1.0), (2, 0.5)]  # 3 s of crops from a 3-s utterance: they tile it
+    overlapping = 0
+    for seed in range(10):
+        item = CropDataset([ramp_utt], SR, views, seed=seed, disjoint=True)[0]
+        spans = sorted((_offset(c), len(c)) for v in item["views"] for c in v)
+        assert all(a + n <= b for (a, n), (b, _) in zip(spans, spans[1:])), spans
+        plain = CropDataset([ramp_utt], SR, views, seed=seed)[0]
+        spans = sorted((_offset(c), len(c)) for v in plain["views"] for c in v)
+        overlapping += any(a + n > b for (a, n), (b, _) in zip(spans, spans[1:]))
+    assert overlapping > 5  # without the option, crops of a short utterance mostly overlap
+    short = _write(tmp_path / "short.wav", _ramp(2 * SR))  # too short for 3 s of crops: drawn independently
+    item = CropDataset([short], SR, views, seed=0, disjoint=True)[0]
+    assert [v.shape for v in item["views"]] == [(2, SR), (2, SR // 2)]
+
+
+def test_pretrain_refuses_unknown_data_options(tmp_path: Path, ramp_utt: Utterance) -> None:
+    from spkemb.train.config import merge_config
+    from spkemb.train.pretrain import run_pretrain
+
+    cfg = merge_config({}, {"method": "cel", "max_steps": 1, "data_options": {"disjoint_crop": True}})
+    with pytest.raises(InputError, match="unknown key 'disjoint_crop'"):
+        run_pretrain([ramp_utt], cfg, tmp_path / "exp")
+    assert not (tmp_path / "exp").exists()

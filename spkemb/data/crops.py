@@ -11,6 +11,11 @@ factor is drawn once per item and applied to every crop (read ``factor`` times l
 up to the crop length), because the views of one utterance must not differ in pitch, a cue of who
 speaks. (Supervised recipes, by contrast, treat each speed as a new speaker.)
 
+With ``disjoint=True`` the crops of an item never share a sample when the utterance is long
+enough for all of them (else they are drawn independently, as by default): overlapping views let
+a model match crops by their common audio rather than by voice (on the demo's short synthetic
+utterances this shortcut made self-supervised training worse than a random encoder).
+
 All randomness of item ``i`` comes from :func:`~spkemb.data.sampler.item_rng` ``(seed, epoch, i)``,
 so the crops of a resumed run are those of the uninterrupted run whatever the number of workers.
 The epoch is taken from the index when the sampler yields
@@ -35,7 +40,7 @@ from spkemb.data.manifest import Utterance
 from spkemb.data.sampler import item_rng
 from spkemb.errors import InputError
 
-__all__ = ["ViewSpec", "CropDataset", "collate_crops", "check_views", "measure_loader"]
+__all__ = ["ViewSpec", "CropDataset", "collate_crops", "check_views", "disjoint_offsets", "measure_loader"]
 
 ViewSpec = list[tuple[int, float]]
 """Groups of crops: ``[(n_crops, seconds), ...]``; every crop of a group has the same length."""
@@ -79,8 +84,10 @@ class CropDataset(Dataset):
         views: Sequence[tuple[int, float]],
         augmenter: Any | None = None,
         seed: int = 0,
+        disjoint: bool = False,
     ) -> None:
         self.utts = list(utts)
+        self.disjoint = bool(disjoint)
         self.sample_rate = int(sample_rate)
         self.views = check_views(views)
         self.speed, self.p_speed = None, 0.0
@@ -144,16 +151,21 @@ class CropDataset(Dataset):
         """The crops of ``u``, each read ``factor`` times the crop length and sped up by ``factor``."""
         fsr, first, avail = self._span(u)
         # Draw every offset first (a fixed number of draws per crop), then read.
+        needs = [int(math.ceil(length * factor * fsr / self.sample_rate)) for length in self.lengths]
         plan: list[list[tuple[int, int, int]]] = []  # per group: (file offset, file frames, roll)
-        for (n, _), length in zip(self.views, self.lengths, strict=True):
-            need = int(math.ceil(length * factor * fsr / self.sample_rate))
-            group = []
-            for _ in range(n):
-                if avail > need:
-                    group.append((int(rng.integers(0, avail - need + 1)), need, 0))
-                else:  # whole utterance, repeated from a random starting point
-                    group.append((0, -1, int(rng.integers(0, max(avail, 1)))))
-            plan.append(group)
+        sizes = [need for (n, _), need in zip(self.views, needs, strict=True) for _ in range(n)]
+        if self.disjoint and len(sizes) > 1 and sum(sizes) <= avail:
+            starts = iter(disjoint_offsets(sizes, avail, rng))
+            plan = [[(next(starts), need, 0) for _ in range(n)] for (n, _), need in zip(self.views, needs, strict=True)]
+        else:
+            for (n, _), need in zip(self.views, needs, strict=True):
+                group = []
+                for _ in range(n):
+                    if avail > need:
+                        group.append((int(rng.integers(0, avail - need + 1)), need, 0))
+                    else:  # whole utterance, repeated from a random starting point
+                        group.append((0, -1, int(rng.integers(0, max(avail, 1)))))
+                plan.append(group)
         whole: np.ndarray | None = None
         out: list[list[np.ndarray]] = []
         for group, length in zip(plan, self.lengths, strict=True):
@@ -180,6 +192,20 @@ class CropDataset(Dataset):
         except (OSError, RuntimeError, ValueError) as err:
             raise InputError(f"cannot read audio ({err})", u.path) from None
         return resample(x, fsr, self.sample_rate) if fsr != self.sample_rate else x
+
+
+def disjoint_offsets(sizes: Sequence[int], avail: int, rng: np.random.Generator) -> list[int]:
+    """Start offsets for spans of ``sizes`` that do not overlap within ``avail`` (``sum(sizes) <=
+    avail``), in a random order along the utterance, uniformly placed: the slack left over is cut
+    at ``len(sizes)`` sorted uniform points and a span follows each cut."""
+    order = rng.permutation(len(sizes))
+    cuts = np.sort(rng.integers(0, avail - sum(sizes) + 1, size=len(sizes)))
+    starts = [0] * len(sizes)
+    pos = 0
+    for cut, k in zip(cuts, order, strict=True):
+        starts[int(k)] = int(cut) + pos
+        pos += sizes[int(k)]
+    return starts
 
 
 def collate_crops(items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:

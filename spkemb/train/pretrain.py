@@ -13,6 +13,9 @@ from spkemb.data.manifest import Utterance
 from spkemb.errors import InputError
 from spkemb.train.config import TrainConfig, config_dict, dump_config
 
+#: what ``data_options`` may hold: augmentation (folders, switches, probabilities) and crop sampling
+DATA_OPTIONS = ("noise", "rir", "speed", "gain", "p_noise", "p_reverb", "disjoint_crops")
+
 
 def build_encoder_from(cfg: TrainConfig) -> Any:
     from spkemb.models import build_encoder
@@ -57,6 +60,9 @@ def run_pretrain(utts: list[Utterance], cfg: TrainConfig, out_dir: str | Path) -
     if not utts:
         raise InputError("the manifest has no utterances to train on")
     data = dict(cfg.data_options)
+    unknown = sorted(set(data) - set(DATA_OPTIONS))
+    if unknown:
+        raise InputError(f"data_options: unknown key {unknown[0]!r} (known: {', '.join(DATA_OPTIONS)})")
     seed_everything(cfg.seed)  # initial weights (and heads, queues) follow --seed
     from spkemb.runtime import resolve_device, tune_cpu_allocator
 
@@ -77,7 +83,8 @@ def run_pretrain(utts: list[Utterance], cfg: TrainConfig, out_dir: str | Path) -
         )
     method = build_method(cfg.method, encoder, **cfg.method_options)
     views = method_views(cfg.method, **cfg.method_options)
-    dataset = CropDataset(utts, sr, views, augmenter=augmenter, seed=cfg.seed)
+    dataset = CropDataset(utts, sr, views, augmenter=augmenter, seed=cfg.seed,
+                          disjoint=bool(data.get("disjoint_crops", False)))
 
     def export(path: Path) -> None:
         save_encoder(method.encoder, path, extra={"method": cfg.method, "config": config_dict(cfg)})
