@@ -54,6 +54,7 @@ LEVERS: dict[str, dict] = {
     "1-thread": {},
     "1-loader-worker": {"num_workers": 1},
     "untuned-allocator": {},
+    "allocator-trim-1g": {},
     "channels-512": {"encoder_kwargs": {"channels": 512}},
     "batch-32": {"batch_size": 32},
     "batch-128": {"batch_size": 128},
@@ -69,6 +70,13 @@ def lever_speed(name: str, utts: list, steps: int) -> float:
         import spkemb.runtime
 
         spkemb.runtime.tune_cpu_allocator = lambda *a, **k: False
+    if name == "allocator-trim-1g":  # the earlier setting: mmap and trim thresholds at 1 GiB
+        import ctypes
+
+        import spkemb.runtime
+
+        libc = ctypes.CDLL("libc.so.6")
+        spkemb.runtime.tune_cpu_allocator = lambda *a, **k: bool(libc.mallopt(-3, 1 << 30) + libc.mallopt(-1, 1 << 30))
     return train_speed(utts, {**BASE, **LEVERS[name]}, steps, skip=4 if name == "compile" else 2)
 
 

@@ -65,15 +65,19 @@ def worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def tune_cpu_allocator(keep_bytes: int = 1 << 30) -> bool:
-    """Stop glibc from handing large freed blocks back to the OS after every batch.
+def tune_cpu_allocator() -> bool:
+    """Stop glibc from handing freed activation memory back to the OS after every batch.
 
-    Encoders allocate and free tens of megabytes of activations per batch. By default glibc serves
-    such blocks with fresh ``mmap`` s (or trims the heap after freeing them), so every batch pays
-    page faults on first touch; on a small VM that costs 20-35 % of CPU extraction time. This raises
-    the mmap and trim thresholds to ``keep_bytes`` (the process then keeps up to that much freed
-    memory for reuse). Process-wide: call it once at the start of a CLI command that runs a model on
-    the CPU, not on import. Returns False (and does nothing) where the C library is not glibc.
+    Encoders allocate and free tens to thousands of megabytes of activations per batch. By default
+    glibc serves large blocks with fresh ``mmap`` s and trims the heap after freeing them, so every
+    batch pays page faults on first touch: on a small VM that cost 20-35 % of CPU extraction time,
+    and training at batch 64 ran at half speed. This raises the mmap threshold to its maximum and
+    turns heap trimming off, so the process keeps what it freed for the next batch (its resident
+    memory stays at its peak, which the next batch needs again). An earlier version set both
+    thresholds to 1 GiB: larger blocks were still mapped afresh every step, and batch 128 or 3-s
+    crops at C=256 trained at two thirds of the speed they reach now, fp32 extraction at 155
+    instead of 222 audio-s/s. Process-wide: call it once at the start of a CLI command that runs a
+    model on the CPU, not on import. Returns False (and does nothing) where glibc is not the C library.
     """
     import ctypes
     import ctypes.util
@@ -87,6 +91,5 @@ def tune_cpu_allocator(keep_bytes: int = 1 << 30) -> bool:
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    value = max(0, min(int(keep_bytes), 2**31 - 1))  # a C int
-    ok = mallopt(m_mmap_threshold, value) == 1
-    return bool(mallopt(m_trim_threshold, value) == 1 and ok)
+    ok = mallopt(m_mmap_threshold, 2**31 - 1) == 1  # the largest C int: only huge blocks get their own mmap
+    return bool(mallopt(m_trim_threshold, -1) == 1 and ok)  # -1: never trim (man mallopt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -227,7 +228,7 @@ def test_disjoint_offsets_never_overlap_and_cover_every_order() -> None:
         starts = disjoint_offsets(sizes, 200, rng)
         spans = sorted(zip(starts, sizes, strict=True))
         assert spans[0][0] >= 0 and spans[-1][0] + spans[-1][1] <= 200
-        assert all(a + n <= b for (a, n), (b, _) in zip(spans, spans[1:]))
+        assert all(a + n <= b for (a, n), (b, _) in pairwise(spans))
         orders.add(tuple(int(i) for i in np.argsort(starts)))
     assert len(orders) > 20  # the crops take random places along the utterance, not a fixed order
     assert disjoint_offsets([100, 100], 200, rng) in ([0, 100], [100, 0])  # no slack: exactly tiled
@@ -239,10 +240,10 @@ def test_disjoint_crops_share_no_sample_when_they_fit(ramp_utt: Utterance, tmp_p
     for seed in range(10):
         item = CropDataset([ramp_utt], SR, views, seed=seed, disjoint=True)[0]
         spans = sorted((_offset(c), len(c)) for v in item["views"] for c in v)
-        assert all(a + n <= b for (a, n), (b, _) in zip(spans, spans[1:])), spans
+        assert all(a + n <= b for (a, n), (b, _) in pairwise(spans)), spans
         plain = CropDataset([ramp_utt], SR, views, seed=seed)[0]
         spans = sorted((_offset(c), len(c)) for v in plain["views"] for c in v)
-        overlapping += any(a + n > b for (a, n), (b, _) in zip(spans, spans[1:]))
+        overlapping += any(a + n > b for (a, n), (b, _) in pairwise(spans))
     assert overlapping > 5  # without the option, crops of a short utterance mostly overlap
     short = _write(tmp_path / "short.wav", _ramp(2 * SR))  # too short for 3 s of crops: drawn independently
     item = CropDataset([short], SR, views, seed=0, disjoint=True)[0]
