@@ -6,3 +6,5 @@ python benchmarks/bench_extract.py
 python benchmarks/bench_score.py
 bash benchmarks/baselines.sh
 python benchmarks/bench_train.py
+python benchmarks/bench_train.py --levers
+bash benchmarks/ssl_ladder.sh   # METHODS / MINUTES select the rungs (default: every method, 10 min)
