@@ -2,7 +2,9 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
+import yaml
 from typer.testing import CliRunner
 
 from spkemb import __version__
@@ -50,3 +52,17 @@ def test_man_pages_document_every_option() -> None:
         for param in command.params:
             flag = next((o for o in param.opts if o.startswith("--")), param.opts[0])
             assert flag.replace("-", r"\-") in text, f"{file_name} misses {flag}"
+
+
+def test_pretrain_data_flags_reach_the_config(tmp_path: Path, tiny_corpus: Path) -> None:
+    manifest = tmp_path / "m.tsv"
+    assert runner.invoke(app, ["prepare", str(tiny_corpus), "-o", str(manifest)]).exit_code == 0
+    exp = tmp_path / "exp"
+    args = ["pretrain", str(manifest), "-o", str(exp), "--method", "cel", "--encoder-opt", "channels=16",
+            "--max-steps", "1", "--batch-size", "4", "--speed", "--disjoint-crops", "--no-gain",
+            "--method-opt", "crop_seconds=0.5"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    data = yaml.safe_load((exp / "config.yaml").read_text())["data_options"]
+    assert data == {"speed": True, "gain": False, "disjoint_crops": True}
+    assert (exp / "encoder.pt").is_file()

@@ -27,6 +27,11 @@ def pretrain(
     lr: float | None = typer.Option(None, help="Peak learning rate."),
     noise: list[str] | None = typer.Option(None, "--noise", help="Noise folder (MUSAN layout or plain; repeatable)."),
     rir: str | None = typer.Option(None, "--rir", help="Folder of room impulse responses, or 'simulate'."),
+    speed: bool | None = typer.Option(None, "--speed/--no-speed", help="Speed perturbation by 0.9, 1.0 or 1.1, "
+                                      "once per utterance (its crops alike). [default: the config's, else off]"),
+    gain: bool | None = typer.Option(None, "--gain/--no-gain", help="Random gain in -6..6 dB per crop."),
+    disjoint_crops: bool | None = typer.Option(None, "--disjoint-crops/--overlapping-crops", help="Crops of "
+                                               "one utterance never overlap when they fit. [default: overlapping]"),
     workers: int | None = typer.Option(None, "--workers", help="DataLoader workers."),
     checkpoint_every: int | None = typer.Option(None, help="Steps between checkpoints."),
     device: str | None = typer.Option(None, help="auto, cpu, cuda or cuda:N."),
@@ -52,6 +57,9 @@ def pretrain(
         data_over["noise"] = list(noise)
     if rir:
         data_over["rir"] = rir
+    for key, value in (("speed", speed), ("gain", gain), ("disjoint_crops", disjoint_crops)):
+        if value is not None:
+            data_over[key] = value
     overrides = {
         "method": method, "encoder": encoder, "max_steps": max_steps, "max_minutes": max_minutes,
         "batch_size": batch_size, "lr": lr, "num_workers": workers, "checkpoint_every": checkpoint_every,
