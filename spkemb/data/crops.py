@@ -93,7 +93,7 @@ class CropDataset(Dataset):
         self.speed, self.p_speed = None, 0.0
         if hasattr(augmenter, "split"):
             self.speed, self.p_speed, augmenter = augmenter.split("speed")
-            if augmenter is not None and len(augmenter) == 0:
+            if len(augmenter) == 0:
                 augmenter = None
         self.augmenter = augmenter
         self.seed = int(seed)
