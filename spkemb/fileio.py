@@ -52,3 +52,35 @@ def _fsync_dir(d: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (the same path after resolving links, or hard links)."""
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.exists() and pb.exists():
+            return os.path.samefile(pa, pb)
+    except OSError:
+        pass
+    return pa.resolve(strict=False) == pb.resolve(strict=False)
+
+
+def refuse_output_onto_inputs(output: str | Path | None, inputs: dict[str, str | Path | None]) -> None:
+    """Raise :class:`~spkemb.errors.InputError` when ``output`` is one of the command's ``inputs``
+    (``{"manifest": path, ...}``; ``None`` and ``-`` entries are ignored), or an existing folder.
+
+    Called before any work, so that ``-o`` can never replace a model, a manifest or a store that the
+    same command reads.
+    """
+    from spkemb.errors import InputError
+
+    if output is None or str(output) == "-":
+        return
+    out = Path(output)
+    for what, src in inputs.items():
+        if src is None or str(src) == "-":
+            continue
+        if same_file(out, src):
+            raise InputError(f"the output is the command's {what} input; choose another -o", out)
+    if out.is_dir():
+        raise InputError("the output is an existing folder; -o must name a file", out)
