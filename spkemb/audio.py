@@ -165,3 +165,17 @@ def write_audio(path: str | Path, x: np.ndarray, sample_rate: int) -> None:
     p = Path(path)
     subtype = "PCM_16" if p.suffix.lower() in (".wav", ".flac") else None
     sf.write(str(p), np.clip(x, -1.0, 1.0), sample_rate, subtype=subtype)
+
+
+def speed_change(x: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``x`` ``factor`` times faster (polyphase resampling, Kaldi/sox ``speed``: duration and
+    pitch change together); ``factor == 1`` is a copy."""
+    from fractions import Fraction
+
+    if factor <= 0:
+        raise ValueError(f"speed factor must be positive, got {factor}")
+    if factor == 1.0 or len(x) == 0:
+        return np.array(x, dtype=np.float32)
+    frac = Fraction(factor).limit_denominator(1000)
+    # Treat x as sampled at sr * factor and resample it to sr: up = q, down = p for factor p/q.
+    return resample_poly(x.astype(np.float64), frac.denominator, frac.numerator).astype(np.float32)

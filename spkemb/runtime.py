@@ -7,9 +7,10 @@ import os
 
 import torch
 
+from spkemb.choices import PRECISIONS, is_device_spec
 from spkemb.errors import InputError
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -18,7 +19,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
     spec = (spec or "auto").strip().lower()
     if spec == "cpu":
         return torch.device("cpu")
-    if spec not in ("auto", "cuda") and not spec.startswith("cuda:"):
+    if not is_device_spec(spec):
         raise InputError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}")
     if not torch.cuda.is_available():
         if spec == "auto":
@@ -38,12 +39,12 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
     if precision not in PRECISIONS:
-        raise InputError(f"--precision {precision}: choose fp32, bf16 or fp16")
+        raise InputError(f"--precision {precision}: choose {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
         raise InputError("--precision fp16 needs a CUDA device; on the CPU use bf16 (fast with AMX/AVX512-BF16)")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise InputError(f"--precision bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16")
-    return PRECISIONS[precision]
+    return _DTYPES[precision]
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -61,8 +62,13 @@ def set_threads(threads: int | None) -> None:
 
 
 def worker_init(_: int) -> None:
-    """DataLoader workers decode audio; one torch thread each keeps them off the model's cores."""
+    """DataLoader workers decode audio; one torch thread each keeps them off the model's cores.
+    They ignore SIGINT: a Ctrl-C reaches the whole process group, and the main process (which
+    checkpoints and then shuts the workers down) is the one to act on it."""
+    import signal
+
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def tune_cpu_allocator() -> bool:

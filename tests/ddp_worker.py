@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from spkemb import distributed
 from spkemb.data.sampler import item_rng
 from spkemb.methods.base import Method, ema_update, freeze
-from spkemb.train import distributed
 
 
 class ToyData(Dataset):

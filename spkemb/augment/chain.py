@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from spkemb.augment.options import AugmentOptions
+
 PEAK = 0.999  # the output never peaks above this (scaled down as a whole, never hard-clipped)
 
 
@@ -99,8 +101,8 @@ def from_options(
     speed: bool = False,
     gain: bool = False,
     sample_rate: int = 16000,
-    p_noise: float = 0.6,
-    p_reverb: float = 0.3,
+    p_noise: float = AugmentOptions.p_noise,
+    p_reverb: float = AugmentOptions.p_reverb,
     p_speed: float = 1.0,
     p_gain: float = 1.0,
     *,
@@ -139,3 +141,11 @@ def from_options(
         steps.append(RandomGain(*gain_db))
         probs.append(p_gain)
     return Augmenter(steps, probs)
+
+
+def build_augmenter(options: AugmentOptions, sample_rate: int) -> Augmenter | None:
+    """The chain that ``options`` describe (``None`` when no step is switched on)."""
+    if not options.active:
+        return None
+    return from_options(list(options.noise) or None, options.rir, speed=options.speed, gain=options.gain,
+                        sample_rate=sample_rate, p_noise=options.p_noise, p_reverb=options.p_reverb)

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from spkemb.augment.options import AugmentOptions
 from spkemb.errors import InputError
+from spkemb.options import opt
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,25 +40,19 @@ ProgressFn = Callable[[int, int, str], None]
 _WORKER: dict[str, Any] = {}
 
 
-@dataclass(frozen=True)
-class OfflineOptions:
+@dataclass
+class OfflineOptions(AugmentOptions):
     """What an offline augmentation run does; recorded in ``augment-options.json`` to guard resumes.
 
-    ``noise`` are noise folders (a MUSAN root or a plain folder of noise audio); ``rir`` a folder of
-    room impulse responses, ``"simulate"``, or None; ``speed`` and ``gain`` switch on speed
-    perturbation and random gain; ``p_noise`` and ``p_reverb`` are the probabilities of adding noise
-    and reverberation to a copy; ``sample_rate`` is that of the output audio. :meth:`validate`
-    checks them (:func:`run_offline` calls it).
+    The augmentation fields are :class:`~spkemb.augment.options.AugmentOptions`'; ``sample_rate``
+    is that of the output audio. :meth:`validate` checks them (:func:`run_offline` calls it).
     """
 
-    noise: tuple[str, ...] = ()
-    rir: str | None = None
-    speed: bool = False
-    gain: bool = False
-    p_noise: float = 0.6
-    p_reverb: float = 0.3
-    seed: int = 0
-    sample_rate: int = 16000
+    seed: int = opt(0, "random seed")
+    sample_rate: int = opt(16000, "output sample rate (Hz)")
+
+    def __post_init__(self) -> None:
+        pass  # validate() checks, with the messages of `spkemb augment`, before anything is written
 
     def validate(self) -> None:
         """Raise :class:`InputError` for options out of range or that would augment nothing.
@@ -65,25 +61,20 @@ class OfflineOptions:
         """
         if self.sample_rate < 1:
             raise InputError(f"--sample-rate must be positive, got {self.sample_rate}")
-        for name, p in (("--p-noise", self.p_noise), ("--p-reverb", self.p_reverb)):
-            if not 0.0 <= p <= 1.0:
-                raise InputError(f"{name} must be between 0 and 1, got {p}")
-        if self.rir is not None and not self.rir.strip():
-            raise InputError("--rir needs a folder of RIR files or 'simulate'")
+        try:
+            AugmentOptions.__post_init__(self)
+        except ValueError as err:  # name the option as the command line does: p_noise -> --p-noise
+            name, _, rest = str(err).partition(" ")
+            raise InputError(f"--{name.replace('_', '-')} {rest}") from None
         if not (self.noise or self.rir or self.speed or self.gain):
             raise InputError("nothing to do: give --noise, --rir, --speed or --gain")
 
     def record(self) -> dict[str, Any]:
         """The options as written to ``augment-options.json``, folders resolved to absolute paths."""
         return {
+            **self.to_dict(),
             "noise": [str(Path(d).resolve()) for d in self.noise],
             "rir": self.rir if self.rir in (None, "simulate") else str(Path(self.rir).resolve()),
-            "speed": self.speed,
-            "gain": self.gain,
-            "p_noise": self.p_noise,
-            "p_reverb": self.p_reverb,
-            "seed": self.seed,
-            "sample_rate": self.sample_rate,
         }
 
 
@@ -252,7 +243,7 @@ def check_options(out: str | Path, record: dict[str, Any]) -> None:
 
 
 def _write_options(out: Path, record: dict[str, Any]) -> None:
-    from spkemb.data.manifest import atomic_write_text
+    from spkemb.fileio import atomic_write_text
 
     path = out / OPTIONS_FILE
     if not path.is_file():
@@ -280,7 +271,7 @@ def read_records(path: str | Path, out: str | Path) -> dict[str, dict[str, Any]]
 
 
 def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    from spkemb.data.manifest import atomic_write_text
+    from spkemb.fileio import atomic_write_text
 
     atomic_write_text(path, "".join(_dumps(r) + "\n" for r in records))
 

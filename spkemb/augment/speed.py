@@ -8,21 +8,12 @@ record so training code can do that.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from fractions import Fraction
 
 import numpy as np
-from scipy.signal import resample_poly
 
+from spkemb.audio import speed_change
 
-def speed_change(x: np.ndarray, factor: float) -> np.ndarray:
-    """Play ``x`` ``factor`` times faster (polyphase resampling); ``factor == 1`` is a copy."""
-    if factor <= 0:
-        raise ValueError(f"speed factor must be positive, got {factor}")
-    if factor == 1.0 or len(x) == 0:
-        return np.array(x, dtype=np.float32)
-    frac = Fraction(factor).limit_denominator(1000)
-    # Treat x as sampled at sr * factor and resample it to sr: up = q, down = p for factor p/q.
-    return resample_poly(x.astype(np.float64), frac.denominator, frac.numerator).astype(np.float32)
+__all__ = ["SpeedPerturb", "speed_change"]
 
 
 class SpeedPerturb:

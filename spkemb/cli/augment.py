@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from spkemb.augment.options import AugmentOptions as A
 from spkemb.cli.common import console, guarded, print_json, progress
 
 
@@ -28,12 +29,12 @@ def augment(
         None, "--rir", metavar="DIR|simulate", help="Folder of room impulse responses, or 'simulate'."
     ),
     speed: bool = typer.Option(
-        False, "--speed/--no-speed", help="Speed perturbation by 0.9, 1.0 or 1.1 (changes duration and pitch)."
+        A.speed, "--speed/--no-speed", help="Speed perturbation by 0.9, 1.0 or 1.1 (changes duration and pitch)."
     ),
-    gain: bool = typer.Option(False, "--gain/--no-gain", help="Random gain in -6..6 dB."),
+    gain: bool = typer.Option(A.gain, "--gain/--no-gain", help="Random gain in -6..6 dB."),
     copies: int = typer.Option(1, "--copies", metavar="N", help="Augmented copies per utterance."),
-    p_noise: float = typer.Option(0.6, "--p-noise", help="Probability of adding noise to a copy."),
-    p_reverb: float = typer.Option(0.3, "--p-reverb", help="Probability of reverberating a copy."),
+    p_noise: float = typer.Option(A.p_noise, "--p-noise", help="Probability of adding noise to a copy."),
+    p_reverb: float = typer.Option(A.p_reverb, "--p-reverb", help="Probability of reverberating a copy."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     sample_rate: int = typer.Option(16000, "--sample-rate", help="Output sample rate (Hz)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes."),

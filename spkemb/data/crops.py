@@ -34,8 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spkemb.audio import crop_or_pad, load_audio, resample
-from spkemb.augment.speed import speed_change
+from spkemb.audio import crop_or_pad, load_audio, resample, speed_change
 from spkemb.data.manifest import Utterance
 from spkemb.data.sampler import item_rng
 from spkemb.errors import InputError

@@ -27,11 +27,28 @@ What a method provides
     For schedules, ``self.progress`` (set by the trainer before every ``forward``, in [0, 1]) is
     the fraction of the run done, also meaningful for time-bounded runs.
 
+``on_epoch_start(epoch)``
+    Called on every rank before the first batch of each epoch of the data (0 for the first; after a
+    resume, for the epoch the run resumes in, even mid-epoch). For per-epoch work: refitting a loss
+    gate, updating pseudo-label corrections. Default: nothing.
+``on_step_start(step)``
+    Called before every ``forward``, with ``step`` = the steps taken so far (0 before the first).
+    For step schedules that must be set before the loss (an AAM margin warm-up). Default: nothing.
+
 ``before_optimizer_step(step)``
     Called after ``backward`` (gradients all-reduced, unscaled and clipped) and before the
     optimiser step, on the unwrapped module, with ``step`` = the steps taken before this one (0
     for the first). To hold parameters still for a while, set their ``.grad`` to ``None``: the
     optimiser then leaves them alone (DINO's last layer in its first steps). Default: nothing.
+
+Options and registration
+------------------------
+A method states its options once, as a dataclass (``Options``, a subclass of
+:class:`spkemb.options.Options` with ``help`` per field and checks in ``__post_init__``), takes
+``(encoder, options=None, **kwargs)`` (``self.resolve`` builds the options from either) and is
+registered by name with ``@register_method("name")`` (:mod:`spkemb.methods.registry`). ``views``
+(a static method of the options) says which crops the data must make; ``config`` (the name plus the
+options) is saved with the encoder. ``kind`` is ``"pretrain"`` (no labels) or ``"finetune"``.
 
 State and checkpoints
 ---------------------
@@ -56,9 +73,9 @@ Distributed training (DDP under torchrun)
   local keys, update a DINO centre with ``all_reduce(batch_centre, "mean")``. EMA updates from the
   (all-reduced, hence identical) student weights stay identical by themselves. BatchNorm running
   statistics stay per-rank; rank 0's are the ones saved and exported.
-* Collective calls (``spkemb.train.distributed.concat_all_gather``, ``all_reduce``) may be made in
-  ``forward`` and ``after_step``: every rank runs ``forward`` and ``after_step`` for the same
-  steps, in the same order (a step whose batch lost all its items on any rank is skipped on every
+* Collective calls (``spkemb.distributed.all_gather``, ``all_reduce``) may be made in
+  ``forward``, ``on_step_start``, ``on_epoch_start`` and ``after_step``: every rank runs them for the
+  same steps, in the same order (a step whose batch lost all its items on any rank is skipped on every
   rank). Batches may differ by a few items between ranks when a dataset returned ``None`` for
   unreadable items: ``concat_all_gather`` handles uneven sizes, and a queue must accept an enqueue
   of any size (wrap around rather than assert ``queue_size % batch == 0``).
@@ -69,16 +86,25 @@ Distributed training (DDP under torchrun)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from spkemb.options import Options as OptionsBase
 
 
 class Method(nn.Module):
     """Base class of the training methods; see the module docstring for the contract."""
 
     encoder: nn.Module
+    #: the options dataclass of the method (set by every subclass)
+    Options: ClassVar[type[OptionsBase]] = OptionsBase
+    #: the name it is registered under (set by ``register_method``)
+    method_name: ClassVar[str] = ""
+    #: ``pretrain`` (self-supervised) or ``finetune`` (trained on labels)
+    kind: ClassVar[str] = "pretrain"
+    options: Any
     #: how many crops (encoder inputs) one dataset item becomes; for the crops/s throughput figure
     crops_per_item: int = 1
     #: re-broadcast buffers from rank 0 before every forward under DDP (off: the method syncs them)
@@ -90,11 +116,34 @@ class Method(nn.Module):
         super().__init__()
         self.progress = 0.0  # set by the trainer before every forward: fraction of the run done
 
+    @classmethod
+    def resolve(cls, options: Any | None, kwargs: dict[str, Any]) -> Any:
+        """The options from an options object and/or keyword overrides (``ValueError`` for a bad value)."""
+        if options is None:
+            return cls.Options(**kwargs)  # type: ignore[call-arg]
+        return options.replace(**kwargs) if kwargs else options
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """``{"name": ..., **options}``: what rebuilds the method, saved with the encoder."""
+        return {"name": self.method_name, **self.options.to_dict()}
+
+    @staticmethod
+    def views(options: Any) -> list[tuple[int, float]]:  # pragma: no cover - abstract
+        """The crops one dataset item must become: ``[(n_crops, seconds), ...]`` per group."""
+        raise NotImplementedError
+
     def forward(self, batch: Any) -> tuple[Tensor, dict[str, float]]:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement forward(batch) -> (loss, logs)")
 
     def after_step(self, step: int, total_steps: int | None) -> None:
         """Called after each optimiser step (``step`` = steps taken). Default: nothing."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before the first batch of each epoch (and of a resumed one). Default: nothing."""
+
+    def on_step_start(self, step: int) -> None:
+        """Called before each ``forward`` (``step`` = steps taken). Default: nothing."""
 
     def before_optimizer_step(self, step: int) -> None:
         """Called between ``backward`` and the optimiser step (``step`` = steps taken). Default: nothing."""

@@ -4,64 +4,67 @@ pulls each utterance's crops together (the loss is :class:`~spkemb.losses.CELoss
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
 from spkemb.data.crops import ViewSpec
+from spkemb.distributed import gather_with_grad
 from spkemb.losses import CELoss
 from spkemb.methods.base import Method
-from spkemb.methods.simclr import batch_views, device_of, flatten_views, gather_with_grad, projection_head
+from spkemb.methods.common import batch_views, device_of, flatten_views, projection_head
+from spkemb.methods.registry import register_method
+from spkemb.options import Options, opt
 
-__all__ = ["CEL"]
+__all__ = ["CEL", "CELOptions"]
 
 
+@dataclass
+class CELOptions(Options):
+    """CEL's options (Mun et al. 2020)."""
+
+    n_crops: int = opt(2, "M, crops per utterance (at least 2)")
+    crop_seconds: float = opt(2.0, "length of each crop")
+    lambda_u: float = opt(1.0, "weight of the uniformity loss")
+    lambda_s: float = opt(1.0, "weight of the angular prototypical loss")
+    t: float = opt(2.0, "uniformity temperature")
+    init_scale: float = opt(10.0, "initial learnable scale of the angular prototypical loss")
+    init_bias: float = opt(-5.0, "initial learnable bias of the angular prototypical loss")
+    proj_dim: int | None = opt(None, "projection size (none: the loss sees the embeddings, as in the paper)")
+    proj_hidden: int = opt(512, "hidden size of the projection MLP")
+    mlp: bool = opt(True, "two-layer projection (false: one linear layer)")
+
+    def __post_init__(self) -> None:
+        if self.n_crops < 2:
+            raise ValueError(f"CEL needs n_crops >= 2, got {self.n_crops}")
+        if self.crop_seconds <= 0:
+            raise ValueError(f"crop_seconds must be positive, got {self.crop_seconds}")
+
+
+@register_method("cel")
 class CEL(Method):
     """Encoder (+ optional projection) trained with ``lambda_u * uniformity + lambda_s * angular
-    prototypical`` over ``n_crops`` crops per utterance.
-
-    Options (defaults): ``n_crops`` 2 (M; the paper also uses more), ``crop_seconds`` 2.0,
-    ``lambda_u`` 1.0, ``lambda_s`` 1.0, ``t`` 2.0 (uniformity), ``init_scale`` 10.0 and
-    ``init_bias`` -5.0 (the learnable scale/bias of the angular prototypical loss, trained with
-    everything else), ``proj_dim`` None (no projection: the loss sees the embeddings, as in the
-    paper), ``proj_hidden`` 512, ``mlp`` True.
+    prototypical`` over ``n_crops`` crops per utterance (options: :class:`CELOptions`).
 
     All crops of the batch go through the encoder as one batch. Under DDP the crop embeddings are
     gathered from all ranks (autograd-aware), so both terms see the global batch.
     """
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        n_crops: int = 2,
-        crop_seconds: float = 2.0,
-        lambda_u: float = 1.0,
-        lambda_s: float = 1.0,
-        t: float = 2.0,
-        init_scale: float = 10.0,
-        init_bias: float = -5.0,
-        proj_dim: int | None = None,
-        proj_hidden: int = 512,
-        mlp: bool = True,
-    ) -> None:
+    Options = CELOptions
+
+    def __init__(self, encoder: nn.Module, options: CELOptions | None = None, **kwargs: Any) -> None:
         super().__init__()
-        if int(n_crops) < 2:
-            raise ValueError(f"CEL needs n_crops >= 2, got {n_crops}")
+        o = self.options = self.resolve(options, kwargs)
         self.encoder = encoder
-        self.head = projection_head(int(encoder.embed_dim), proj_dim, proj_hidden, mlp)
-        self.loss_fn = CELoss(lambda_u, lambda_s, t, init_scale=init_scale, init_bias=init_bias)
-        self.n_crops = int(n_crops)
+        self.head = projection_head(int(encoder.embed_dim), o.proj_dim, o.proj_hidden, o.mlp)
+        self.loss_fn = CELoss(o.lambda_u, o.lambda_s, o.t, init_scale=o.init_scale, init_bias=o.init_bias)
+        self.n_crops = o.n_crops
         self.crops_per_item = self.n_crops
-        self.config = {
-            "name": "cel", "n_crops": self.n_crops, "crop_seconds": float(crop_seconds),
-            "lambda_u": float(lambda_u), "lambda_s": float(lambda_s), "t": float(t),
-            "init_scale": float(init_scale), "init_bias": float(init_bias), "proj_dim": proj_dim,
-            "proj_hidden": int(proj_hidden), "mlp": bool(mlp),
-        }  # fmt: skip
 
     @staticmethod
-    def views(n_crops: int = 2, crop_seconds: float = 2.0) -> ViewSpec:
-        return [(int(n_crops), float(crop_seconds))]
+    def views(o: CELOptions) -> ViewSpec:  # type: ignore[override]
+        return [(int(o.n_crops), float(o.crop_seconds))]
 
     def forward(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
         views, _ = batch_views(batch, device_of(self))

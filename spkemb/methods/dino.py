@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,9 +28,40 @@ from torch import Tensor, nn
 from spkemb.data.crops import ViewSpec
 from spkemb.losses import DINOHead, DINOLoss
 from spkemb.methods.base import Method, ema_update, freeze
-from spkemb.methods.simclr import batch_views, device_of, flatten_views
+from spkemb.methods.common import batch_views, device_of, flatten_views
+from spkemb.methods.registry import register_method
+from spkemb.options import Options, opt
 
-__all__ = ["DINO", "cosine_momentum"]
+__all__ = ["DINO", "DINOOptions", "cosine_momentum"]
+
+
+@dataclass
+class DINOOptions(Options):
+    """DINO's options."""
+
+    out_dim: int = opt(4096, "K prototypes (65,536 in the image paper; thousands for speakers)")
+    hidden: int = opt(2048, "hidden size of the head MLP")
+    bottleneck: int = opt(256, "bottleneck size before the prototypes")
+    head_layers: int = opt(3, "layers of the head MLP")
+    norm_last_layer: bool = opt(True, "weight-normalised prototypes with a fixed norm")
+    head_bn: bool = opt(False, "BatchNorm in the head MLP")
+    teacher_temp: float = opt(0.04, "teacher temperature (sharpening)")
+    warmup_teacher_temp: float = opt(0.04, "teacher temperature at the start of its warm-up")
+    warmup_teacher_temp_steps: int = opt(0, "steps of linear teacher-temperature warm-up")
+    student_temp: float = opt(0.1, "student temperature")
+    center_momentum: float = opt(0.9, "EMA momentum of the centre")
+    momentum: float = opt(0.996, "teacher EMA momentum at the start (cosine-scheduled to 1)")
+    global_crops: int = opt(2, "long crops (the teacher sees these)")
+    global_seconds: float = opt(3.0, "length of a global crop")
+    local_crops: int = opt(4, "short crops (student only)")
+    local_seconds: float = opt(1.5, "length of a local crop")
+    freeze_last_layer_steps: int = opt(0, "hold the prototypes still for this many first steps")
+
+    def __post_init__(self) -> None:
+        if self.global_crops < 1 or self.global_crops + self.local_crops < 2:
+            raise ValueError("DINO needs at least one global crop and two crops in all")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
 
 
 def cosine_momentum(base: float, step: int, total_steps: int | None, progress: float = 0.0) -> float:
@@ -38,83 +70,44 @@ def cosine_momentum(base: float, step: int, total_steps: int | None, progress: f
     return 1.0 - (1.0 - base) * (1.0 + math.cos(math.pi * p)) / 2.0
 
 
+@register_method("dino")
 class DINO(Method):
-    """Student/teacher self-distillation with multi-crop; see the module docstring.
-
-    Options (defaults): ``out_dim`` 4096 (K prototypes; 65,536 in the image paper, a few thousand
-    to tens of thousands for speakers), ``hidden`` 2048, ``bottleneck`` 256, ``head_layers`` 3,
-    ``norm_last_layer`` True, ``head_bn`` False; ``teacher_temp`` 0.04, ``warmup_teacher_temp``
-    0.04, ``warmup_teacher_temp_steps`` 0, ``student_temp`` 0.1, ``center_momentum`` 0.9;
-    ``momentum`` 0.996 (teacher EMA, cosine-scheduled to 1); crops: ``global_crops`` 2 of
-    ``global_seconds`` 3.0, ``local_crops`` 4 of ``local_seconds`` 1.5.
+    """Student/teacher self-distillation with multi-crop; see the module docstring (options:
+    :class:`DINOOptions`).
 
     Logged: ``loss``, ``teacher_temp``, ``teacher_momentum`` (the value of the latest EMA update),
     ``teacher_entropy`` (mean entropy of the teacher distribution, in nats; it falls towards 0 on
     collapse to one prototype and stays at log K on collapse to uniform), ``center_norm``.
     """
 
+    Options = DINOOptions
     steps_done: Tensor
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        out_dim: int = 4096,
-        hidden: int = 2048,
-        bottleneck: int = 256,
-        head_layers: int = 3,
-        norm_last_layer: bool = True,
-        head_bn: bool = False,
-        teacher_temp: float = 0.04,
-        warmup_teacher_temp: float = 0.04,
-        warmup_teacher_temp_steps: int = 0,
-        student_temp: float = 0.1,
-        center_momentum: float = 0.9,
-        momentum: float = 0.996,
-        global_crops: int = 2,
-        global_seconds: float = 3.0,
-        local_crops: int = 4,
-        local_seconds: float = 1.5,
-        freeze_last_layer_steps: int = 0,
-    ) -> None:
+    def __init__(self, encoder: nn.Module, options: DINOOptions | None = None, **kwargs: Any) -> None:
         super().__init__()
-        if int(global_crops) < 1 or int(global_crops) + int(local_crops) < 2:
-            raise ValueError("DINO needs at least one global crop and two crops in all")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        o = self.options = self.resolve(options, kwargs)
         self.encoder = encoder
-        self.head = DINOHead(int(encoder.embed_dim), int(out_dim), int(hidden), int(bottleneck),
-                             int(head_layers), bool(norm_last_layer), bool(head_bn))  # fmt: skip
+        self.head = DINOHead(int(encoder.embed_dim), o.out_dim, o.hidden, o.bottleneck, o.head_layers,
+                             o.norm_last_layer, o.head_bn)  # fmt: skip
         self.teacher_encoder = freeze(copy.deepcopy(encoder))
         self.teacher_head = freeze(copy.deepcopy(self.head))
-        self.loss_fn = DINOLoss(int(out_dim), int(global_crops), teacher_temp, student_temp, center_momentum)
-        self.base_momentum = float(momentum)
-        self.teacher_momentum = float(momentum)  # the latest value used (for the logs)
-        self.teacher_temp = float(teacher_temp)
-        self.warmup_teacher_temp = float(warmup_teacher_temp)
-        self.warmup_teacher_temp_steps = int(warmup_teacher_temp_steps)
-        self.global_crops = int(global_crops)
-        self.local_crops = int(local_crops)
+        self.loss_fn = DINOLoss(o.out_dim, o.global_crops, o.teacher_temp, o.student_temp, o.center_momentum)
+        self.base_momentum = float(o.momentum)
+        self.teacher_momentum = float(o.momentum)  # the latest value used (for the logs)
+        self.teacher_temp = float(o.teacher_temp)
+        self.warmup_teacher_temp = float(o.warmup_teacher_temp)
+        self.warmup_teacher_temp_steps = int(o.warmup_teacher_temp_steps)
+        self.global_crops = int(o.global_crops)
+        self.local_crops = int(o.local_crops)
         self.crops_per_item = self.global_crops + self.local_crops
-        self.freeze_last_layer_steps = int(freeze_last_layer_steps)
+        self.freeze_last_layer_steps = int(o.freeze_last_layer_steps)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
-        self.config = {
-            "name": "dino", "out_dim": int(out_dim), "hidden": int(hidden), "bottleneck": int(bottleneck),
-            "head_layers": int(head_layers), "norm_last_layer": bool(norm_last_layer), "head_bn": bool(head_bn),
-            "teacher_temp": self.teacher_temp, "warmup_teacher_temp": self.warmup_teacher_temp,
-            "warmup_teacher_temp_steps": self.warmup_teacher_temp_steps, "student_temp": float(student_temp),
-            "center_momentum": float(center_momentum), "momentum": self.base_momentum,
-            "global_crops": self.global_crops, "global_seconds": float(global_seconds),
-            "local_crops": self.local_crops, "local_seconds": float(local_seconds),
-            "freeze_last_layer_steps": self.freeze_last_layer_steps,
-        }  # fmt: skip
 
     @staticmethod
-    def views(
-        global_crops: int = 2, global_seconds: float = 3.0, local_crops: int = 4, local_seconds: float = 1.5
-    ) -> ViewSpec:
-        spec: ViewSpec = [(int(global_crops), float(global_seconds))]
-        if int(local_crops) > 0:
-            spec.append((int(local_crops), float(local_seconds)))
+    def views(o: DINOOptions) -> ViewSpec:  # type: ignore[override]
+        spec: ViewSpec = [(int(o.global_crops), float(o.global_seconds))]
+        if int(o.local_crops) > 0:
+            spec.append((int(o.local_crops), float(o.local_seconds)))
         return spec
 
     def teacher_temp_at(self, step: int) -> float:

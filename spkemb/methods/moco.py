@@ -35,6 +35,7 @@ BatchNorm set ``bn_splits=1``.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,12 +43,38 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spkemb.data.crops import ViewSpec
+from spkemb.distributed import concat_all_gather
 from spkemb.losses import InfoNCE
 from spkemb.methods.base import Method, ema_update, freeze
-from spkemb.methods.simclr import batch_views, device_of, projection_head
-from spkemb.train.distributed import concat_all_gather
+from spkemb.methods.common import batch_views, device_of, projection_head
+from spkemb.methods.registry import register_method
+from spkemb.options import Options, opt
 
-__all__ = ["MoCo", "split_forward"]
+__all__ = ["MoCo", "MoCoOptions", "split_forward"]
+
+
+@dataclass
+class MoCoOptions(Options):
+    """MoCo's options (Ding et al. 2020 use a queue of 65,536 and momentum 0.999)."""
+
+    queue_size: int = opt(1024, "negatives kept from past batches (65,536 at scale)")
+    momentum: float = opt(0.999, "key encoder EMA momentum")
+    temperature: float = opt(0.07, "InfoNCE temperature")
+    proj_dim: int | None = opt(128, "projection size (none/0: no projection)")
+    proj_hidden: int = opt(512, "hidden size of the projection MLP")
+    mlp: bool = opt(True, "two-layer projection (false: one linear layer)")
+    symmetric: bool = opt(False, "also score the second crop's query against the first crop's key")
+    bn_splits: int = opt(4, "sub-batches for shuffled BatchNorm (1: off, for encoders without BatchNorm)")
+    bn_min_group: int = opt(8, "fewest rows per BatchNorm sub-batch")
+    crop_seconds: float = opt(2.0, "length of the two crops")
+
+    def __post_init__(self) -> None:
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {self.queue_size}")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
 
 
 def split_forward(net: nn.Module, x: Tensor, groups: int, perm: Tensor | None = None) -> Tensor:
@@ -66,65 +93,38 @@ def split_forward(net: nn.Module, x: Tensor, groups: int, perm: Tensor | None = 
     return y
 
 
+@register_method("moco")
 class MoCo(Method):
-    """MoCo v2-style speaker pretraining; see the module docstring.
+    """MoCo v2-style speaker pretraining; see the module docstring (options: :class:`MoCoOptions`)."""
 
-    Options (defaults): ``queue_size`` 1024 (65,536 at scale), ``momentum`` 0.999,
-    ``temperature`` 0.07, ``proj_dim`` 128 (``None``/0: no projection), ``proj_hidden`` 512,
-    ``mlp`` True, ``symmetric`` False (True: also score the second crop's query against the first
-    crop's key, averaging the two losses), ``bn_splits`` 4 and ``bn_min_group`` 8 (shuffled
-    sub-batch BatchNorm), ``crop_seconds`` 2.0.
-    """
-
+    Options = MoCoOptions
     queue: Tensor
     queue_index: Tensor
     queue_ptr: Tensor
     queue_fill: Tensor
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        queue_size: int = 1024,
-        momentum: float = 0.999,
-        temperature: float = 0.07,
-        proj_dim: int | None = 128,
-        proj_hidden: int = 512,
-        mlp: bool = True,
-        symmetric: bool = False,
-        bn_splits: int = 4,
-        bn_min_group: int = 8,
-        crop_seconds: float = 2.0,
-    ) -> None:
+    def __init__(self, encoder: nn.Module, options: MoCoOptions | None = None, **kwargs: Any) -> None:
         super().__init__()
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        o = self.options = self.resolve(options, kwargs)
         self.encoder = encoder
-        self.head = projection_head(int(encoder.embed_dim), proj_dim, proj_hidden, mlp)
+        self.head = projection_head(int(encoder.embed_dim), o.proj_dim, o.proj_hidden, o.mlp)
         self.key_encoder = freeze(copy.deepcopy(encoder))
         self.key_head = freeze(copy.deepcopy(self.head))
-        self.loss_fn = InfoNCE(temperature)
-        self.momentum = float(momentum)
-        self.symmetric = bool(symmetric)
-        self.bn_splits = max(1, int(bn_splits))
-        self.bn_min_group = max(2, int(bn_min_group))
+        self.loss_fn = InfoNCE(o.temperature)
+        self.momentum = float(o.momentum)
+        self.symmetric = bool(o.symmetric)
+        self.bn_splits = max(1, int(o.bn_splits))
+        self.bn_min_group = max(2, int(o.bn_min_group))
         self.crops_per_item = 2
-        dim = int(proj_dim) if proj_dim else int(encoder.embed_dim)
-        self.register_buffer("queue", F.normalize(torch.randn(int(queue_size), dim), dim=1))
-        self.register_buffer("queue_index", torch.full((int(queue_size),), -1, dtype=torch.long))
+        dim = int(o.proj_dim) if o.proj_dim else int(encoder.embed_dim)
+        self.register_buffer("queue", F.normalize(torch.randn(int(o.queue_size), dim), dim=1))
+        self.register_buffer("queue_index", torch.full((int(o.queue_size),), -1, dtype=torch.long))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_fill", torch.zeros((), dtype=torch.long))
-        self.config = {
-            "name": "moco", "queue_size": int(queue_size), "momentum": self.momentum,
-            "temperature": float(temperature), "proj_dim": proj_dim, "proj_hidden": int(proj_hidden),
-            "mlp": bool(mlp), "symmetric": self.symmetric, "bn_splits": self.bn_splits,
-            "bn_min_group": self.bn_min_group, "crop_seconds": float(crop_seconds),
-        }  # fmt: skip
 
     @staticmethod
-    def views(crop_seconds: float = 2.0) -> ViewSpec:
-        return [(2, float(crop_seconds))]
+    def views(o: MoCoOptions) -> ViewSpec:  # type: ignore[override]
+        return [(2, float(o.crop_seconds))]
 
     def groups_for(self, batch_size: int) -> int:
         """Sub-batches used for BatchNorm at this batch size."""

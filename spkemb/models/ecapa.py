@@ -20,6 +20,8 @@ Implementation notes (speed; the maths is the paper's):
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 
 from spkemb.features import Fbank, frame_mask
 from spkemb.models.registry import register_encoder
+from spkemb.options import Options, opt
 
 __all__ = ["ECAPA"]
 
@@ -235,36 +238,41 @@ class _AttentiveStatsPool(nn.Module):
         return torch.cat([mu, var.clamp(min=1e-5).sqrt()], dim=1)
 
 
+@dataclass
+class ECAPAOptions(Options):
+    """ECAPA-TDNN's options (Desplanques et al. 2020: C=512 or 1024, 192-d)."""
+
+    sample_rate: int = opt(16000, "input sample rate (Hz)")
+    n_mels: int = opt(80, "log-mel filterbank channels")
+    channels: int = opt(512, "C, channels of the SE-Res2 blocks (512 or 1024 in the paper)")
+    embed_dim: int = opt(192, "embedding size")
+    mfa_channels: int | None = opt(None, "multi-layer feature aggregation channels (none: 1536, the paper's)")
+    attention_channels: int = opt(128, "attentive statistics pooling bottleneck")
+    se_channels: int = opt(128, "squeeze-excitation bottleneck")
+    scale: int = opt(8, "Res2Net scale (channels must divide by it)")
+    global_context: bool = opt(True, "attention sees utterance-level mean and std")
+
+    def __post_init__(self) -> None:
+        if self.mfa_channels is None:
+            self.mfa_channels = 1536
+        if self.channels % self.scale:
+            raise ValueError(f"channels ({self.channels}) must be divisible by scale ({self.scale})")
+
+
 @register_encoder("ecapa")
 class ECAPA(nn.Module):
     """ECAPA-TDNN: ``channels`` 512 (or 1024), ``embed_dim`` 192."""
 
-    def __init__(
-        self,
-        sample_rate: int = 16000,
-        n_mels: int = 80,
-        channels: int = 512,
-        embed_dim: int = 192,
-        mfa_channels: int | None = None,  # 1536 (the paper's, for C=512 and C=1024)
-        attention_channels: int = 128,
-        se_channels: int = 128,
-        scale: int = 8,
-        global_context: bool = True,
-    ) -> None:
+    Options = ECAPAOptions
+
+    def __init__(self, options: ECAPAOptions | None = None, **kwargs: Any) -> None:
         super().__init__()
-        mfa_channels = 1536 if mfa_channels is None else int(mfa_channels)
-        self.config = {
-            "name": "ecapa",
-            "sample_rate": int(sample_rate),
-            "n_mels": int(n_mels),
-            "channels": int(channels),
-            "embed_dim": int(embed_dim),
-            "mfa_channels": mfa_channels,
-            "attention_channels": int(attention_channels),
-            "se_channels": int(se_channels),
-            "scale": int(scale),
-            "global_context": bool(global_context),
-        }
+        o = self.options = options.replace(**kwargs) if options else ECAPAOptions(**kwargs)
+        self.config = {"name": "ecapa", **o.to_dict()}
+        sample_rate, n_mels, channels, embed_dim = o.sample_rate, o.n_mels, o.channels, o.embed_dim
+        mfa_channels, attention_channels, se_channels = o.mfa_channels, o.attention_channels, o.se_channels
+        scale, global_context = o.scale, o.global_context
+        assert mfa_channels is not None  # set by ECAPAOptions.__post_init__
         self.sample_rate = int(sample_rate)
         self.embed_dim = int(embed_dim)
         self.frontend = Fbank(sample_rate=sample_rate, n_mels=n_mels)

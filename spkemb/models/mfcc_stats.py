@@ -6,14 +6,27 @@ the valid frames (no voice-activity detection), 2 x ``n_mfcc`` values.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from spkemb.features import MFCC
+from spkemb.models.pooling import masked_mean_std, time_mask
 from spkemb.models.registry import register_encoder
-from spkemb.models.tdnn import masked_mean_std, time_mask
+from spkemb.options import Options, opt
 
-__all__ = ["MFCCStats"]
+__all__ = ["MFCCStats", "MFCCStatsOptions"]
+
+
+@dataclass
+class MFCCStatsOptions(Options):
+    """The MFCC-statistics baseline's options."""
+
+    sample_rate: int = opt(16000, "input sample rate (Hz)")
+    n_mfcc: int = opt(30, "cepstral coefficients (the embedding has twice as many values)")
+    n_mels: int = opt(40, "mel filterbank channels")
 
 
 @register_encoder("mfcc-stats")
@@ -22,10 +35,13 @@ class MFCCStats(nn.Module):
 
     parameter_free = True
 
-    def __init__(self, sample_rate: int = 16000, n_mfcc: int = 30, n_mels: int = 40) -> None:
+    Options = MFCCStatsOptions
+
+    def __init__(self, options: MFCCStatsOptions | None = None, **kwargs: Any) -> None:
         super().__init__()
-        self.config = {"name": "mfcc-stats", "sample_rate": int(sample_rate), "n_mfcc": int(n_mfcc),
-                       "n_mels": int(n_mels)}  # fmt: skip
+        o = self.options = options.replace(**kwargs) if options else MFCCStatsOptions(**kwargs)
+        self.config = {"name": "mfcc-stats", **o.to_dict()}
+        sample_rate, n_mfcc, n_mels = o.sample_rate, o.n_mfcc, o.n_mels
         self.sample_rate = int(sample_rate)
         self.embed_dim = 2 * int(n_mfcc)
         # No mean normalisation: the mean is half of the embedding.

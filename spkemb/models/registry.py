@@ -1,14 +1,15 @@
 """Encoder registry: ``@register_encoder("name")`` on a class, then ``build_encoder("name", **kw)``.
 
 An encoder is an ``nn.Module`` whose ``forward(wav, lengths=None)`` maps a padded batch of
-waveforms (B, S) at ``self.sample_rate`` to (B, ``self.embed_dim``) embeddings (not normalised),
-and whose ``config`` dict holds ``name`` plus the exact keyword arguments that rebuild it.
+waveforms (B, S) at ``self.sample_rate`` to (B, ``self.embed_dim``) embeddings (not normalised).
+Its options are one dataclass (the class attribute ``Options``, a :class:`spkemb.options.Options`),
+its constructor takes ``(options=None, **kwargs)``, and its ``config`` dict holds ``name`` plus the
+options (``{"name": ..., **options.to_dict()}``), which rebuild it: ``build_encoder(**config)``.
 A class attribute ``parameter_free = True`` marks a built-in baseline that needs no weights file.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,8 @@ from torch import nn
 
 from spkemb.errors import InputError
 
-__all__ = ["register_encoder", "build_encoder", "list_encoders", "encoder_class", "is_parameter_free"]
+__all__ = ["register_encoder", "build_encoder", "list_encoders", "encoder_class", "encoder_options",
+           "is_parameter_free"]
 
 _ENCODERS: dict[str, type[nn.Module]] = {}
 
@@ -53,6 +55,11 @@ def encoder_class(name: str) -> type[nn.Module]:
     return _ENCODERS[key]
 
 
+def encoder_options(name: str) -> dict[str, Any]:
+    """Every option of encoder ``name`` with its default."""
+    return dict(encoder_class(name).Options.defaults())
+
+
 def is_parameter_free(name: str) -> bool:
     """True for a built-in baseline that works without a weights file (e.g. ``mfcc-stats``)."""
     key = _key(name)
@@ -66,12 +73,8 @@ def build_encoder(name: str, **kwargs: Any) -> nn.Module:
     The returned module's ``config`` rebuilds it: ``build_encoder(**model.config)``.
     """
     cls = encoder_class(name)
-    try:
-        inspect.signature(cls).bind(**kwargs)
-    except TypeError as err:
-        takes = ", ".join(p for p in inspect.signature(cls).parameters if p != "self")
-        raise InputError(f"encoder {_key(name)!r}: {err} (options: {takes})") from None
-    model = cls(**kwargs)
+    options = cls.Options.from_mapping(kwargs, f"encoder {_key(name)!r}")
+    model = cls(options)
     config = getattr(model, "config", None)
     if not isinstance(config, dict) or config.get("name") != _key(name):
         raise TypeError(f"{cls.__qualname__} must set config = {{'name': {_key(name)!r}, ...}}")

@@ -11,12 +11,16 @@ as each utterance alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from spkemb.features import Fbank
+from spkemb.models.pooling import downsample_lengths, masked_mean_std, time_mask
 from spkemb.models.registry import register_encoder
-from spkemb.models.tdnn import downsample_lengths, masked_mean_std, time_mask
+from spkemb.options import Options, opt
 
 __all__ = ["ResNet"]
 
@@ -52,28 +56,29 @@ class _BasicBlock(nn.Module):
         return h, frames
 
 
+@dataclass
+class ResNetOptions(Options):
+    """The thin ResNet's options."""
+
+    sample_rate: int = opt(16000, "input sample rate (Hz)")
+    n_mels: int = opt(80, "log-mel filterbank channels")
+    base_channels: int = opt(32, "channels of the first stage (doubled at each stage)")
+    embed_dim: int = opt(256, "embedding size")
+    layers: tuple[int, ...] = opt((3, 4, 6, 3), "residual blocks per stage (3, 4, 6, 3 = ResNet34)")
+
+
 @register_encoder("resnet34")
 class ResNet(nn.Module):
     """Thin ResNet34 (base 32 channels) with masked statistics pooling; 256-d output."""
 
-    def __init__(
-        self,
-        sample_rate: int = 16000,
-        n_mels: int = 80,
-        base_channels: int = 32,
-        embed_dim: int = 256,
-        layers: list[int] | tuple[int, ...] = (3, 4, 6, 3),
-    ) -> None:
+    Options = ResNetOptions
+
+    def __init__(self, options: ResNetOptions | None = None, **kwargs: Any) -> None:
         super().__init__()
-        layers = [int(n) for n in layers]
-        self.config = {
-            "name": "resnet34",
-            "sample_rate": int(sample_rate),
-            "n_mels": int(n_mels),
-            "base_channels": int(base_channels),
-            "embed_dim": int(embed_dim),
-            "layers": layers,
-        }
+        o = self.options = options.replace(**kwargs) if options else ResNetOptions(**kwargs)
+        self.config = {"name": "resnet34", **o.to_dict()}
+        sample_rate, n_mels, base_channels, embed_dim = o.sample_rate, o.n_mels, o.base_channels, o.embed_dim
+        layers = [int(n) for n in o.layers]
         self.sample_rate = int(sample_rate)
         self.embed_dim = int(embed_dim)
         self.frontend = Fbank(sample_rate=sample_rate, n_mels=n_mels)

@@ -1,4 +1,4 @@
-"""TDNN x-vector encoder (Snyder et al., 2018) and the masked pooling helpers the encoders share.
+"""TDNN x-vector encoder (Snyder et al., 2018).
 
 Frame layers (context in frames): [-2,+2], {-2,0,+2}, {-3,0,+3}, {0}, {0}; each
 Conv1d -> ReLU -> BatchNorm; statistics pooling (mean and standard deviation over the valid
@@ -7,48 +7,29 @@ frames); the 512-d segment-level affine layer gives the embedding.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from spkemb.features import Fbank, frame_mask
+from spkemb.features import Fbank
+from spkemb.models.pooling import masked_mean_std, time_mask
 from spkemb.models.registry import register_encoder
+from spkemb.options import Options, opt
 
-__all__ = ["TDNN", "time_mask", "masked_mean_std", "downsample_lengths"]
-
-
-def time_mask(frame_lengths: Tensor | None, num_frames: int, dtype: torch.dtype) -> Tensor | None:
-    """(B, 1, T) mask (1 on valid frames) or ``None`` when there is no padding to mask."""
-    if frame_lengths is None:
-        return None
-    frame_lengths = frame_lengths.clamp(max=num_frames)
-    if bool((frame_lengths >= num_frames).all()):
-        return None
-    return frame_mask(frame_lengths, num_frames).unsqueeze(1).to(dtype)
+__all__ = ["TDNN", "TDNNOptions"]
 
 
-def downsample_lengths(frame_lengths: Tensor | None, stride: int) -> Tensor | None:
-    """Frames left after a stride-``stride`` layer with 'same' padding: ceil(L / stride)."""
-    if frame_lengths is None or stride == 1:
-        return frame_lengths
-    return torch.div(frame_lengths + stride - 1, stride, rounding_mode="floor")
+@dataclass
+class TDNNOptions(Options):
+    """The x-vector TDNN's options."""
 
-
-def masked_mean_std(x: Tensor, mask: Tensor | None, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
-    """Mean and standard deviation of (B, D, T) ``x`` over time, on the frames where ``mask`` is 1.
-
-    Computed in float32 whatever the input dtype.
-    """
-    x = x.float()
-    if mask is None:
-        # (torch.var_mean is several times slower than this on the CPU.)
-        mean = x.mean(dim=2)
-        var = torch.linalg.vecdot(x, x, dim=2) / x.shape[2] - mean.square()
-        return mean, var.clamp(min=eps).sqrt()
-    mask = mask.float()
-    n = mask.sum(dim=2).clamp(min=1.0)  # (B, 1)
-    mean = (x * mask).sum(dim=2) / n
-    var = ((x - mean.unsqueeze(2)).square() * mask).sum(dim=2) / n
-    return mean, var.clamp(min=eps).sqrt()
+    sample_rate: int = opt(16000, "input sample rate (Hz)")
+    n_mels: int = opt(80, "log-mel filterbank channels")
+    channels: int = opt(512, "frame-layer channels")
+    stats_channels: int = opt(1500, "channels of the layer before pooling")
+    embed_dim: int = opt(512, "embedding size")
 
 
 class _TdnnLayer(nn.Module):
@@ -65,23 +46,14 @@ class _TdnnLayer(nn.Module):
 class TDNN(nn.Module):
     """x-vector TDNN with masked statistics pooling; ``embed_dim``-d (default 512) output."""
 
-    def __init__(
-        self,
-        sample_rate: int = 16000,
-        n_mels: int = 80,
-        channels: int = 512,
-        stats_channels: int = 1500,
-        embed_dim: int = 512,
-    ) -> None:
+    Options = TDNNOptions
+
+    def __init__(self, options: TDNNOptions | None = None, **kwargs: Any) -> None:
         super().__init__()
-        self.config = {
-            "name": "tdnn",
-            "sample_rate": int(sample_rate),
-            "n_mels": int(n_mels),
-            "channels": int(channels),
-            "stats_channels": int(stats_channels),
-            "embed_dim": int(embed_dim),
-        }
+        o = self.options = options.replace(**kwargs) if options else TDNNOptions(**kwargs)
+        self.config = {"name": "tdnn", **o.to_dict()}
+        sample_rate, n_mels, channels, stats_channels, embed_dim = (
+            o.sample_rate, o.n_mels, o.channels, o.stats_channels, o.embed_dim)
         self.sample_rate = int(sample_rate)
         self.embed_dim = int(embed_dim)
         self.frontend = Fbank(sample_rate=sample_rate, n_mels=n_mels)

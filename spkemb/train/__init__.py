@@ -1,28 +1,47 @@
 """Training: one Trainer shared by ``pretrain`` and ``finetune``.
 
-Typical use from a command::
+Typical use::
 
     from spkemb.train import Trainer, load_config, merge_config, seed_everything
-    from spkemb.train import distributed
 
     cfg = merge_config(load_config(config_file) if config_file else {}, cli_options, source=config_file)
     seed_everything(cfg.seed)                      # before building the method: reproducible init
-    method = build_method(cfg)                     # a spkemb.methods.base.Method
-    summary = Trainer(method, dataset, collate, cfg, out_dir, export_encoder=save_encoder).fit()
-    distributed.cleanup()
+    method = build_method(cfg.method, encoder, **cfg.method_options)   # a spkemb.methods.Method
+    summary = Trainer(method, dataset, collate, cfg, out_dir, export_encoder=save).fit()
 
 Modules: :mod:`.config` (TrainConfig, YAML/TOML), :mod:`.schedule` (warm-up + cosine),
-:mod:`.distributed` (torchrun, devices, collectives), :mod:`.checkpoint` (atomic save, resume),
-:mod:`.trainer` (the loop).
+:mod:`.checkpoint` (atomic save, resume), :mod:`.resume` (refusals, picking and restoring a
+checkpoint), :mod:`.optim` (optimiser, seeding, threads), :mod:`.batching` (collate, device moves),
+:mod:`.report` (the Reporter interface), :mod:`.trainer` (the loop), :mod:`.data` (data options and
+the crop dataset), :mod:`.pretrain` (the pretrain job). Names are imported on first use, so the
+command line can read :mod:`.report` without loading torch.
 """
 
-from spkemb.train.checkpoint import find_resume_checkpoint, load_checkpoint
-from spkemb.train.config import TrainConfig, dump_config, load_config, merge_config
-from spkemb.train.trainer import Trainer, seed_everything, skip_none_collate
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spkemb.train.batching import skip_none_collate
+    from spkemb.train.checkpoint import find_resume_checkpoint, load_checkpoint
+    from spkemb.train.config import TrainConfig, dump_config, load_config, merge_config
+    from spkemb.train.optim import seed_everything
+    from spkemb.train.report import Reporter
+    from spkemb.train.trainer import Trainer, TrainingInterrupted
+
+_WHERE = {
+    "TrainConfig": "config", "dump_config": "config", "load_config": "config", "merge_config": "config",
+    "find_resume_checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+    "Trainer": "trainer", "TrainingInterrupted": "trainer",
+    "seed_everything": "optim", "skip_none_collate": "batching", "Reporter": "report",
+}  # fmt: skip
 
 __all__ = [
+    "Reporter",
     "TrainConfig",
     "Trainer",
+    "TrainingInterrupted",
     "dump_config",
     "find_resume_checkpoint",
     "load_checkpoint",
@@ -31,3 +50,9 @@ __all__ = [
     "seed_everything",
     "skip_none_collate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"spkemb.train.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import random
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
 
 from spkemb.fileio import atomic_torch_save
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME_RE = re.compile(r"^step-(\d{8,})\.pt$")
 _REQUIRED_KEYS = ("step", "method", "optimizer", "sampler")
-
-console = Console(stderr=True)
 
 
 def checkpoint_path(ckpt_dir: str | Path, step: int) -> Path:
@@ -68,12 +67,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def find_resume_checkpoint(
-    ckpt_dir: str | Path, map_location: str | torch.device = "cpu"
+    ckpt_dir: str | Path, map_location: str | torch.device = "cpu", warn: Callable[[str], None] | None = None
 ) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that loads, with its state; ``None`` when the folder has none.
 
-    A newest file that does not load (truncated by a full disk, bit rot, ...) is reported on stderr
-    and the previous one is tried. When files exist but none loads, ``ValueError`` says so.
+    A newest file that does not load (truncated by a full disk, bit rot, ...) is reported through
+    ``warn`` and the previous one is tried. When files exist but none loads, ``ValueError`` says so.
     """
     candidates = list_checkpoints(ckpt_dir)
     failures: list[str] = []
@@ -85,13 +84,15 @@ def find_resume_checkpoint(
             failures.append(f"{_short(path)} is corrupt ({detail})")
             continue
         for failure in failures:
-            console.print(
-                f"[bold yellow]warning:[/] {failure}; resuming from {path.name}", highlight=False, soft_wrap=True
-            )
+            (warn or _warn_stderr)(f"{failure}; resuming from {path.name}")
         return path, state
     if failures:
         raise ValueError("no loadable checkpoint: " + "; ".join(failures))
     return None
+
+
+def _warn_stderr(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 def _short(path: Path) -> str:

@@ -10,7 +10,7 @@ both work); the three dict fields may be written as nested mappings (TOML tables
     batch_size: 128
     lr: 0.0005
     max_steps: 100000
-    method_options: {teacher_temp: 0.04, n_local: 4}
+    method_options: {teacher_temp: 0.04, local_crops: 4}
 
 Precedence: dataclass defaults < config file < command-line options. :func:`merge_config` takes the
 options as a dict in which ``None`` means "not given on the command line"; dict-valued options are
@@ -20,49 +20,49 @@ merged key by key into the file's dict. The effective configuration is written t
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin, get_type_hints
 
 import yaml
 
+from spkemb.choices import OPTIMIZERS, PRECISIONS, Optimizer, Precision, is_device_spec
 from spkemb.errors import InputError
-
-OPTIMIZERS = ("adamw", "sgd")
-PRECISIONS = ("fp32", "bf16", "fp16")
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+from spkemb.fileio import atomic_write_text
+from spkemb.options import Options, coerce, opt
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Options):
     """Everything that shapes a training run. ``batch_size`` is per process (per GPU under torchrun)."""
 
-    method: str = "simclr"
-    encoder: str = "ecapa"
-    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr: float = 0.0  # the floor the cosine decays to
-    weight_decay: float = 0.0  # not applied to biases, norms and other 1-D parameters
-    optimizer: str = "adamw"  # adamw | sgd (sgd uses momentum 0.9, Nesterov)
-    warmup_steps: int = 0
-    max_steps: int | None = None  # at least one of max_steps / max_minutes must be set
-    max_minutes: float | None = None
-    grad_clip: float | None = None  # max global gradient norm; None or 0 = no clipping
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
-    num_workers: int = 0
-    checkpoint_every: int = 1000  # steps; a checkpoint is also written at the end
-    keep_checkpoints: int = 3
-    log_every: int = 10  # steps between metrics.jsonl lines
-    resume: bool = False
-    compile: bool = False  # torch.compile the encoder (inductor); pays a one-off compile at start-up
-    method_options: dict[str, Any] = field(default_factory=dict)  # read by the method
-    data_options: dict[str, Any] = field(default_factory=dict)  # read by the CLI's dataset (crops, augment)
+    method: str = opt("simclr", "training method (see `spkemb.methods.list_methods()`; pretrain also takes none)")
+    encoder: str = opt("ecapa", "encoder name (see `spkemb.models.list_encoders()`)")
+    encoder_kwargs: dict[str, Any] = opt({}, "encoder options (the encoder's options dataclass)")
+    batch_size: int = opt(64, "items per batch, per process")
+    lr: float = opt(1e-3, "peak learning rate")
+    min_lr: float = opt(0.0, "the floor the cosine decays to")
+    weight_decay: float = opt(0.0, "not applied to biases, norms and other 1-D parameters")
+    optimizer: Optimizer = opt("adamw", "adamw | sgd (momentum 0.9, Nesterov)")
+    warmup_steps: int = opt(0, "linear warm-up steps")
+    max_steps: int | None = opt(None, "stop after this many steps (max_steps and/or max_minutes)")
+    max_minutes: float | None = opt(None, "stop after this many minutes of training")
+    grad_clip: float | None = opt(None, "max global gradient norm; none or 0 = no clipping")
+    precision: Precision = opt("fp32", "fp32 | bf16 | fp16 (fp16 needs CUDA)")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N")
+    seed: int = opt(0, "random seed (init, data order, crops, augmentation)")
+    num_workers: int = opt(0, "DataLoader worker processes")
+    checkpoint_every: int = opt(1000, "steps between checkpoints (one is also written at the end)")
+    checkpoint_minutes: float | None = opt(5.0, "also checkpoint after this many minutes since the last one")
+    keep_checkpoints: int = opt(3, "how many of the newest checkpoints to keep")
+    log_every: int = opt(10, "steps between metrics.jsonl lines")
+    resume: bool = opt(False, "continue from the newest good checkpoint")
+    overwrite: bool = opt(False, "start again in a folder that holds checkpoints or an encoder.pt")
+    compile: bool = opt(False, "torch.compile the encoder (inductor); a one-off compile at start-up")
+    method_options: dict[str, Any] = opt({}, "the method's options (its options dataclass)")
+    data_options: dict[str, Any] = opt({}, "data options: augmentation and crop sampling (DataOptions)")
 
     def validate(self, source: str | Path | None = None) -> TrainConfig:
         """Raise :class:`InputError` (naming ``source``) for a value out of range; return self."""
@@ -70,39 +70,34 @@ class TrainConfig:
         def bad(key: str, why: str) -> InputError:
             return InputError(f"{key}: {why} (got {getattr(self, key)!r})", source)
 
+        self.device = str(self.device).strip().lower()
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"must be one of {', '.join(PRECISIONS)}")
-        if not _DEVICE_RE.match(self.device):
+        if not is_device_spec(self.device):
             raise bad("device", "must be auto, cpu, cuda or cuda:N")
         for key in ("batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be at least 1")
-        for key in ("warmup_steps", "num_workers", "seed"):
-            if getattr(self, key) < 0:
-                raise bad(key, "must not be negative")
-        for key in ("lr", "min_lr", "weight_decay"):
+        for key in ("warmup_steps", "num_workers", "seed", "lr", "min_lr", "weight_decay"):
             if getattr(self, key) < 0:
                 raise bad(key, "must not be negative")
         if self.max_steps is None and self.max_minutes is None:
             raise InputError("set max_steps or max_minutes (or both) to bound the run", source)
         if self.max_steps is not None and self.max_steps < 1:
             raise bad("max_steps", "must be at least 1")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise bad("max_minutes", "must be positive")
+        for key in ("max_minutes", "checkpoint_minutes"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise bad(key, "must be positive")
         if self.grad_clip is not None and self.grad_clip < 0:
             raise bad("grad_clip", "must not be negative")
         return self
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
-_DICT_FIELDS = {"encoder_kwargs", "method_options", "data_options"}
-_INT_FIELDS = {"batch_size", "warmup_steps", "max_steps", "seed", "num_workers", "checkpoint_every",
-               "keep_checkpoints", "log_every"}
-_FLOAT_FIELDS = {"lr", "min_lr", "weight_decay", "max_minutes", "grad_clip"}
-_STR_FIELDS = {"method", "encoder", "optimizer", "precision", "device"}
-_BOOL_FIELDS = {"resume", "compile"}
+_HINTS = get_type_hints(TrainConfig)
+_DICT_FIELDS = {name for name, hint in _HINTS.items() if get_origin(hint) is dict}
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -148,53 +143,11 @@ def merge_config(
                 raise InputError(f"{where} {raw_key!r} (known: {', '.join(sorted(_FIELDS))})", origin)
             if value is None and origin is None:
                 continue  # not given on the command line
-            value = _coerce(key, value, origin)
+            value = coerce(value, _HINTS[key], key, origin)
             if key in _DICT_FIELDS and key in values:
                 value = {**values[key], **value}
             values[key] = value
     return TrainConfig(**values).validate(source)
-
-
-def _coerce(key: str, value: Any, source: str | Path | None) -> Any:
-    def bad(expected: str) -> InputError:
-        return InputError(f"{key}: expected {expected}, got {value!r}", source)
-
-    if key in _DICT_FIELDS:
-        if not isinstance(value, Mapping):
-            raise bad("a mapping")
-        return {str(k): v for k, v in value.items()}
-    if key in _BOOL_FIELDS:
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if value is None:
-        if key in ("max_steps", "max_minutes", "grad_clip"):
-            return None
-        raise bad("a value")
-    if key in _STR_FIELDS:
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value.strip().lower() if key in ("optimizer", "precision", "device") else value
-    if isinstance(value, bool):
-        raise bad("a number")
-    if key in _INT_FIELDS:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                raise bad("an integer") from None
-        if not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if key in _FLOAT_FIELDS:
-        # PyYAML reads ``1e-3`` (no dot) as a string: accept numeric strings.
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise bad("a number") from None
-    return value  # pragma: no cover - every field is in one of the sets above
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -204,10 +157,9 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 def dump_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the effective configuration as YAML (atomically); the file is a valid ``--config``."""
-    from spkemb.data.manifest import atomic_write_text
-
     data = config_dict(cfg)
-    data.pop("resume")  # how this run started, not what it is: a rerun with this file starts afresh
+    for key in ("resume", "overwrite"):  # how this run started, not what it is
+        data.pop(key)
     text = "# effective configuration written by spkemb (usable as --config)\n"
     text += yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     atomic_write_text(path, text)

@@ -3,8 +3,9 @@
 It takes a :class:`~spkemb.methods.base.Method` (which turns a batch into a loss), a dataset, a
 collate function and a :class:`~spkemb.train.config.TrainConfig`, and runs the steps: device and
 precision, DDP under torchrun, optimiser, warm-up + cosine schedule, gradient clipping,
-checkpoints and bit-for-bit resume, metrics.jsonl and a progress bar on stderr. At the end it
-hands ``OUT/encoder.pt`` to the command's ``export_encoder`` callable.
+checkpoints and bit-for-bit resume, metrics.jsonl. What the user sees goes through a
+:class:`~spkemb.train.report.Reporter` (silent by default). At the end it hands ``OUT/encoder.pt``
+to the command's ``export_encoder`` callable.
 
 The experiment folder (only rank 0 writes)::
 
@@ -13,10 +14,12 @@ The experiment folder (only rank 0 writes)::
     OUT/metrics.jsonl        {step, epoch, loss, lr, crops_per_s, elapsed, skipped_items, <method logs>}
     OUT/encoder.pt           written by export_encoder
 
-A folder that already holds checkpoints is refused unless resuming (``--resume`` or
-``fit(resume=True)``), which continues from the newest checkpoint that loads (a corrupt newest one
-is reported and skipped) and first drops metrics lines past it. A crash or Ctrl-C loses at most the
-steps since the last checkpoint. A NaN/inf loss stops the run with :class:`WorkError` and writes
+A folder that already holds checkpoints or an ``encoder.pt`` is refused unless resuming
+(``resume``: continue from the newest checkpoint that loads, a corrupt newest one reported and
+skipped, metrics lines past it dropped) or ``overwrite``. Checkpoints are written every
+``checkpoint_every`` steps and every ``checkpoint_minutes``, so a kill -9 loses at most that much.
+SIGINT or SIGTERM finish the current step, write a checkpoint and raise :class:`TrainingInterrupted`
+(a second signal stops at once). A NaN/inf loss stops the run with :class:`WorkError` and writes
 nothing more. Dataset items that are ``None`` are dropped (``skipped_items`` in the metrics).
 
 Resume is bit-for-bit (same final weights as a run never interrupted) when the settings that
@@ -30,168 +33,118 @@ system all ranks see.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import random
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Protocol
 
-import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
-from spkemb.data.manifest import atomic_write_text
+from spkemb import distributed as dist_
 from spkemb.data.sampler import ResumableSampler
 from spkemb.errors import InputError, WorkError
 from spkemb.runtime import check_precision, worker_init
-from spkemb.train import distributed as dist_
-from spkemb.train.checkpoint import (
-    CHECKPOINT_DIR,
-    capture_rng,
-    find_resume_checkpoint,
-    list_checkpoints,
-    restore_rng,
-    save_checkpoint,
-)
+from spkemb.train.batching import CollatedBatch, SkipNoneCollate, skip_none_collate, to_device
+from spkemb.train.checkpoint import CHECKPOINT_DIR, capture_rng, save_checkpoint
 from spkemb.train.config import TrainConfig, config_dict, dump_config
+from spkemb.train.optim import build_optimizer, compile_encoder, limit_cpu_threads, seed_everything, set_lr
+from spkemb.train.report import MetricsWindow, Reporter, StepReport
+from spkemb.train.resume import pick_checkpoint, restore_state, trim_metrics
 from spkemb.train.schedule import lr_at, progress
 
-console = Console(stderr=True)
-
-# Settings that may change on resume without changing what is computed.
-_OPERATIONAL = {"device", "num_workers", "checkpoint_every", "keep_checkpoints", "log_every", "resume"}
+__all__ = ["Trainer", "TrainingInterrupted", "BatchSampler", "seed_everything", "skip_none_collate", "to_device",
+           "CollatedBatch"]
 
 
-# ---------------------------------------------------------------------------------------------
-# Collate: drop the items a dataset could not read
+class TrainingInterrupted(WorkError):
+    """SIGINT/SIGTERM stopped the run after a checkpoint; ``step`` and ``checkpoint`` say where."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        self.step, self.checkpoint = step, checkpoint
+        where = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint"
+        super().__init__(f"interrupted at step {step}; {where} written")
 
 
-class CollatedBatch(NamedTuple):
-    """What the loader yields: the collated batch (``None`` if every item was dropped), the number
-    of items in it and the number of ``None`` items dropped."""
+class BatchSampler(Protocol):
+    """What the Trainer needs of a batch sampler (:class:`~spkemb.data.sampler.ResumableSampler`)."""
 
-    data: Any
-    n_items: int
-    n_skipped: int
+    epoch: int
+    consumed: int
+    batches_per_epoch: int
 
-
-class SkipNoneCollate:
-    """Collate wrapper that drops ``None`` items (unreadable audio) and counts them. Picklable."""
-
-    def __init__(self, collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
-        self.collate_fn = collate_fn if collate_fn is not None else default_collate
-
-    def __call__(self, items: list[Any]) -> CollatedBatch:
-        kept = [x for x in items if x is not None]
-        data = self.collate_fn(kept) if kept else None
-        return CollatedBatch(data, len(kept), len(items) - len(kept))
+    def __iter__(self) -> Any: ...
+    def mark_consumed(self, n: int = 1) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def skip_none_collate(collate_fn: Callable[[list[Any]], Any] | None = None) -> SkipNoneCollate:
-    """Wrap ``collate_fn`` (default: torch's ``default_collate``) so that ``None`` items are dropped."""
-    return SkipNoneCollate(collate_fn)
+#: ``(n_items, batch_size, seed, rank, world) -> sampler``; the default makes a ResumableSampler
+SamplerFactory = Callable[[int, int, int, int, int], BatchSampler]
 
 
-# ---------------------------------------------------------------------------------------------
-# Small helpers
+def _default_sampler(n: int, batch_size: int, seed: int, rank: int, world: int) -> BatchSampler:
+    return ResumableSampler(n, batch_size, seed, rank, world, drop_last=True)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA). Call before building the method so that its
-    initial weights are reproducible."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+@dataclass
+class TrainState:
+    """Where the run is: what a checkpoint restores and the metrics report."""
+
+    step: int = 0
+    base_elapsed: float = 0.0  # seconds trained before this process started
+    skipped: int = 0  # unreadable items dropped so far
+    last_saved: int = 0
+    last_saved_elapsed: float = 0.0
+    last_path: Path | None = None
+    last_loss: float | None = None
+    lr: float = 0.0
+    t0: float = field(default_factory=time.monotonic)
+    stop_requested: bool = False
+
+    def elapsed(self) -> float:
+        return self.base_elapsed + time.monotonic() - self.t0
 
 
-def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """Move every tensor inside dicts, lists, tuples and named tuples to ``device``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=non_blocking)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(to_device(v, device, non_blocking) for v in obj))
-    if isinstance(obj, list | tuple):
-        return type(obj)(to_device(v, device, non_blocking) for v in obj)
-    return obj
+class _StopOnSignal:
+    """SIGINT/SIGTERM set a flag (the step finishes, a checkpoint is written); a second one stops at once."""
 
+    def __init__(self, state: TrainState) -> None:
+        self.state = state
+        self.previous: dict[int, Any] = {}
+        self.seen: set[int] = set()
 
-def _limit_cpu_threads(device: torch.device) -> None:
-    """On CPU, share the cores between the processes of this machine (unless OMP_NUM_THREADS says)."""
-    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    budget = max(1, cores // max(1, dist_.local_world_size()))
-    if torch.get_num_threads() > budget:
-        torch.set_num_threads(budget)
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
 
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.state.stop_requested and signum in self.seen:  # the same signal again: stop now
+            raise KeyboardInterrupt
+        self.seen.add(signum)  # (torchrun answers a Ctrl-C with SIGTERM to its workers: not a second request)
+        self.state.stop_requested = True
 
-def compile_encoder(method: nn.Module) -> None:
-    """``torch.compile`` the method's trained encoder in place (``nn.Module.compile``), so that its
-    state-dict keys, and hence checkpoints and ``encoder.pt``, are the same with and without it."""
-    encoder = getattr(method, "encoder", None)
-    if not isinstance(encoder, nn.Module):
-        raise InputError(f"compile: {type(method).__name__} has no .encoder module to compile")
-    encoder.compile()
-
-
-def build_optimizer(method: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum 0.9, Nesterov) over the parameters that require gradients; no weight
-    decay on biases, norm weights and other 1-D parameters (scales, temperatures)."""
-    decay, no_decay = [], []
-    for p in method.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    if not decay and not no_decay:
-        raise InputError(f"method {cfg.method!r} has no trainable parameters")
-    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
-                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-class _Window:
-    """Running sums between two metrics lines."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.steps = 0
-        self.loss = 0.0
-        self.crops = 0.0
-        self.logs: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-        self.t0 = time.monotonic()
-
-    def add(self, loss: float, crops: float, logs: dict[str, Any]) -> None:
-        self.steps += 1
-        self.loss += loss
-        self.crops += crops
-        for k, v in logs.items():
-            with contextlib.suppress(TypeError, ValueError):
-                self.logs[k] = self.logs.get(k, 0.0) + float(v)
-                self.counts[k] = self.counts.get(k, 0) + 1
-
-    def crops_per_s(self) -> float:
-        return self.crops / max(1e-9, time.monotonic() - self.t0)
-
-
-# ---------------------------------------------------------------------------------------------
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 class Trainer:
-    """Train ``method`` on ``dataset``; see the module docstring. One call to :meth:`fit` per run."""
+    """Train ``method`` on ``dataset``; see the module docstring. One call to :meth:`fit` per run.
+
+    ``reporter`` receives progress and messages (default: silent); ``sampler_factory`` makes the
+    batch sampler (default: :class:`~spkemb.data.sampler.ResumableSampler`, e.g. a speaker-balanced
+    sampler for finetuning).
+    """
 
     def __init__(
         self,
@@ -201,6 +154,8 @@ class Trainer:
         cfg: TrainConfig,
         out_dir: str | Path,
         export_encoder: Callable[[Path], None] | None = None,
+        reporter: Reporter | None = None,
+        sampler_factory: SamplerFactory | None = None,
     ) -> None:
         self.method = method
         self.dataset = dataset
@@ -208,6 +163,11 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.export_encoder = export_encoder
+        self.reporter = reporter or Reporter()
+        self.sampler_factory = sampler_factory or _default_sampler
+        self.state = TrainState()
+        self.loader: DataLoader | None = None
+        self.metrics: Any = None
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -215,358 +175,246 @@ class Trainer:
         """Train until ``max_steps`` or ``max_minutes``; return a summary (also on --json)."""
         cfg = self.cfg.validate()
         resume = cfg.resume if resume is None else resume
-        device = dist_.setup(cfg.device)
-        amp_dtype = check_precision(cfg.precision, device)
-        _limit_cpu_threads(device)
-        rank, world = dist_.rank(), dist_.world_size()
-        main = rank == 0
-        ckpt_dir = self.out_dir / CHECKPOINT_DIR
-        metrics_path = self.out_dir / "metrics.jsonl"
-
-        ckpt_path, state = self._pick_checkpoint(resume, ckpt_dir)
-        method = self.method.to(device)
-        method.train()
-        if cfg.compile:
-            compile_encoder(method)
-        optimizer = build_optimizer(method, cfg)
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         try:
-            n_items = len(self.dataset)  # type: ignore[arg-type]
-            sampler = ResumableSampler(n_items, cfg.batch_size, cfg.seed, rank, world, drop_last=True)
-        except (TypeError, ValueError) as err:
-            raise InputError(f"cannot batch the training data: {err}") from None
-
-        step, elapsed, skipped_total = 0, 0.0, 0
-        if state is not None:
-            assert ckpt_path is not None
-            step, elapsed, skipped_total = self._restore(
-                state, ckpt_path, method, optimizer, scaler, sampler, device, rank, world
-            )
-        else:
-            seed_everything(cfg.seed + rank)
-        if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, self.out_dir / "config.yaml")
-            _trim_metrics(metrics_path, step)
-
-        model: nn.Module = method
-        if world > 1:
-            model = DistributedDataParallel(
-                method,
-                device_ids=[device.index] if device.type == "cuda" else None,
-                forward_sync_buffers=bool(getattr(method, "ddp_sync_buffers", False)),
-                find_unused_parameters=bool(getattr(method, "ddp_find_unused_parameters", False)),
-            )
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=sampler,
-            collate_fn=SkipNoneCollate(self.collate_fn),
-            num_workers=cfg.num_workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=cfg.num_workers > 0,
-            worker_init_fn=worker_init if cfg.num_workers > 0 else None,
-            # a private generator: making a loader iterator must not draw from the global RNG
-            generator=torch.Generator().manual_seed(cfg.seed + rank),
-        )
-        params = [p for p in method.parameters() if p.requires_grad]
-        crops_per_item = int(getattr(method, "crops_per_item", 1))
-        non_blocking = device.type == "cuda"
-
-        last_saved = step if state is not None else 0
-        last_path = ckpt_path
-        window = _Window()
-        last_loss: float | None = None
-        lr = cfg.lr
-        t0 = time.monotonic()
-        base_elapsed = elapsed
-
-        def now() -> float:
-            return base_elapsed + time.monotonic() - t0
-
-        def save(step_: int) -> Path | None:
-            rngs = dist_.all_gather_object(capture_rng(device))  # a collective: every rank comes here
-            if not main:
-                return None
-            return save_checkpoint(
-                {
-                    "format": 1,
-                    "step": step_,
-                    "elapsed": now(),
-                    "skipped_items": skipped_total,
-                    "world_size": world,
-                    "method": method.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "sampler": sampler.state_dict(),
-                    "rng": rngs,
-                    "config": config_dict(cfg),
-                },
-                ckpt_dir,
-                step_,
-                cfg.keep_checkpoints,
-            )
-
-        def train_step(batch_data: Any, lr: float) -> tuple[float, dict[str, Any]]:
-            """Forward, loss check, backward, clip, optimiser step; the loss averaged over ranks."""
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            data = to_device(batch_data, device, non_blocking)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, logs = model(data)
-            mean_loss = dist_.all_reduce(loss.detach().float().clone().reshape(1), "mean")
-            loss_value = float(mean_loss.item())
-            if not math.isfinite(loss_value):  # the same verdict on every rank: the value is all-reduced
-                raise WorkError(self._diverged(loss_value, step + 1, sampler.epoch, last_path))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            method.before_optimizer_step(step)
-            scaler.step(optimizer)
-            scaler.update()
-            return loss_value, logs or {}
-
-        metrics = open(metrics_path, "a", encoding="utf-8") if main else None
-
-        def log_line(step_: int) -> None:
-            nonlocal last_loss
-            if window.steps == 0:
-                return
-            last_loss = window.loss / window.steps
-            if metrics is not None:
-                line = {
-                    "step": step_,
-                    "epoch": sampler.epoch,
-                    "loss": last_loss,
-                    "lr": lr,
-                    "crops_per_s": round(window.crops_per_s(), 3),
-                    "elapsed": round(now(), 3),
-                    "skipped_items": skipped_total,
-                }
-                for k, v in window.logs.items():
-                    line.setdefault(k, v / window.counts[k])
-                metrics.write(json.dumps(line) + "\n")
-                metrics.flush()
-            window.reset()
-
-        bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not main,
-        )
-        task = bar.add_task(cfg.method, total=cfg.max_steps, completed=step, info="")
-        done = self._finished(step, elapsed)
-        batches: Iterator[CollatedBatch] | None = None
-        empty_run = 0  # consecutive batches that lost all their items
-        try:
-            with bar:
-                while not done:
-                    batches = iter(loader)
-                    for batch in batches:
-                        # What every rank must agree on before the step: empty batch? elapsed time?
-                        empty, n_skipped, n_items, elapsed = (
-                            float(batch.data is None), batch.n_skipped, batch.n_items, now()
-                        )
-                        if world > 1:
-                            sync = torch.tensor([empty, n_skipped, n_items, elapsed], dtype=torch.float64,
-                                                device=device)
-                            empty, n_skipped, n_items, elapsed = dist_.all_reduce(sync).tolist()
-                            elapsed /= world
-                        if self._finished(step, elapsed):
-                            done = True
-                            break
-                        sampler.mark_consumed()
-                        skipped_total += int(n_skipped)
-                        if empty:  # every item of this batch was unreadable (on some rank)
-                            empty_run += 1
-                            if empty_run > sampler.batches_per_epoch:
-                                raise WorkError("a whole epoch of training items was unreadable (the dataset "
-                                                "returned None for every item); check the manifest's audio paths")
-                            continue
-                        empty_run = 0
-
-                        lr = lr_at(step, elapsed, base_lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
-                                   max_steps=cfg.max_steps, max_minutes=cfg.max_minutes)
-                        method.progress = progress(step, elapsed, cfg.max_steps, cfg.max_minutes)
-                        loss_value, logs = train_step(batch.data, lr)
-                        step += 1
-                        method.after_step(step, cfg.max_steps)
-
-                        window.add(loss_value, n_items * crops_per_item, logs)
-                        bar.update(task, completed=step, info=f"loss {loss_value:.4f}  "
-                                   f"{window.crops_per_s():.0f} crops/s  lr {lr:.2e}")
-                        if step % cfg.log_every == 0:
-                            log_line(step)
-                        if step % cfg.checkpoint_every == 0:
-                            last_path, last_saved = save(step) or last_path, step
-                        if self._finished(step, elapsed):
-                            done = True
-                            break
-                    batches = None
-            log_line(step)
-            if step > last_saved:
-                last_path, last_saved = save(step) or last_path, step
+            self._setup(resume)
+            with _StopOnSignal(self.state):
+                self._loop()
+                self._log_line()
+                if self.state.step > self.state.last_saved:
+                    self._save()
         finally:
-            if metrics is not None:
-                metrics.close()
-            batches = None
-            del loader  # shut persistent workers down now, also when an error is on its way up
-
+            self.reporter.end()
+            if self.metrics is not None:
+                self.metrics.close()
+            self.loader = None  # shut persistent workers down now, also when an error is on its way up
+        if self.state.stop_requested:
+            raise TrainingInterrupted(self.state.step, self.state.last_path)
         encoder_path = None
-        if main and self.export_encoder is not None:
+        if self.main and self.export_encoder is not None:
             encoder_path = self.out_dir / "encoder.pt"
             self.export_encoder(encoder_path)
         dist_.barrier()
-        return {
-            "out_dir": str(self.out_dir),
-            "steps": step,
-            "epoch": sampler.epoch,
-            "loss": last_loss,
-            "elapsed_s": round(now(), 3),
-            "skipped_items": skipped_total,
-            "checkpoint": str(last_path) if last_path is not None else None,
-            "encoder": str(encoder_path) if encoder_path is not None else None,
-            "resumed_from": str(ckpt_path) if ckpt_path is not None else None,
-            "world_size": world,
-            "device": str(device),
-            "precision": cfg.precision,
-        }
+        return self._summary(encoder_path)
 
-    # -- pieces ----------------------------------------------------------------------------
-
-    def _finished(self, step: int, elapsed: float) -> bool:
+    def _setup(self, resume: bool) -> None:
+        """Device, method, optimiser, sampler, loader; restore a checkpoint when resuming."""
         cfg = self.cfg
-        if cfg.max_steps is not None and step >= cfg.max_steps:
+        self.device = dist_.setup(cfg.device)
+        self.amp_dtype = check_precision(cfg.precision, self.device)
+        limit_cpu_threads(self.device)
+        self.rank, self.world = dist_.rank(), dist_.world_size()
+        self.main = self.rank == 0
+        ckpt_dir = self.out_dir / CHECKPOINT_DIR
+        metrics_path = self.out_dir / "metrics.jsonl"
+        self.ckpt_path, ckpt = pick_checkpoint(self.out_dir, ckpt_dir, resume, bool(cfg.overwrite), self.reporter)
+        method = self.method.to(self.device)
+        method.train()
+        if cfg.compile:
+            compile_encoder(method)
+        self.optimizer = build_optimizer(method, cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        try:
+            n_items = len(self.dataset)  # type: ignore[arg-type]
+            self.sampler = self.sampler_factory(n_items, cfg.batch_size, cfg.seed, self.rank, self.world)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"cannot batch the training data: {err}") from None
+        st = self.state
+        if ckpt is not None:
+            assert self.ckpt_path is not None
+            parts = {"method": method, "optimizer": self.optimizer, "scaler": self.scaler, "sampler": self.sampler}
+            st.step, st.base_elapsed, st.skipped = restore_state(ckpt, self.ckpt_path, parts, cfg, self.device,
+                                                                 self.reporter)
+            st.last_saved, st.last_saved_elapsed, st.last_path = st.step, st.base_elapsed, self.ckpt_path
+        else:
+            seed_everything(cfg.seed + self.rank)
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.out_dir / "config.yaml")
+            trim_metrics(metrics_path, st.step)
+        self.metrics = open(metrics_path, "a", encoding="utf-8") if self.main else None
+        self.model = self._wrap(method)
+        self.loader = self._make_loader()
+        self.params = [p for p in method.parameters() if p.requires_grad]
+        self.crops_per_item = int(getattr(method, "crops_per_item", 1))
+        self.window = MetricsWindow()
+        st.lr, st.t0 = cfg.lr, time.monotonic()
+
+    def _wrap(self, method: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return method
+        return DistributedDataParallel(
+            method,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            forward_sync_buffers=bool(getattr(method, "ddp_sync_buffers", False)),
+            find_unused_parameters=bool(getattr(method, "ddp_find_unused_parameters", False)),
+        )
+
+    def _make_loader(self) -> DataLoader:
+        cfg = self.cfg
+        return DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,  # type: ignore[arg-type]
+            collate_fn=SkipNoneCollate(self.collate_fn),
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0,
+            worker_init_fn=worker_init if cfg.num_workers > 0 else None,
+            # a private generator: making a loader iterator must not draw from the global RNG
+            generator=torch.Generator().manual_seed(cfg.seed + self.rank),
+        )
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        """Epochs of batches until the stopping rule says so."""
+        st = self.state
+        if self.main:
+            self.reporter.start(self.cfg.method, st.step, self.cfg.max_steps)
+        empty_run = 0  # consecutive batches that lost all their items
+        while not self._finished(st.elapsed()):
+            assert self.loader is not None
+            batches = iter(self.loader)  # moves the sampler to the next epoch when this one is used up
+            self.method.on_epoch_start(self.sampler.epoch)  # type: ignore[operator]
+            for batch in batches:
+                empty, n_skipped, n_items, elapsed, stop = self._agree(batch)
+                if self._finished(elapsed):
+                    return
+                self.sampler.mark_consumed()
+                st.skipped += int(n_skipped)
+                if empty:  # every item of this batch was unreadable (on some rank)
+                    empty_run += 1
+                    if empty_run > self.sampler.batches_per_epoch:
+                        raise WorkError("a whole epoch of training items was unreadable (the dataset returned None "
+                                        "for every item); check the manifest's audio paths")
+                    continue
+                empty_run = 0
+                self._step(batch.data, n_items, elapsed)
+                if stop or self._checkpoint_due(elapsed):
+                    self._save()
+                if stop:
+                    st.stop_requested = True
+                    return
+                if self._finished(elapsed):
+                    return
+
+    def _agree(self, batch: CollatedBatch) -> tuple[bool, int, int, float, bool]:
+        """What every rank must agree on before a step: empty batch? skipped, items, elapsed time, a stop."""
+        st = self.state
+        values = [float(batch.data is None), batch.n_skipped, batch.n_items, st.elapsed(), float(st.stop_requested)]
+        if self.world > 1:
+            sync = torch.tensor(values, dtype=torch.float64, device=self.device)
+            values = dist_.all_reduce(sync).tolist()
+            values[3] /= self.world
+        empty, n_skipped, n_items, elapsed, stop = values
+        return bool(empty), int(n_skipped), int(n_items), float(elapsed), bool(stop)
+
+    def _step(self, data: Any, n_items: int, elapsed: float) -> None:
+        """One optimiser step with its schedule, hooks, metrics and report."""
+        cfg, st, method = self.cfg, self.state, self.method
+        st.lr = lr_at(st.step, elapsed, base_lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
+                      max_steps=cfg.max_steps, max_minutes=cfg.max_minutes)
+        method.progress = progress(st.step, elapsed, cfg.max_steps, cfg.max_minutes)
+        method.on_step_start(st.step)  # type: ignore[operator]
+        loss_value, logs = self._forward_backward(data, st.lr)
+        st.step += 1
+        method.after_step(st.step, cfg.max_steps)  # type: ignore[operator]
+        self.window.add(loss_value, n_items * self.crops_per_item, logs)
+        if self.main:
+            self.reporter.step(StepReport(st.step, cfg.max_steps, self.sampler.epoch, loss_value, st.lr,
+                                          self.window.crops_per_s(), elapsed))
+        if st.step % cfg.log_every == 0:
+            self._log_line()
+        if st.step % cfg.checkpoint_every == 0:
+            self._save()
+
+    def _forward_backward(self, data: Any, lr: float) -> tuple[float, dict[str, Any]]:
+        """Forward, loss check, backward, clip, optimiser step; the loss averaged over ranks."""
+        set_lr(self.optimizer, lr)
+        batch = to_device(data, self.device, self.device.type == "cuda")
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss, logs = self.model(batch)
+        mean_loss = dist_.all_reduce(loss.detach().float().clone().reshape(1), "mean")
+        loss_value = float(mean_loss.item())
+        if not math.isfinite(loss_value):  # the same verdict on every rank: the value is all-reduced
+            raise WorkError(self._diverged(loss_value))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.method.before_optimizer_step(self.state.step)  # type: ignore[operator]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss_value, logs or {}
+
+    # -- the stopping rule, checkpoints, metrics ----------------------------------------------
+
+    def _finished(self, elapsed: float) -> bool:
+        cfg = self.cfg
+        if cfg.max_steps is not None and self.state.step >= cfg.max_steps:
             return True
         return cfg.max_minutes is not None and elapsed >= 60.0 * cfg.max_minutes
 
-    def _pick_checkpoint(self, resume: bool, ckpt_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
-        """Rank 0 chooses (newest loadable checkpoint, or a refusal); every rank loads the same one."""
-        verdict: dict[str, Any] = {"path": None, "error": None}
-        state = None
-        if dist_.is_main():
-            existing = list_checkpoints(ckpt_dir)
-            if not resume:
-                if existing:
-                    verdict["error"] = (
-                        "input",
-                        f"already holds checkpoints (newest {existing[-1][1].name}); pass --resume to continue "
-                        "that run, or choose another output folder",
-                    )
-            else:
-                try:
-                    found = find_resume_checkpoint(ckpt_dir)
-                except ValueError as err:
-                    verdict["error"] = ("work", f"cannot resume: {err}")
-                else:
-                    if found is None:
-                        console.print(f"no checkpoint in {ckpt_dir}; starting from scratch", highlight=False)
-                    else:
-                        verdict["path"] = str(found[0])
-                        state = found[1]
-                        console.print(f"resuming from {found[0]} (step {state['step']})", highlight=False)
-        verdict = dist_.broadcast_object(verdict)  # type: ignore[assignment]
-        if verdict["error"] is not None:
-            kind, message = verdict["error"]
-            if kind == "input":
-                raise InputError(message, self.out_dir)
-            raise WorkError(message)
-        if verdict["path"] is None:
-            return None, None
-        path = Path(verdict["path"])
-        if state is None:  # another rank: read the file rank 0 chose
-            from spkemb.train.checkpoint import load_checkpoint
+    def _checkpoint_due(self, elapsed: float) -> bool:
+        """A time-based checkpoint: ``checkpoint_minutes`` since the last one (elapsed is agreed by all ranks)."""
+        minutes = self.cfg.checkpoint_minutes
+        st = self.state
+        return bool(minutes) and st.step > st.last_saved and elapsed - st.last_saved_elapsed >= 60.0 * minutes
 
-            state = load_checkpoint(path)
-        return path, state
-
-    def _restore(
-        self,
-        state: dict[str, Any],
-        path: Path,
-        method: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scaler: torch.amp.GradScaler,
-        sampler: ResumableSampler,
-        device: torch.device,
-        rank: int,
-        world: int,
-    ) -> tuple[int, float, int]:
-        cfg = self.cfg
-        main = rank == 0
-        old = state.get("config", {})
-        if main and isinstance(old, dict):
-            now_cfg = config_dict(cfg)
-            changed = [
-                f"{k} {old[k]!r} -> {now_cfg[k]!r}"
-                for k in now_cfg
-                if k not in _OPERATIONAL and k in old and old[k] != now_cfg[k]
-            ]
-            if changed:
-                console.print(
-                    "[bold yellow]warning:[/] resuming with changed settings (" + "; ".join(changed)
-                    + "): the run will differ from an uninterrupted one",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+    def _save(self) -> None:
+        """A checkpoint of the full state (a collective: every rank comes here)."""
+        st = self.state
+        rngs = dist_.all_gather_object(capture_rng(self.device))
+        elapsed = st.elapsed()
+        st.last_saved, st.last_saved_elapsed = st.step, elapsed
+        if not self.main:
+            return
+        state = {
+            "format": 1, "step": st.step, "elapsed": elapsed, "skipped_items": st.skipped,
+            "world_size": self.world, "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "sampler": self.sampler.state_dict(), "rng": rngs,
+            "config": config_dict(self.cfg),
+        }  # fmt: skip
+        ckpt_dir = self.out_dir / CHECKPOINT_DIR
         try:
-            method.load_state_dict(state["method"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            detail = " ".join(str(err).split())[:300]
-            raise InputError(f"does not match this method and encoder: {detail}", path) from None
-        if "scaler" in state and scaler.is_enabled() and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        try:
-            sampler.load_state_dict(state["sampler"])
-        except (ValueError, KeyError) as err:
-            sampler.epoch = int(state["sampler"].get("epoch", 0)) + 1
-            sampler.consumed = 0
-            if main:
-                console.print(
-                    f"[bold yellow]warning:[/] {err}; continuing at the start of epoch {sampler.epoch}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
-        rngs = state.get("rng") or []
-        if len(rngs) == world:
-            restore_rng(rngs[rank], device)
-        else:
-            seed_everything(cfg.seed + rank + int(state["step"]))
-            if main:
-                console.print(
-                    f"[bold yellow]warning:[/] the checkpoint was written by {len(rngs)} process(es), this run has "
-                    f"{world}; random streams are reseeded",
-                    highlight=False,
-                    soft_wrap=True,
-                )
-        return int(state["step"]), float(state.get("elapsed", 0.0)), int(state.get("skipped_items", 0))
+            st.last_path = save_checkpoint(state, ckpt_dir, st.step, self.cfg.keep_checkpoints)
+        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+            reason = getattr(err, "strerror", None) or " ".join(str(err).split())[:200]
+            raise WorkError(f"{ckpt_dir}: cannot write the checkpoint of step {st.step} ({reason}); earlier "
+                            "checkpoints are intact: free space and resume") from None
+        self.reporter.checkpoint(st.last_path, st.step)
 
-    @staticmethod
-    def _diverged(value: float, step: int, epoch: int, last: Path | None) -> str:
+    def _log_line(self) -> None:
+        """One metrics.jsonl line for the steps since the last one."""
+        w, st = self.window, self.state
+        if w.steps == 0:
+            return
+        st.last_loss = w.loss / w.steps
+        if self.metrics is not None:
+            line = {"step": st.step, "epoch": self.sampler.epoch, "loss": st.last_loss, "lr": st.lr,
+                    "crops_per_s": round(w.crops_per_s(), 3), "elapsed": round(st.elapsed(), 3),
+                    "skipped_items": st.skipped}  # fmt: skip
+            for k, v in w.means().items():
+                line.setdefault(k, v)
+            self.metrics.write(json.dumps(line) + "\n")
+            self.metrics.flush()
+        w.reset()
+
+    def _summary(self, encoder_path: Path | None) -> dict[str, Any]:
+        st = self.state
+        return {
+            "out_dir": str(self.out_dir), "steps": st.step, "epoch": self.sampler.epoch, "loss": st.last_loss,
+            "elapsed_s": round(st.elapsed(), 3), "skipped_items": st.skipped,
+            "checkpoint": str(st.last_path) if st.last_path is not None else None,
+            "encoder": str(encoder_path) if encoder_path is not None else None,
+            "resumed_from": str(self.ckpt_path) if self.ckpt_path is not None else None,
+            "world_size": self.world, "device": str(self.device), "precision": self.cfg.precision,
+        }  # fmt: skip
+
+    def _diverged(self, value: float) -> str:
+        st, last = self.state, self.state.last_path
         where = f"the newest checkpoint is {last.parent.name}/{last.name}" if last else "no checkpoint was written"
         return (
-            f"training diverged: the loss is {value} at step {step} (epoch {epoch}); nothing was saved for it and "
-            f"{where}. Try a lower lr, grad_clip, more warm-up, or bf16/fp32 precision"
+            f"training diverged: the loss is {value} at step {st.step + 1} (epoch {self.sampler.epoch}); nothing "
+            f"was saved for it and {where}. Try a lower lr, grad_clip, more warm-up, or bf16/fp32 precision"
         )
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Keep the metrics lines of steps up to ``step`` (all of them from a fresh start: none), so a
-    resumed run that repeats steps after its checkpoint does not log them twice."""
-    if not path.exists():
-        return
-    kept = []
-    if step > 0:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if int(json.loads(line)["step"]) <= step:
-                    kept.append(line + "\n")
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by a crash
-    atomic_write_text(path, "".join(kept))

@@ -74,27 +74,46 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-@torch.no_grad()
-def concat_all_gather(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``t`` from every rank along dim 0, in rank order (no gradient flows back).
+def all_gather(t: torch.Tensor, grad: bool = False) -> torch.Tensor:
+    """Concatenate ``t`` from every rank along dim 0, in rank order. Alone, returns ``t`` (detached
+    unless ``grad``).
 
-    Ranks may hold different numbers of rows (a batch that lost unreadable items): sizes are
-    exchanged first and the rows padded and trimmed. Every rank must call this at the same point.
+    ``grad=False``: no gradient flows back (queues, centres). ``grad=True``: an autograd-aware
+    gather (``torch.distributed.nn.functional.all_gather``), so each rank's own rows get the
+    gradient of the global loss (in-batch negatives spanning all ranks). Ranks may hold different
+    numbers of rows (a batch that lost unreadable items): sizes are exchanged first and the rows
+    padded and trimmed. Every rank must call this at the same point.
     """
     if not is_initialized() or world_size() == 1:
-        return t.detach()
-    t = t.detach().contiguous()
+        return t if grad else t.detach()
+    if not grad:
+        t = t.detach()
+    t = t.contiguous()
     n = torch.tensor([t.shape[0]], device=t.device, dtype=torch.long)
     sizes = [torch.zeros_like(n) for _ in range(world_size())]
     dist.all_gather(sizes, n)
     counts = [int(s.item()) for s in sizes]
     longest = max(counts)
     if t.shape[0] < longest:
-        pad = t.new_zeros((longest - t.shape[0], *t.shape[1:]))
-        t = torch.cat([t, pad])
-    out = [torch.empty_like(t) for _ in counts]
-    dist.all_gather(out, t)
-    return torch.cat([o[:c] for o, c in zip(out, counts, strict=True)])
+        t = torch.cat([t, t.new_zeros((longest - t.shape[0], *t.shape[1:]))])
+    if grad:
+        from torch.distributed.nn.functional import all_gather as gather_autograd
+
+        parts = list(gather_autograd(t))
+    else:
+        parts = [torch.empty_like(t) for _ in counts]
+        dist.all_gather(parts, t)
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)])
+
+
+def concat_all_gather(t: torch.Tensor) -> torch.Tensor:
+    """:func:`all_gather` without gradient (MoCo's key queue, DINO's centre)."""
+    return all_gather(t, grad=False)
+
+
+def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """:func:`all_gather` with gradient (SimCLR's and CEL's global batch)."""
+    return all_gather(t, grad=True)
 
 
 def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:

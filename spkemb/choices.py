@@ -1,0 +1,22 @@
+"""The vocabularies that several commands share, stated once and torch-free (the CLI reads them at
+import time to offer choices and completions without loading torch)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+Optimizer = Literal["adamw", "sgd"]
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
+
+#: ``--device`` values: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def is_device_spec(spec: str) -> bool:
+    """Whether ``spec`` is a ``--device`` value: auto, cpu, cuda or cuda:N."""
+    return bool(DEVICE_RE.match(spec.strip().lower()))
