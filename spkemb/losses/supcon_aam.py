@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spkemb.losses._common import float32_region
-from spkemb.losses.aam import add_angular_margin
+from spkemb.losses.aam import AAMOutput, AAMSoftmax, add_angular_margin
 
 
 class SupConAAM(nn.Module):
@@ -93,3 +93,94 @@ class SupConAAM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, margin={self.margin}, easy_margin={self.easy_margin}"
+
+
+class AAMPlusSupCon(nn.Module):
+    """``AAM on every view + supcon_weight * SupConAAM over the views`` (Li et al. 2022's combination).
+
+    ``forward(z, labels, keep=None, supcon_z=None, supcon_labels=None) -> (loss, parts)``:
+
+    - ``z`` ``(B, V, D)``: ``V`` augmented views (crops) of ``B`` items; ``labels`` ``(B,)`` speakers.
+    - AAM part: ``aam`` (an :class:`~spkemb.losses.aam.AAMSoftmax` or a
+      :class:`~spkemb.losses.subcenter.SubCenterAAM`) on all ``B * V`` embeddings, each with its
+      item's label; the mean over rows.
+    - SupCon part: ``supcon`` over the ``B * V`` embeddings, views of same-speaker items positives
+      of each other (with the angular margin), every other row a negative.
+    - ``keep`` ``(B,)`` bool (a loss gate): items left out of both parts entirely (their rows are
+      neither anchors, positives nor negatives of the SupCon part).
+    - ``supcon_z`` ``(N, V, D)`` / ``supcon_labels`` ``(N,)``: what the SupCon part runs on instead
+      of ``z`` / ``labels``, e.g. the kept items gathered from all DDP ranks (with an autograd-aware
+      all-gather); ``keep`` is then not applied to it (filter before gathering).
+
+    ``parts`` is a dict of detached 0-d tensors: ``"aam"``, ``"supcon"`` (the two unweighted
+    terms), ``"acc"`` (the AAM's margin-free accuracy over all rows). :meth:`detailed` also returns
+    the AAM part's :class:`~spkemb.losses.aam.AAMOutput` (rows ordered item-major: row
+    ``b * V + v`` is view ``v`` of item ``b``) and the per-item AAM loss ``(B,)`` averaged over views,
+    what a loss gate fits.
+
+    ``margin`` is a property: reading gives the AAM's, setting sets both parts' margins (one
+    warm-up for both, as a :class:`~spkemb.losses.aam.MarginScheduler` does with ``apply``).
+    """
+
+    def __init__(self, aam: AAMSoftmax, supcon: SupConAAM | None = None, supcon_weight: float = 1.0) -> None:
+        super().__init__()
+        if supcon_weight < 0:
+            raise ValueError(f"supcon_weight must be >= 0, got {supcon_weight}")
+        self.aam = aam
+        self.supcon = supcon if supcon is not None else SupConAAM(scale=aam.scale, margin=aam.margin)
+        self.supcon_weight = float(supcon_weight)
+
+    @property
+    def margin(self) -> float:
+        return self.aam.margin
+
+    @margin.setter
+    def margin(self, value: float) -> None:
+        self.aam.margin = float(value)
+        self.supcon.margin = float(value)
+
+    def set_margin(self, margin: float) -> None:
+        self.margin = margin
+
+    def detailed(
+        self,
+        z: torch.Tensor,
+        labels: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        supcon_z: torch.Tensor | None = None,
+        supcon_labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], AAMOutput, torch.Tensor]:
+        """``(loss, parts, aam_output, per_item_aam_loss)``; see the class docstring."""
+        if z.dim() != 3:
+            raise ValueError(f"z must be (B, V, D), got shape {tuple(z.shape)}")
+        b, v, d = z.shape
+        if labels.shape != (b,):
+            raise ValueError(f"labels must be ({b},), got shape {tuple(labels.shape)}")
+        labels = labels.long().to(z.device)
+        row_keep = None if keep is None else keep.to(z.device).bool().repeat_interleave(v)
+        out = self.aam.detailed(z.reshape(b * v, d), labels.repeat_interleave(v), row_keep)
+        if supcon_z is None:
+            supcon_z, supcon_labels = z, labels
+            if keep is not None:
+                mask = keep.to(z.device).bool()
+                supcon_z, supcon_labels = z[mask], labels[mask]
+        elif supcon_labels is None:
+            raise ValueError("supcon_labels must come with supcon_z")
+        sc = self.supcon(supcon_z, supcon_labels)
+        loss = out.loss + self.supcon_weight * sc
+        parts = {"aam": out.loss.detach(), "supcon": sc.detach(), "acc": out.acc}
+        return loss, parts, out, out.per_sample.view(b, v).mean(dim=1)
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        labels: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        supcon_z: torch.Tensor | None = None,
+        supcon_labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, parts, _, _ = self.detailed(z, labels, keep, supcon_z, supcon_labels)
+        return loss, parts
+
+    def extra_repr(self) -> str:
+        return f"supcon_weight={self.supcon_weight}"

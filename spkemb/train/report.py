@@ -8,6 +8,7 @@ logs. Metrics go to ``metrics.jsonl`` whatever the reporter does.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -73,8 +74,10 @@ class MetricsWindow:
         self.crops += crops
         for k, v in logs.items():
             with contextlib.suppress(TypeError, ValueError):
-                self.logs[k] = self.logs.get(k, 0.0) + float(v)
-                self.counts[k] = self.counts.get(k, 0) + 1
+                value = float(v)
+                if math.isfinite(value):  # metrics.jsonl stays strict JSON (no NaN)
+                    self.logs[k] = self.logs.get(k, 0.0) + value
+                    self.counts[k] = self.counts.get(k, 0) + 1
 
     def crops_per_s(self) -> float:
         return self.crops / max(1e-9, time.monotonic() - self.t0)

@@ -1,0 +1,238 @@
+"""Supervised finetuning on speaker labels (real ones, or pseudo-labels from ``spkemb cluster``).
+
+Every item is ``n_crops`` augmented crops of one utterance, batched P speakers x K items by the
+finetune job. The loss is one of
+
+* ``aam``: additive angular margin softmax (ArcFace) on every crop, scale 30, margin 0.2 reached
+  by a warm-up (:class:`~spkemb.losses.aam.MarginScheduler`, WeSpeaker's exponential ramp);
+* ``subcenter-aam``: the same with ``subcenters`` weight vectors per class (optionally dropping
+  crops far from their class's dominant sub-centre) and the inter-top-k penalty;
+* ``supcon-aam``: supervised contrastive loss over the batch's crops, the positive pairs (same
+  speaker) with an additive angular margin (Li et al. 2022);
+* ``aam+supcon-aam``: AAM plus ``supcon_weight`` times SupCon-AAM.
+
+Noisy labels (Miara et al. 2024): with ``loss_gate`` a 2-component Gaussian mixture is fitted to
+the per-item losses at the end of every epoch, and the next epoch trains only on the low-loss
+items (:class:`~spkemb.losses.gate.LossGate`); ``label_correction`` relabels items whose prediction
+is confident and disagrees for ``correction_patience`` epochs. Both are logged (``gate_*``).
+
+The classifier head, the labels and the gate's state are part of the method's ``state_dict``, so
+checkpoints resume exactly. Only the encoder is exported to ``encoder.pt``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from spkemb.data.crops import ViewSpec
+from spkemb.distributed import all_gather, all_reduce
+from spkemb.losses.aam import AAMOutput, AAMSoftmax, MarginScheduler
+from spkemb.losses.gate import GateOptions, LossGate
+from spkemb.losses.subcenter import SubCenterAAM
+from spkemb.losses.supcon_aam import AAMPlusSupCon, SupConAAM
+from spkemb.methods.base import Method
+from spkemb.methods.common import batch_views, device_of, flatten_views
+from spkemb.methods.registry import register_method
+from spkemb.options import Options, opt
+
+__all__ = ["Supervised", "SupervisedOptions", "LOSSES"]
+
+LOSSES = ("aam", "subcenter-aam", "supcon-aam", "aam+supcon-aam")
+Loss = Literal["aam", "subcenter-aam", "supcon-aam", "aam+supcon-aam"]
+
+
+@dataclass
+class SupervisedOptions(Options):
+    """Options of supervised finetuning (``method_options`` of ``spkemb finetune``)."""
+
+    loss: Loss = opt("aam", "aam | subcenter-aam | supcon-aam | aam+supcon-aam")
+    n_classes: int = opt(0, "speakers (set by the finetune job from the labels)")
+    margin: float = opt(0.2, "additive angular margin, reached after the warm-up")
+    scale: float = opt(30.0, "logit scale s")
+    margin_hold_steps: int = opt(0, "steps at margin 0 before the margin warm-up")
+    margin_ramp_steps: int = opt(0, "steps of the exponential margin warm-up (0: the full margin at once)")
+    subcenters: int = opt(3, "sub-centres per class (subcenter-aam)")
+    drop_outliers_after: int | None = opt(None, "subcenter-aam: from this step, drop crops far from their "
+                                                "class's dominant sub-centre")
+    topk: int = opt(0, "inter-top-k penalty: hardest negative classes given an extra margin (0: off; 5)")
+    topk_margin: float = opt(0.06, "the extra margin of the inter-top-k penalty")
+    supcon_weight: float = opt(1.0, "weight of SupCon-AAM in aam+supcon-aam")
+    n_crops: int = opt(2, "augmented crops per utterance (SupCon views; AAM sees each)")
+    crop_seconds: float = opt(2.0, "length of each crop")
+    items_per_speaker: int = opt(1, "K of the P x K batches (P = batch_size // K)")
+    freeze_encoder_steps: int = opt(0, "train only the classifier head for this many first steps")
+    encoder_lr_scale: float = opt(1.0, "the encoder's learning rate relative to the head's (e.g. 0.1)")
+    layer_decay: float = opt(1.0, "layer-wise lr decay for encoders with `layers()` (deep frontends)")
+    loss_gate: bool = opt(False, "train each epoch only on the low-loss items of the previous one")
+    gate_threshold: float = opt(0.5, "keep an item when P(low-loss component) exceeds this")
+    gate_warmup_epochs: int = opt(1, "epochs before the gate starts dropping")
+    label_correction: bool = opt(False, "relabel items confidently predicted as another speaker")
+    correction_confidence: float = opt(0.9, "the probability a correcting prediction must exceed")
+    correction_patience: int = opt(2, "epochs running a prediction must disagree before relabelling")
+    seed: int = opt(0, "seed of the gate's mixture fits")
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.n_crops < 1 or (self.loss != "aam" and self.loss != "subcenter-aam" and self.n_crops < 2
+                                and self.items_per_speaker < 2):
+            raise ValueError("supcon losses need positives: n_crops >= 2 or items_per_speaker >= 2")
+        if self.items_per_speaker < 1 or self.crop_seconds <= 0:
+            raise ValueError("items_per_speaker must be >= 1 and crop_seconds > 0")
+        if self.loss_gate and self.loss == "supcon-aam":
+            raise ValueError("the loss gate needs a classifier loss (aam, subcenter-aam or aam+supcon-aam)")
+        if not 0 < self.encoder_lr_scale or not 0 < self.layer_decay <= 1:
+            raise ValueError("encoder_lr_scale must be > 0 and layer_decay in (0, 1]")
+
+
+@register_method("supervised", kind="finetune")
+class Supervised(Method):
+    """Encoder + a speaker classifier (or SupCon) trained on labels; see the module docstring.
+
+    ``labels`` ``(n_items,)`` are the class of each dataset item (its manifest row), looked up with
+    the batch's ``index``. Logged: ``loss``, ``aam``/``supcon`` parts, ``acc`` (margin-free),
+    ``margin``, ``kept`` (fraction of the batch the gate kept) and, per epoch, ``gate_*``.
+    """
+
+    Options = SupervisedOptions
+    labels: Tensor
+
+    def __init__(self, encoder: nn.Module, options: SupervisedOptions | None = None, labels: Any = None,
+                 **kwargs: Any) -> None:
+        super().__init__()
+        o = self.options = self.resolve(options, kwargs)
+        if labels is None:
+            raise ValueError("supervised finetuning needs labels (one class per item)")
+        lab = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        n_classes = o.n_classes or int(lab.max()) + 1
+        if o.n_classes == 0:
+            self.options = o = o.replace(n_classes=n_classes)
+        self.encoder = encoder
+        self.register_buffer("labels", lab.clone())
+        dim = int(encoder.embed_dim)  # type: ignore[arg-type]
+        self.head = self._make_head(o, dim)
+        self.schedule = MarginScheduler(final=o.margin, hold=o.margin_hold_steps, ramp=o.margin_ramp_steps)
+        self.gate = LossGate(lab, GateOptions(
+            threshold=o.gate_threshold, warmup_epochs=o.gate_warmup_epochs, correct=o.label_correction,
+            confidence=o.correction_confidence, patience=o.correction_patience, seed=o.seed,
+        )) if o.loss_gate or o.label_correction else None  # fmt: skip
+        self.crops_per_item = o.n_crops
+        self.current_margin = self.schedule(0)
+        self.last_gate: dict[str, float] = {}
+        self.ddp_find_unused_parameters = o.freeze_encoder_steps > 0 or o.loss == "subcenter-aam"
+
+    @staticmethod
+    def _make_head(o: SupervisedOptions, dim: int) -> nn.Module:
+        if o.loss == "supcon-aam":
+            return SupConAAM(scale=o.scale, margin=o.margin)
+        if o.loss == "subcenter-aam":
+            aam: AAMSoftmax = SubCenterAAM(dim, o.n_classes, margin=o.margin, scale=o.scale,
+                                           subcenters=o.subcenters, topk=o.topk, topk_margin=o.topk_margin)
+            aam.reduce_counts = lambda t: all_reduce(t)  # type: ignore[attr-defined]
+            return aam
+        if o.topk:
+            aam = SubCenterAAM(dim, o.n_classes, margin=o.margin, scale=o.scale, subcenters=1, topk=o.topk,
+                               topk_margin=o.topk_margin)
+        else:
+            aam = AAMSoftmax(dim, o.n_classes, margin=o.margin, scale=o.scale)
+        if o.loss == "aam+supcon-aam":
+            return AAMPlusSupCon(aam, SupConAAM(scale=o.scale, margin=o.margin), o.supcon_weight)
+        return aam
+
+    @staticmethod
+    def views(o: SupervisedOptions) -> ViewSpec:  # type: ignore[override]
+        return [(int(o.n_crops), float(o.crop_seconds))]
+
+    # -- optimiser groups and schedules ---------------------------------------------------------
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The head at the full lr; the encoder at ``encoder_lr_scale`` (with layer-wise decay when
+        the encoder lists its ``layers()`` bottom-up)."""
+        o = self.options
+        enc_params = list(self.encoder.parameters())
+        layers_fn = getattr(self.encoder, "layers", None)
+        groups: list[dict[str, Any]] = []
+        if callable(layers_fn) and o.layer_decay < 1.0:
+            layers = list(layers_fn())
+            seen: set[int] = set()
+            for depth, layer in enumerate(layers):
+                ps = [p for p in layer.parameters() if id(p) not in seen]
+                seen.update(id(p) for p in ps)
+                scale = o.encoder_lr_scale * o.layer_decay ** (len(layers) - 1 - depth)
+                groups.append({"params": ps, "lr_scale": scale})
+            rest = [p for p in enc_params if id(p) not in seen]
+            groups.append({"params": rest, "lr_scale": o.encoder_lr_scale})
+        else:
+            groups.append({"params": enc_params, "lr_scale": o.encoder_lr_scale})
+        head = [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
+        groups.append({"params": head, "lr_scale": 1.0})
+        return groups
+
+    def on_step_start(self, step: int) -> None:
+        self.current_margin = self.schedule.apply(self.head, step)  # type: ignore[arg-type]
+        if isinstance(self.head, SubCenterAAM) and self.options.drop_outliers_after is not None:
+            self.head.drop_outliers = step >= self.options.drop_outliers_after
+
+    def before_optimizer_step(self, step: int) -> None:
+        """Hold the encoder still for the first ``freeze_encoder_steps`` (the new head learns first)."""
+        if step < self.options.freeze_encoder_steps:
+            for p in self.encoder.parameters():
+                p.grad = None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Fit the loss gate on the records of the epochs not yet fitted (a collective under DDP)."""
+        if self.gate is None or epoch <= int(self.gate.epochs_fitted):
+            return
+        summary = self.gate.fit()
+        self.last_gate = summary.as_dict()
+
+    # -- the loss ---------------------------------------------------------------------------------
+
+    def forward(self, batch: Any) -> tuple[Tensor, dict[str, float]]:
+        views, index = batch_views(batch, device_of(self))
+        if index is None:
+            raise ValueError("supervised finetuning needs the batch's item index")
+        v = views[0]
+        b, n = v.shape[0], v.shape[1]
+        z = self.encoder(flatten_views(v)).reshape(n, b, -1).transpose(0, 1)  # (B, V, D)
+        labels = (self.gate.labels if self.gate is not None else self.labels)[index]
+        keep = self.gate.keep(index) if self.gate is not None else None
+        logs: dict[str, float] = {"margin": float(self.current_margin)}
+        if isinstance(self.head, SupConAAM):
+            zz, ll = self._gathered(z, labels)
+            loss = self.head(zz.reshape(-1, zz.shape[-1]), ll.repeat_interleave(zz.shape[1]))
+            parts: dict[str, Tensor] = {"supcon": loss.detach()}
+        elif isinstance(self.head, AAMPlusSupCon):
+            zk, lk = (z, labels) if keep is None else (z[keep], labels[keep])
+            zz, ll = self._gathered(zk, lk)
+            loss, parts, out, per_item = self.head.detailed(z, labels, keep, supcon_z=zz, supcon_labels=ll)
+            self._record(index, per_item, out, n)
+        else:
+            row_keep = None if keep is None else keep.repeat_interleave(n)
+            out = self.head.detailed(z.reshape(b * n, -1), labels.repeat_interleave(n), row_keep)
+            loss, parts = out.loss, {"acc": out.acc}
+            self._record(index, out.per_sample.reshape(b, n).mean(dim=1), out, n)
+        logs["loss"] = float(loss.detach().item())
+        logs.update({k: float(t.item()) for k, t in parts.items()})
+        if keep is not None:
+            logs["kept"] = float(keep.float().mean().item())
+        if self.last_gate:
+            logs.update(self.last_gate)
+            self.last_gate = {}
+        return loss, logs
+
+    def _gathered(self, z: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``z`` and ``labels`` from every rank (the gradient flows back to this rank's rows)."""
+        return all_gather(z.contiguous(), grad=True), all_gather(labels)
+
+    def _record(self, index: Tensor, per_item: Tensor, out: AAMOutput, n_views: int) -> None:
+        if self.gate is None or not self.training:
+            return
+        b = index.shape[0]
+        pred = out.pred.reshape(b, n_views)[:, 0]
+        conf = out.conf.reshape(b, n_views).min(dim=1).values
+        self.gate.record(index, per_item.detach(), pred, conf)

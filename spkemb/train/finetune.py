@@ -1,0 +1,160 @@
+"""The finetune job: manifest + labels (+ a pretrained encoder) -> experiment folder with encoder.pt.
+
+Labels come from the manifest's ``speaker`` column or from a labels file (``utt_id label`` lines,
+e.g. the output of ``spkemb cluster``). Utterances without a label are left out (and counted).
+Batches are P speakers x K items (:class:`~spkemb.data.pk_sampler.PKSampler`), every item
+``n_crops`` augmented crops; the Trainer, resume, DDP and precision are those of ``pretrain``.
+The experiment folder also gets ``classes.txt`` (class index -> label, one per line).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from spkemb.data.manifest import Utterance
+from spkemb.errors import InputError
+from spkemb.fileio import atomic_write_text
+from spkemb.train.config import TrainConfig, config_dict
+from spkemb.train.report import Reporter
+
+__all__ = ["run_finetune", "assign_labels", "load_init", "LabelledSet"]
+
+
+@dataclass
+class LabelledSet:
+    """The utterances that have a label, their class indices and the class names."""
+
+    utts: list[Utterance]
+    classes: list[str]  # class index -> label
+    targets: list[int]  # one class index per utterance
+    unlabelled: int  # manifest utterances left out for want of a label
+
+
+def assign_labels(utts: Sequence[Utterance], labels: dict[str, str] | None, labels_path: str | None = None
+                  ) -> LabelledSet:  # fmt: skip
+    """Each utterance's class from ``labels`` (utt_id -> label) or, without it, its speaker.
+
+    A labels file that names utterances missing from the manifest, that covers none of them, or
+    that leaves fewer than 2 classes is an :class:`InputError`; so is a manifest without speakers.
+    """
+    if labels is not None:
+        ids = {u.utt_id for u in utts}
+        missing = [k for k in labels if k not in ids]
+        if missing:
+            raise InputError(f"{len(missing)} labelled utterance(s) are not in the manifest (e.g. {missing[0]!r}); "
+                             "the labels must come from the same manifest", labels_path)
+        named = {u.utt_id: labels.get(u.utt_id) for u in utts}
+        if not any(named.values()):
+            raise InputError("the labels cover no utterance of the manifest", labels_path)
+    else:
+        named = {u.utt_id: u.speaker or None for u in utts}
+        if not any(named.values()):
+            raise InputError("the manifest has no speaker column values; give --labels FILE (e.g. from "
+                             "spkemb cluster)")
+    kept = [u for u in utts if named[u.utt_id]]
+    classes = sorted({str(named[u.utt_id]) for u in kept})
+    if len(classes) < 2:
+        raise InputError(f"the labels give {len(classes)} speaker(s); finetuning needs at least 2", labels_path)
+    index = {c: i for i, c in enumerate(classes)}
+    return LabelledSet(kept, classes, [index[str(named[u.utt_id])] for u in kept], len(utts) - len(kept))
+
+
+def init_path(init: str | Path) -> Path:
+    """``encoder.pt`` of an experiment folder, or the file itself."""
+    p = Path(init)
+    if p.is_dir():
+        p = p / "encoder.pt"
+    if not p.is_file():
+        raise InputError("no such encoder file (give an encoder.pt or an experiment folder that has one)", init)
+    return p
+
+
+def init_config(init: str | Path) -> dict[str, Any]:
+    """The encoder config stored in an ``--init`` file (name plus options)."""
+    from spkemb.models import load_encoder
+
+    return dict(load_encoder(init_path(init)).config)  # type: ignore[arg-type]
+
+
+def load_init(encoder: nn.Module, init: str | Path) -> dict[str, int]:
+    """Copy the weights of ``init`` into ``encoder``; refuse (InputError) a file that loads nothing or
+    whose tensors do not fit. Returns ``{"loaded": n, "total": m}``."""
+    from spkemb.models import load_encoder
+
+    path = init_path(init)
+    source = load_encoder(path).state_dict()
+    target = encoder.state_dict()
+    mismatched = [k for k, v in source.items() if k in target and target[k].shape != v.shape]
+    if mismatched:
+        k = mismatched[0]
+        raise InputError(f"does not fit the encoder being finetuned: {k} is {tuple(source[k].shape)} there, "
+                         f"{tuple(target[k].shape)} here (another architecture or size?)", path)
+    shared = {k: v for k, v in source.items() if k in target}
+    if not shared or len(shared) < len(target):
+        raise InputError(f"loads {len(shared)} of the encoder's {len(target)} tensors: another architecture?", path)
+    encoder.load_state_dict(shared)
+    return {"loaded": len(shared), "total": len(target)}
+
+
+def run_finetune(
+    utts: list[Utterance],
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    init: str | Path | None = None,
+    labels: dict[str, str] | None = None,
+    labels_path: str | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Finetune ``cfg.encoder`` (from ``init`` when given) on the labelled ``utts`` into ``out_dir``."""
+    from spkemb.data.crops import collate_crops
+    from spkemb.data.pk_sampler import PKSampler
+    from spkemb.methods import method_views
+    from spkemb.methods.supervised import Supervised, SupervisedOptions
+    from spkemb.models import save_encoder
+    from spkemb.train.data import DataOptions, crop_dataset
+    from spkemb.train.pretrain import build_encoder_from, prepare_cpu
+    from spkemb.train.trainer import Trainer, seed_everything
+
+    reporter = reporter or Reporter()
+    data = assign_labels(utts, labels, labels_path)
+    DataOptions.from_mapping(cfg.data_options, "data_options")
+    opts = dict(cfg.method_options)
+    opts["n_classes"] = len(data.classes)
+    views = method_views("supervised", **opts)
+    k = int(opts.get("items_per_speaker", 1))
+    if cfg.batch_size // k < 2:
+        raise InputError(f"batch_size {cfg.batch_size} holds fewer than 2 speakers of {k} items each")
+    seed_everything(cfg.seed)
+    prepare_cpu(cfg)
+    encoder = build_encoder_from(cfg)
+    loaded = load_init(encoder, init) if init is not None else None
+    if loaded is not None:
+        reporter.message(f"init: loaded {loaded['loaded']} of {loaded['total']} encoder tensors from {init}")
+    options = SupervisedOptions.from_mapping(opts, "method 'supervised'")
+    try:
+        method = Supervised(encoder, options, labels=data.targets)
+    except ValueError as err:
+        raise InputError(f"method 'supervised': {err}") from None
+    dataset = crop_dataset(data.utts, cfg.data_options, views, int(encoder.sample_rate), cfg.seed)  # type: ignore[arg-type]
+
+    def sampler(n: int, batch_size: int, seed: int, rank: int, world: int) -> PKSampler:
+        return PKSampler.from_batch_size(data.targets, batch_size, k, seed, rank, world)
+
+    out = Path(out_dir)
+
+    def export(path: Path) -> None:
+        save_encoder(method.encoder, path, extra={"method": "supervised", "init": str(init) if init else None,
+                                                  "classes": len(data.classes), "config": config_dict(cfg)})
+        atomic_write_text(out / "classes.txt", "".join(f"{c}\n" for c in data.classes))
+
+    reporter.message(f"{len(data.utts)} utterances of {len(data.classes)} speakers"
+                     + (f"; {data.unlabelled} without a label left out" if data.unlabelled else ""))
+    summary = Trainer(method, dataset, collate_crops, cfg, out, export_encoder=export, reporter=reporter,
+                      sampler_factory=sampler).fit()
+    return {**summary, "classes": len(data.classes), "utterances": len(data.utts), "unlabelled": data.unlabelled,
+            "init": str(init) if init else None, "init_tensors": loaded["loaded"] if loaded else 0}
