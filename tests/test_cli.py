@@ -28,7 +28,7 @@ def test_python_dash_m_and_version() -> None:
 
 
 def test_unbuilt_commands_say_so_and_exit_2() -> None:
-    for c in ("finetune", "cluster"):
+    for c in ("cluster",):
         res = runner.invoke(app, [c])
         assert res.exit_code == 2
         assert "not implemented yet" in res.output
