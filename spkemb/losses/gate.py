@@ -41,7 +41,7 @@ from torch import nn
 
 from spkemb import distributed as dist_
 
-__all__ = ["GateOptions", "GateSummary", "LossGate"]
+__all__ = ["GateOptions", "GateSummary", "LossGate", "gate_losses"]
 
 
 @dataclass
@@ -64,8 +64,9 @@ class GateOptions:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold < 1.0 or not 0.0 < self.confidence <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1) and confidence in (0, 1], got {self.threshold}, "
-                             f"{self.confidence}")
+            raise ValueError(
+                f"threshold must be in [0, 1) and confidence in (0, 1], got {self.threshold}, {self.confidence}"
+            )
         if self.min_samples < 2 or self.patience < 1 or self.warmup_epochs < 0 or self.reg_covar <= 0:
             raise ValueError(
                 f"need min_samples >= 2, patience >= 1, warmup_epochs >= 0, reg_covar > 0; got {self.min_samples}, "
@@ -185,8 +186,14 @@ class LossGate(nn.Module):
         for buf in (self.count, self.loss_sum, self.disagree, self.cand_sum, self.cand_sq):
             buf.zero_()
         return GateSummary(
-            epoch=epoch, seen=n_seen, kept=n_kept, kept_fraction=n_kept / n_seen if n_seen else 1.0,
-            corrected=corrected, gated=gated, low_mean=means[0], high_mean=means[1],
+            epoch=epoch,
+            seen=n_seen,
+            kept=n_kept,
+            kept_fraction=n_kept / n_seen if n_seen else 1.0,
+            corrected=corrected,
+            gated=gated,
+            low_mean=means[0],
+            high_mean=means[1],
         )
 
     def _correct(self, seen: torch.Tensor) -> int:

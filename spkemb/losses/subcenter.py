@@ -80,8 +80,9 @@ class SubCenterAAM(AAMSoftmax):
     ) -> None:
         super().__init__(embed_dim, n_classes, margin=margin, scale=scale, easy_margin=easy_margin)
         if subcenters < 1 or topk < 0 or topk_margin < 0:
-            raise ValueError(f"need subcenters >= 1, topk >= 0, topk_margin >= 0; got {subcenters}, {topk}, "
-                             f"{topk_margin}")
+            raise ValueError(
+                f"need subcenters >= 1, topk >= 0, topk_margin >= 0; got {subcenters}, {topk}, {topk_margin}"
+            )
         self.subcenters = int(subcenters)
         self.topk = int(topk)
         self.topk_margin = float(topk_margin)
@@ -152,7 +153,6 @@ class SubCenterAAM(AAMSoftmax):
 
     def extra_repr(self) -> str:
         return (
-            super().extra_repr()
-            + f", subcenters={self.subcenters}, topk={self.topk}, topk_margin={self.topk_margin}, "
+            super().extra_repr() + f", subcenters={self.subcenters}, topk={self.topk}, topk_margin={self.topk_margin}, "
             f"outlier_angle={self.outlier_angle}"
         )

@@ -55,6 +55,9 @@ class SupConAAM(nn.Module):
         self.margin = float(margin)
         self.easy_margin = bool(easy_margin)
 
+    def set_margin(self, margin: float) -> None:
+        self.margin = float(margin)
+
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if z.dim() == 3:
             b, v, d = z.shape
