@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint docs bench clean
+.PHONY: install demo test lint docs bench clean typecheck
 
 install: $(STAMP)
 
@@ -33,3 +33,6 @@ bench: install
 
 clean:
 	rm -rf demo build *.egg-info .pytest_cache .ruff_cache
+
+typecheck: install
+	$(BIN)/mypy spkemb

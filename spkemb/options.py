@@ -144,7 +144,7 @@ def coerce(value: Any, hint: Any, key: str, source: str | Path | None = None) ->
     raise InputError(f"{key}: expected {expected}, got {value!r}", source)
 
 
-def _coerce(value: Any, hint: Any) -> Any:  # noqa: C901 - one branch per kind of type
+def _coerce(value: Any, hint: Any) -> Any:  # noqa: C901 - one branch per kind of type (17)
     origin = get_origin(hint)
     if hint is Any:
         return value
