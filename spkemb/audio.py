@@ -2,10 +2,15 @@
 
 Everything here works on 1-D float32 numpy arrays so that it can run inside DataLoader workers
 without touching torch. Reading a segment seeks in the file and decodes only the frames needed.
+Decoded samples that are NaN or infinite make the file bad audio (:class:`InputError`), as does a
+file the OS will not open, with words for why (:func:`os_problem`).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
@@ -36,9 +41,9 @@ class AudioInfo:
 def audio_info(path: str | Path) -> AudioInfo:
     """Read the header of ``path``; raise :class:`InputError` for unreadable or empty files."""
     try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise InputError(f"cannot read audio ({_short(err)})", path) from None
+        info = sf.info(_sf_name(path))
+    except (sf.LibsndfileError, RuntimeError, OSError, UnicodeError) as err:
+        raise InputError(os_problem(path) or f"cannot read audio ({_short(err)})", path) from None
     frames = int(info.frames)
     if frames <= 0 or info.samplerate <= 0:
         # Some containers (MP3, OGG) report no frame count in the header: count by decoding.
@@ -49,6 +54,71 @@ def audio_info(path: str | Path) -> AudioInfo:
     return AudioInfo(str(path), int(info.samplerate), frames, int(info.channels))
 
 
+_ERRNO_WORDS = {
+    errno.ENOENT: "no such file",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ELOOP: "symbolic link loop",
+    errno.EISDIR: "is a folder, not an audio file",
+    errno.ENOTDIR: "a part of the path is not a folder",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EIO: "input/output error (a failing disk or network mount?)",
+}
+
+
+def os_problem(path: str | Path) -> str | None:
+    """Why the OS will not let ``path`` be read (missing, permission, link loop, ...), or None.
+
+    libsndfile reports all of these as "System error."; this says which. It runs only after a
+    failed read, so the happy path pays nothing for it.
+    """
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            return _ERRNO_WORDS[errno.EISDIR]
+        with open(path, "rb") as f:
+            f.read(1)
+    except UnicodeError:
+        return "file name cannot be encoded for this system (not valid UTF-8?)"
+    except OSError as err:
+        if not os.path.exists(path) and os.path.lexists(path) and err.errno != errno.ELOOP:
+            return "broken symbolic link (its target does not exist)"
+        return _ERRNO_WORDS.get(err.errno or 0, err.strerror or type(err).__name__)
+    return None
+
+
+def verify_audio(path: str | Path, block: int = 1 << 18) -> AudioInfo:
+    """Decode all of ``path`` (in blocks, so memory stays small) and return its facts as decoded.
+
+    Raises :class:`InputError` when it cannot be decoded to the end, holds NaN or infinite
+    samples, or decodes to clearly fewer frames than its header promises (a truncated file: headers
+    are written first, so a cut-off copy still claims the whole duration). The facts returned are
+    those decoded.
+    """
+    head = audio_info(path)
+    frames = 0
+    try:
+        with sf.SoundFile(_sf_name(path)) as f:
+            for data in f.blocks(blocksize=block, dtype="float32", always_2d=True):
+                check_finite(data, path)
+                frames += len(data)
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        where = f" after {frames / head.sample_rate:.3f} s" if frames else ""
+        raise InputError(f"cannot decode audio{where} ({_short(err)}; truncated or corrupt?)", path) from None
+    if frames == 0:
+        raise InputError("empty audio (0 samples)", path)
+    if head.frames - frames > max(1, head.frames // 100):  # (compressed formats' headers may be estimates)
+        raise InputError(f"truncated: the header says {head.duration:.3f} s, only {frames / head.sample_rate:.3f} s "
+                         "decode", path)
+    return AudioInfo(str(path), head.sample_rate, frames, head.channels)
+
+
+def _sf_name(path: str | Path) -> str | bytes:
+    """The name to give soundfile: bytes on POSIX, so that any file name the OS holds (not only
+    valid UTF-8) opens; soundfile would encode a str strictly."""
+    return str(path) if os.name == "nt" else os.fsencode(path)
+
+
 def _short(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return text[:200]
@@ -56,14 +126,26 @@ def _short(err: BaseException) -> str:
 
 def _read(path: str | Path, start: int, stop: int) -> np.ndarray:
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(_sf_name(path)) as f:
             if start:
                 f.seek(start)
             n = -1 if stop < 0 else max(0, stop - start)
             data = f.read(frames=n, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise InputError(f"cannot decode audio ({_short(err)})", path) from None
+    except (sf.LibsndfileError, RuntimeError, OSError, UnicodeError) as err:
+        raise InputError(os_problem(path) or f"cannot decode audio ({_short(err)})", path) from None
+    check_finite(data, path)
     return data
+
+
+def check_finite(data: np.ndarray, path: str | Path) -> None:
+    """Raise :class:`InputError` when decoded audio holds NaN or infinite samples.
+
+    Such a file is bad audio, like an unreadable one: every encoder maps it to the same (or a
+    non-finite) embedding, so it must never reach a model or a store.
+    """
+    if data.size and not np.isfinite(data).all():
+        n = int(data.size - np.count_nonzero(np.isfinite(data)))
+        raise InputError(f"bad audio: {n} of {data.size} samples are NaN or infinite", path)
 
 
 def load_audio(

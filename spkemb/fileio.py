@@ -1,11 +1,18 @@
 """Atomic file writes: a temporary file beside the target, fsync, rename. A crash or a failed run
-never leaves half a file where a whole one is expected, and never clobbers the previous one."""
+never leaves half a file where a whole one is expected, and never clobbers the previous one.
+
+Temporary and lock files live beside their target and are named after it (``.NAME.xxxx.tmp``,
+``NAME.partial``, ``.NAME.lock``) while that fits the file system's 255-byte limit on a name; for a
+longer target name they are named after a hash of it instead (:func:`sibling_path`), so that an
+output whose own name is near the limit can still be written, and its partial file found again.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -13,12 +20,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _atomic_write(path: str | Path, mode: str, write: Callable[[IO[Any]], None]) -> Path:
+def _atomic_write(path: str | Path, mode: str, write: Callable[[IO[Any]], object]) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_fitting(p.name, 24)}.", suffix=".tmp", dir=p.parent)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -27,8 +34,25 @@ def _atomic_write(path: str | Path, mode: str, write: Callable[[IO[Any]], None])
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(p.parent)
+    fsync_dir(p.parent)
     return p
+
+
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+
+
+def _fitting(name: str, extra: int) -> str:
+    """``name``, or a 16-hex-digit hash of it when ``name`` plus ``extra`` bytes would not fit in a name."""
+    if len(os.fsencode(name)) + extra <= NAME_MAX:
+        return name
+    return hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+
+
+def sibling_path(path: str | Path, suffix: str, prefix: str = "") -> Path:
+    """``prefix + NAME + suffix`` beside ``path``, with NAME replaced by a short hash of it when the
+    result would exceed :data:`NAME_MAX` bytes. The same ``path`` always gives the same name."""
+    p = Path(path)
+    return p.with_name(prefix + _fitting(p.name, len(os.fsencode(prefix + suffix))) + suffix)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -41,7 +65,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return _atomic_write(path, "wb", lambda f: torch.save(obj, f))
 
 
-def _fsync_dir(d: Path) -> None:
+def fsync_dir(d: Path) -> None:
+    """Make a rename in folder ``d`` durable (where the platform allows)."""
     try:
         fd = os.open(d, os.O_RDONLY)
     except OSError:  # e.g. platforms without directory file descriptors
@@ -65,9 +90,17 @@ def same_file(a: str | Path, b: str | Path) -> bool:
     return pa.resolve(strict=False) == pb.resolve(strict=False)
 
 
-def refuse_output_onto_inputs(output: str | Path | None, inputs: dict[str, str | Path | None]) -> None:
+def refuse_output_onto_inputs(
+    output: str | Path | None,
+    inputs: Mapping[str, str | Path | None] | Iterable[tuple[str, str | Path | None]],
+    *,
+    folder: bool = False,
+    option: str = "-o",
+) -> None:
     """Raise :class:`~spkemb.errors.InputError` when ``output`` is one of the command's ``inputs``
-    (``{"manifest": path, ...}``; ``None`` and ``-`` entries are ignored), or an existing folder.
+    (``{"manifest": path, ...}``, or ``(what, path)`` pairs when two inputs are of one kind; ``None``
+    and ``-`` entries are ignored), or an existing folder
+    (unless ``folder``: the output is itself a folder). ``option`` names the output in the message.
 
     Called before any work, so that ``-o`` can never replace a model, a manifest or a store that the
     same command reads.
@@ -77,10 +110,10 @@ def refuse_output_onto_inputs(output: str | Path | None, inputs: dict[str, str |
     if output is None or str(output) == "-":
         return
     out = Path(output)
-    for what, src in inputs.items():
+    for what, src in inputs.items() if isinstance(inputs, Mapping) else inputs:
         if src is None or str(src) == "-":
             continue
         if same_file(out, src):
-            raise InputError(f"the output is the command's {what} input; choose another -o", out)
-    if out.is_dir():
-        raise InputError("the output is an existing folder; -o must name a file", out)
+            raise InputError(f"the output is the command's {what} input; choose another {option}", out)
+    if not folder and out.is_dir():
+        raise InputError(f"the output is an existing folder; {option} must name a file", out)

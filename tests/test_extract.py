@@ -209,10 +209,10 @@ def test_bad_options_and_inputs_are_one_line(manifest: Path, tmp_path: Path) -> 
         (["mfcc-stats", str(manifest), "--chunk", "-1"], "--chunk"),
         (["mfcc-stats", str(manifest), "--hop", "1"], "--hop"),
         (["mfcc-stats", str(manifest), "--shard", "5/4"], "--shard"),
-        (["mfcc-stats", str(tmp_path / "e.h5")], "not a manifest"),
+        (["mfcc-stats", str(tmp_path / "x.h5")], "not a manifest"),
     ):
         if problem == "not a manifest":
-            (tmp_path / "e.h5").write_bytes(b"\x89HDF\r\n\x1a\n\x00\xff\xfe")
+            (tmp_path / "x.h5").write_bytes(b"\x89HDF\r\n\x1a\n\x00\xff\xfe")
         res = runner.invoke(app, ["extract", *args, "-o", out])
         assert res.exit_code == 2 and problem in res.output, res.output
 

@@ -12,7 +12,7 @@ from spkemb.embeddings.store import (
     read_embeddings,
     write_embeddings,
 )
-from spkemb.errors import InputError
+from spkemb.errors import InputError, WorkError
 
 IDS = [f"spk{i // 3}/u{i}.wav" for i in range(9)]
 
@@ -56,7 +56,7 @@ def test_changed_encoder_starts_afresh(tmp_path: Path) -> None:
 def test_unfinished_rows_refuse_to_finish(tmp_path: Path) -> None:
     w = StoreWriter.open(tmp_path / "e.h5", IDS, 4, {})
     w.write(np.array([0]), np.ones((1, 4)))
-    with pytest.raises(RuntimeError, match="never written"):
+    with pytest.raises(WorkError, match="never written"):
         w.finish()
     assert not (tmp_path / "e.h5").exists()
 

@@ -8,7 +8,7 @@ applied). Each output is a fixed function of the seed, the source ``utt_id`` and
 skips the files already written and produces the same result with any number of workers. The
 options are kept in ``OUT/augment-options.json``; a rerun with other options is refused. The
 manifest and the record are written last, atomically; a failed run leaves the previous ones as they
-were.
+were. One run at a time writes a given OUT (:func:`spkemb.locking.output_lock`); a second is refused.
 """
 
 from __future__ import annotations
@@ -106,8 +106,10 @@ def run_offline(
     ``manifest`` is a manifest file (``-`` reads stdin) or the utterances themselves. Bad input
     (``copies`` or ``workers`` below 1, options that fail :meth:`OfflineOptions.validate`, an
     output path that is not a folder, a missing noise or RIR folder, a bad manifest, an ``utt_id``
-    that cannot name a file under ``out_dir``, an existing ``out_dir`` made with other options) is an
-    :class:`InputError` raised before anything is written. Files already written by an earlier run
+    that cannot name a file under ``out_dir``, an ``out_dir`` whose files would replace the input
+    manifest or that lies in a noise or RIR folder, an existing ``out_dir`` made with other options,
+    an ``out_dir`` that another process is writing) is an :class:`InputError` raised before anything
+    is written. Files already written by an earlier run
     with the same options are kept; ``workers`` processes make the rest.
 
     ``on_plan(files, skipped)`` is called once the output folder is set up, before any audio is
@@ -128,9 +130,11 @@ def run_offline(
             raise InputError("no such noise folder", d)
     if options.rir not in (None, "simulate") and not Path(options.rir).is_dir():
         raise InputError("no such RIR folder (give a folder of RIR files or 'simulate')", options.rir)
+    check_outputs(out, manifest if isinstance(manifest, (str, Path)) else None, options)
 
     from spkemb.augment.chain import from_options
-    from spkemb.data.manifest import Utterance, read_manifest, write_manifest
+    from spkemb.data.manifest import read_manifest
+    from spkemb.locking import output_lock
 
     record = options.record()
     utts = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
@@ -144,7 +148,32 @@ def run_offline(
         p_reverb=options.p_reverb,
     )
     tasks = plan_outputs(utts, out, copies)
-    check_options(out, record)
+    with output_lock(out, "augment output folder"):
+        check_options(out, record)
+        written, skipped = _write_all(tasks, out, record, augmenter, options, workers, on_plan, on_progress)
+    return OfflineResult(
+        output=out,
+        manifest=out / MANIFEST_FILE,
+        records=out / RECORD_FILE,
+        utterances=len(utts),
+        files=len(tasks),
+        written=written,
+        skipped=skipped,
+    )
+
+
+def _write_all(
+    tasks: list[dict[str, Any]],
+    out: Path,
+    record: dict[str, Any],
+    augmenter: Any,
+    options: OfflineOptions,
+    workers: int,
+    on_plan: PlanFn | None,
+    on_progress: ProgressFn | None,
+) -> tuple[int, int]:
+    """Write the audio that is not there yet, then the records and the manifest: (written, skipped)."""
+    from spkemb.data.manifest import Utterance, write_manifest
 
     done = read_records(out / RECORD_FILE, out)
     todo = [t for t in tasks if t["utt_id"] not in done]
@@ -168,15 +197,23 @@ def run_offline(
         rows.append(Utterance(t["utt_id"], t["utt_id"], t["speaker"], float(rec["duration"]), options.sample_rate))
     _write_records(out / RECORD_FILE, [done[t["utt_id"]] for t in tasks])
     write_manifest(rows, out / MANIFEST_FILE)
-    return OfflineResult(
-        output=out,
-        manifest=out / MANIFEST_FILE,
-        records=out / RECORD_FILE,
-        utterances=len(utts),
-        files=len(tasks),
-        written=len(todo),
-        skipped=skipped,
-    )
+    return len(todo), skipped
+
+
+def check_outputs(out: Path, manifest: str | Path | None, options: OfflineOptions) -> None:
+    """Refuse an output folder whose files would replace the input manifest, or that is (or lies in)
+    a noise or RIR folder (its audio would become noise); before anything is written."""
+    from spkemb.fileio import refuse_output_onto_inputs
+
+    for name in (MANIFEST_FILE, RECORD_FILE, OPTIONS_FILE):
+        refuse_output_onto_inputs(out / name, {"manifest": manifest})
+    here = Path(os.path.realpath(out))
+    for what, folder in [("--noise", d) for d in options.noise] + [("--rir", options.rir)]:
+        if folder in (None, "simulate"):
+            continue
+        there = Path(os.path.realpath(folder))
+        if here == there or there in here.parents:
+            raise InputError(f"the output folder is (inside) the {what} folder {folder}; choose another -o", out)
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -346,6 +383,7 @@ def task_rng(seed: int, utt_id: str, copy: int) -> np.random.Generator:
 def _process(job: tuple[dict[str, Any], int]) -> dict[str, Any]:
     """Augment one (utterance, copy) and write it atomically; return its record."""
     from spkemb.audio import load_audio, write_audio
+    from spkemb.fileio import sibling_path
 
     t, seed = job
     sr = _WORKER["sample_rate"]
@@ -356,7 +394,7 @@ def _process(job: tuple[dict[str, Any], int]) -> dict[str, Any]:
     y, record = _WORKER["augmenter"](x, sr, task_rng(seed, t["source"], t["copy"]))
     path = Path(t["path"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{os.getpid()}.wav")
+    tmp = sibling_path(path, f".partial{os.getpid()}.wav", prefix=".")
     try:
         write_audio(tmp, y, sr)
         os.replace(tmp, path)

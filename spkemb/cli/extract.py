@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.markup import escape
 
 from spkemb.cli.common import console, guarded, print_json, progress
 
@@ -50,62 +52,82 @@ def extract(
 ) -> None:
     """Embed every utterance of MANIFEST with MODEL into an HDF5 store.
 
-    Resumable: an interrupted run leaves OUTPUT.partial, and the same command finishes it. A store
-    at OUTPUT is always complete; a failed run leaves an existing OUTPUT untouched.
+    Resumable: an interrupted run (or one stopped by a full disk) leaves OUTPUT.partial (HASH.partial
+    beside it for a name too long to take the suffix), and the same command finishes it. A store at
+    OUTPUT is always complete, every row finite; a failed run leaves an existing OUTPUT untouched.
+    Audio that cannot be read, or that holds NaN or infinite samples, is skipped and reported. One
+    run at a time writes OUTPUT: a second is refused (exit 2), naming the first one's pid.
     """
     from spkemb.data.manifest import read_manifest
     from spkemb.embeddings.export import export_embeddings
-    from spkemb.embeddings.extract import ExtractOptions, extract_embeddings, parse_shard, shard_rows
+    from spkemb.embeddings.extract import (
+        ExtractOptions,
+        check_outputs,
+        extract_embeddings,
+        parse_shard,
+        shard_rows,
+    )
     from spkemb.embeddings.store import merge_stores, read_embeddings
     from spkemb.errors import InputError
+    from spkemb.locking import output_lock
     from spkemb.models.io import describe_encoder, encoder_checksum, load_encoder
     from spkemb.runtime import set_threads
 
+    fmt = export.value if export else None
+    check_outputs(output, model, manifest, merge or (), fmt)  # before anything is read
     utts = read_manifest(manifest)
     if not utts:
         raise InputError("manifest has no utterances", manifest)
-    sha = encoder_checksum(model)
-    if merge:
-        out = merge_stores(merge, output, order=[u.utt_id for u in utts], expect_sha256=sha)
-        emb = read_embeddings(out)
-        console.print(f"merged {len(merge)} shards into {out} ({len(emb)} embeddings)")
-        summary = {"output": str(out), "embeddings": len(emb), "merged": [str(m) for m in merge]}
-    else:
-        set_threads(threads)
-        encoder = load_encoder(model)
-        info = describe_encoder(encoder)
-        rows = shard_rows(len(utts), parse_shard(shard))
-        part = [utts[i] for i in rows]
-        opts = ExtractOptions(batch_seconds, max_batch, workers, chunk, hop, vad, precision.value, device)
-        attrs = {"encoder": info["name"], "encoder_config": info["config"], "checkpoint_sha256": sha,
-                 "model": str(model), "manifest": str(manifest), "shard": shard or "0/1"}
-        total = sum(u.duration for u in part)
-        with progress() as bar:
-            task = bar.add_task("extract", total=len(part), info="")
-            seen = {"audio": 0.0}
+    check_outputs(output, model, manifest, merge or (), fmt, utts)  # and not onto the audio either
+    with output_lock(output, "embedding store"):
+        sha = encoder_checksum(model)
+        if merge:
+            out = merge_stores(merge, output, order=[u.utt_id for u in utts], expect_sha256=sha)
+            emb = read_embeddings(out)
+            console.print(f"merged {len(merge)} shards into {out} ({len(emb)} embeddings)")
+            summary: dict = {"output": str(out), "embeddings": len(emb), "merged": [str(m) for m in merge]}
+        else:
+            set_threads(threads)
+            encoder = load_encoder(model)
+            info = describe_encoder(encoder)
+            part = [utts[i] for i in shard_rows(len(utts), parse_shard(shard))]
+            opts = ExtractOptions(batch_seconds, max_batch, workers, chunk, hop, vad, precision.value, device)
+            attrs = {"encoder": info["name"], "encoder_config": info["config"], "checkpoint_sha256": sha,
+                     "model": str(model), "manifest": str(manifest), "shard": shard or "0/1"}
+            total = sum(u.duration for u in part)
+            with progress() as bar:
+                task = bar.add_task("extract", total=len(part), info="")
+                seen = {"audio": 0.0}
 
-            def on_progress(secs: float, n: int) -> None:
-                seen["audio"] += secs
-                bar.update(task, advance=n, info=f"{seen['audio'] / 3600:.2f}/{total / 3600:.2f} h")
+                def on_progress(secs: float, n: int) -> None:
+                    seen["audio"] += secs
+                    bar.update(task, advance=n, info=f"{seen['audio'] / 3600:.2f}/{total / 3600:.2f} h")
 
-            res = extract_embeddings(encoder, part, output, attrs, opts, on_progress)
-        for path, problem in res.failed[:5]:
-            console.print(f"[yellow]skipped[/] {path}: {problem}", highlight=False)
-        if len(res.failed) > 5:
-            console.print(f"[yellow]skipped {len(res.failed) - 5} more unreadable files[/]")
-        speed = res.audio_seconds / res.wall_seconds if res.wall_seconds else 0.0
-        console.print(f"wrote {res.written} embeddings to {res.path}"
-                      + (f" ({res.resumed} from an earlier run)" if res.resumed else "")
-                      + f"; {res.audio_seconds:.0f} audio-s in {res.wall_seconds:.1f} s ({speed:.0f}x real time)",
-                      highlight=False)
-        out = res.path
-        summary = {"output": str(out), "embeddings": res.written, "resumed": res.resumed,
-                   "failed": len(res.failed), "audio_seconds": round(res.audio_seconds, 3),
-                   "wall_seconds": round(res.wall_seconds, 3), "realtime_factor": round(speed, 2),
-                   "encoder": info["name"]}
-    if export:
-        written = export_embeddings(read_embeddings(out), out, export.value)
-        summary["exported"] = [str(p) for p in written]
-        console.print("exported " + ", ".join(str(p) for p in written))
+                res = extract_embeddings(encoder, part, output, attrs, opts, on_progress)
+            out = res.path
+            summary = _report(res)
+            summary["encoder"] = info["name"]
+        if fmt:
+            written = export_embeddings(read_embeddings(out), out, fmt)
+            summary["exported"] = [str(p) for p in written]
+            console.print("exported " + ", ".join(str(p) for p in written))
     if json_out:
         print_json(summary)
+
+
+def _report(res: Any) -> dict[str, Any]:
+    """Print what an extraction did (files skipped, rows written, speed); return the --json summary."""
+    for path, problem in res.failed[:5]:
+        console.print(f"[yellow]skipped[/] {escape(path)}: {escape(problem)}", highlight=False, soft_wrap=True)
+    if len(res.failed) > 5:
+        console.print(f"[yellow]skipped {len(res.failed) - 5} more bad audio files[/]")
+    if res.failed:
+        console.print(f"[yellow]{len(res.failed)} of the utterances were left out (unreadable or bad audio)[/]")
+    speed = res.audio_seconds / res.wall_seconds if res.wall_seconds else 0.0
+    console.print(f"wrote {res.written} embeddings to {res.path}"
+                  + (f" ({res.resumed} from an earlier run)" if res.resumed else "")
+                  + f"; {res.audio_seconds:.0f} audio-s in {res.wall_seconds:.1f} s ({speed:.0f}x real time)",
+                  highlight=False, soft_wrap=True)
+    return {"output": str(res.path), "embeddings": res.written, "resumed": res.resumed,
+            "failed": len(res.failed), "audio_seconds": round(res.audio_seconds, 3),
+            "wall_seconds": round(res.wall_seconds, 3), "realtime_factor": round(speed, 2)}

@@ -56,7 +56,14 @@ def prepare(
     min_duration: float = typer.Option(
         0.0, "--min-duration", metavar="S", help="Leave out (and report) files shorter than S seconds."
     ),
-    workers: int = typer.Option(8, "--workers", help="Threads reading audio headers."),
+    workers: int = typer.Option(8, "--workers", help="Threads reading audio headers (or decoding, with --verify)."),
+    verify: bool = typer.Option(
+        False, "--verify/--no-verify",
+        help="Decode every file, not only its header: slower (all the audio is read) but leaves out truncated "
+        "or corrupt files and files with NaN or infinite samples, and records the durations that decode. "
+        "By default only headers are read, so such files are listed with their header's duration "
+        "(and skipped later, by extract or training).",
+    ),
     trials: str | None = typer.Option(
         None, "--trials", metavar="OUT", help="Also write a trial list drawn from the labelled utterances."
     ),
@@ -86,8 +93,11 @@ def prepare(
 ) -> None:
     """Find the audio under ROOT(s), read durations from the headers, and write a manifest.
 
-    Files that cannot be used (unreadable, empty, too short) are reported on stderr and left out.
-    If two ROOTs hold the same relative path, every utt_id gets its ROOT's folder name as a prefix.
+    Files that cannot be used (unreadable, empty, too short, a name that is not UTF-8; with --verify
+    also truncated, corrupt or NaN-filled) are reported on stderr and left out. If two ROOTs hold the
+    same relative path, every utt_id gets its ROOT's folder name as a prefix. An output that would
+    replace an input (a ROOT manifest, an --exclude-speakers-of manifest, a Kaldi ROOT for
+    --export-kaldi) is refused before anything is read.
     """
     from spkemb.data.prepare import prepare_manifest
 
@@ -103,11 +113,11 @@ def prepare(
     bar = progress(transient=True)
     task = None
 
-    def on_progress(root: Path, done: int, total: int | None) -> None:
+    def on_progress(root: Path, done: int, total: int | None, what: str = "reading headers") -> None:
         nonlocal task
         if total is None:  # the start of a root
             bar.start()
-            task = bar.add_task(f"reading headers: {root.name or root}", total=None, info="")
+            task = bar.add_task(f"{what}: {root.name or root}", total=None, info="")
         elif task is not None:
             bar.update(task, completed=done, total=total)
 
@@ -129,7 +139,8 @@ def prepare(
             roots, layout=layout.value, speaker_regex=speaker_regex, min_duration=min_duration, workers=workers,
             output=output, trials=trials, targets=targets, nontargets=nontargets, seed=seed,
             exclude_speakers_of=exclude_speakers_of or (), trials_format=trials_format.value,
-            export_kaldi=export_kaldi, on_progress=on_progress, on_read=on_read,
+            export_kaldi=export_kaldi, verify=verify, on_progress=on_progress, on_read=on_read,
+            on_verify=lambda root, done, total: on_progress(root, done, total, "decoding"),
         )
     finally:
         stop_bar()

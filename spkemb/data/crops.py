@@ -62,7 +62,8 @@ def check_views(views: Sequence[tuple[int, float]]) -> ViewSpec:
 
 
 class SkippedAudioWarning(UserWarning):
-    """An utterance could not be read during training and was left out of its batch."""
+    """An utterance could not be read during training, or held NaN or infinite samples, and was left
+    out of its batch."""
 
 
 class CropDataset(Dataset):
@@ -120,16 +121,20 @@ class CropDataset(Dataset):
         if self.speed is not None and rng.random() < self.p_speed:
             factor = float(self.speed.draw(rng))
         try:
-            groups = self._read_crops(u, rng, factor)
+            groups = self._read_crops(u, rng, factor)  # (audio with NaN or infinite samples raises too)
         except InputError as err:
             # One line per bad file (warnings shows each distinct message once); the Trainer counts it.
-            warnings.warn(f"skipping unreadable training audio {err}", SkippedAudioWarning, stacklevel=1)
+            warnings.warn(f"skipping unreadable or bad training audio {err}", SkippedAudioWarning, stacklevel=1)
             return None
         if self.augmenter is not None:
             for g, length in zip(groups, self.lengths, strict=True):
                 for k in range(len(g)):
                     y, _ = self.augmenter(g[k], self.sample_rate, rng)
                     g[k] = crop_or_pad(np.asarray(y, dtype=np.float32), length, mode="start")
+            if not all(np.isfinite(g).all() for g in groups):
+                warnings.warn(f"skipping training audio {u.path}: augmentation made NaN or infinite samples "
+                              "(a bad noise or RIR file?)", SkippedAudioWarning, stacklevel=1)
+                return None
         return {"views": [np.stack(g) for g in groups], "index": index}
 
     # -- reading -------------------------------------------------------------------------------

@@ -16,9 +16,12 @@ layout:
   folder (skipping a leading ``data/``), else no speaker.
 
 Durations and sample rates come from the file headers only (no decoding), read in parallel by a
-thread pool since the work is I/O bound. A file that cannot be used (unreadable, empty, 0 bytes,
-shorter than ``min_duration``, or whose name the layout cannot parse) is returned as a
-``(path, problem)`` pair and left out; it never stops the scan.
+thread pool since the work is I/O bound; :func:`verify_utterances` (``prepare --verify``) decodes
+every file instead, which also finds truncated and NaN-filled files. A file that cannot be used
+(unreadable, empty, 0 bytes, shorter than ``min_duration``, a name the layout cannot parse, or a
+name that is not valid UTF-8) is returned as a ``(path, problem)`` pair and left out; it never
+stops the scan. Names that are not UTF-8 are reported, not carried: a manifest is UTF-8 text, and
+the bytes could only be smuggled into it in an escape no other tool reads.
 
 Several roots: each root's utt_ids are relative to that root. If the same utt_id occurs under two
 roots, *every* utt_id is prefixed with its root's folder name (``<rootname>/<relpath>``) so that ids
@@ -35,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from spkemb.audio import AUDIO_EXTENSIONS, audio_info
+from spkemb.audio import AUDIO_EXTENSIONS, audio_info, verify_audio
 from spkemb.data.manifest import Utterance
 from spkemb.errors import InputError
 
@@ -228,8 +231,8 @@ def scan(
         per_root = []
         problems: list[Problem] = []
         for r in root:
-            utts, probs = scan(r, layout, speaker_regex, extensions, workers, min_duration, progress)
-            per_root.append((r, utts))
+            found, probs = scan(r, layout, speaker_regex, extensions, workers, min_duration, progress)
+            per_root.append((r, found))
             problems += probs
         return merge_roots(per_root), sorted(problems)
     speaker_of = speaker_function(layout, speaker_regex)
@@ -247,6 +250,10 @@ def scan(
     candidates: list[tuple[str, str, str]] = []  # rel, abs path, speaker
     for rel in rels:
         path = str(base / rel)
+        if not _is_utf8(path):
+            problems.append((shown(path), "file name is not valid UTF-8, which a manifest cannot hold; rename it "
+                             "(e.g. with convmv)"))
+            continue
         if any(c in rel for c in "\t\n\r"):
             problems.append((path, "name contains a tab or newline, which a manifest cannot hold"))
             continue
@@ -266,6 +273,61 @@ def scan(
             utts.append(Utterance(utt_id=rel, path=path, speaker=spk, duration=dur, sample_rate=sr))
     utts.sort(key=lambda u: u.utt_id)
     return utts, sorted(problems)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.walk gives undecodable bytes as lone surrogates
+        return False
+    return True
+
+
+def shown(path: str) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 appear as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _verify(path: str) -> tuple[int, float] | str:
+    try:
+        info = verify_audio(path)
+    except InputError as err:
+        return err.message
+    return info.sample_rate, info.duration
+
+
+def verify_utterances(
+    utts: Sequence[Utterance], workers: int = DEFAULT_WORKERS, progress: ProgressFn | None = None
+) -> tuple[list[Utterance], list[Problem]]:
+    """Decode every file of ``utts`` (each once, ``workers`` threads): ``(usable utterances, problems)``.
+
+    A file that does not decode to the end, holds NaN or infinite samples, is shorter than its
+    header says, or ends before a segment's ``end`` is left out with its problem; the others get
+    the duration that decoded (a whole-file utterance) rather than the header's.
+    """
+    paths = sorted({u.path for u in utts})
+    facts: dict[str, tuple[int, float] | str] = {}
+    if progress:
+        progress(0, len(paths))
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths) or 1))) as pool:
+        for first in range(0, len(paths), _CHUNK):
+            chunk = paths[first:first + _CHUNK]
+            facts.update(zip(chunk, pool.map(_verify, chunk), strict=True))
+            if progress:
+                progress(len(facts), len(paths))
+    kept: list[Utterance] = []
+    problems: list[Problem] = []
+    for u in utts:
+        fact = facts[u.path]
+        if isinstance(fact, str):
+            problems.append((u.path, fact))
+        elif u.start is None and u.end is None:
+            kept.append(replace(u, duration=fact[1], sample_rate=fact[0]))
+        elif (u.end if u.end is not None else 0.0) > fact[1] + 1e-3:
+            problems.append((u.path, f"segment {u.utt_id} ends at {u.end:.3f} s, after the audio ({fact[1]:.3f} s)"))
+        else:
+            kept.append(u)
+    return kept, sorted(set(problems))
 
 
 def merge_roots(per_root: Sequence[tuple[str | Path, list[Utterance]]]) -> list[Utterance]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import sys
 from collections.abc import Iterable
@@ -40,13 +41,13 @@ class Utterance:
 def read_manifest(path: str | Path) -> list[Utterance]:
     """Read a manifest (``-`` for stdin). Relative audio paths resolve against its folder."""
     if str(path) == "-":
-        text, base = sys.stdin.read(), Path.cwd()
+        text, base = sys.stdin.read().removeprefix("\ufeff"), Path.cwd()
     else:
         p = Path(path)
         if not p.is_file():
             raise InputError("no such manifest file", path)
         try:
-            text, base = p.read_text(encoding="utf-8"), p.resolve().parent
+            text, base = p.read_text(encoding="utf-8-sig"), p.resolve().parent
         except UnicodeDecodeError:
             raise InputError("not a manifest (not UTF-8 text; arguments swapped?)", path) from None
     try:
@@ -80,11 +81,26 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             )
         except ValueError as err:
             raise InputError(f"line {lineno}: {err}", path) from None
+        problem = _bad_numbers(utt)
+        if problem:
+            raise InputError(f"line {lineno}: {problem}", path)
         if utt.utt_id in seen:
             raise InputError(f"line {lineno}: duplicate utt_id {utt.utt_id!r}", path)
         seen.add(utt.utt_id)
         out.append(utt)
     return out
+
+
+def _bad_numbers(u: Utterance) -> str | None:
+    """What is wrong with an utterance's numbers (NaN, infinite or negative times, a rate below 1)."""
+    for name, value in (("duration", u.duration), ("start", u.start), ("end", u.end)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            return f"{name} {value!r} is not a number of seconds >= 0"
+    if u.sample_rate < 1:
+        return f"sample_rate {u.sample_rate} is not a positive number of Hz"
+    if u.start is not None and u.end is not None and u.end < u.start:
+        return f"end {u.end!r} is before start {u.start!r}"
+    return None
 
 
 def _resolve(p: str, base: Path) -> str:

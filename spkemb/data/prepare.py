@@ -79,6 +79,30 @@ def check_arguments(
         raise InputError("--targets, --nontargets and --exclude-speakers-of go with --trials OUT")
 
 
+def check_outputs(
+    roots: Iterable[str | Path],
+    *,
+    output: str | Path | None = None,
+    trials: str | Path | None = None,
+    export_kaldi: str | Path | None = None,
+    exclude_speakers_of: Iterable[str | Path] = (),
+) -> None:
+    """Refuse outputs that would replace an input, or each other, before anything is read.
+
+    The manifest and the trial list must not be an input root, an ``exclude_speakers_of`` manifest,
+    an existing folder or the same file; the Kaldi export folder must not be an input folder.
+    """
+    from spkemb.fileio import refuse_output_onto_inputs, same_file
+
+    inputs: list[tuple[str, str | Path | None]] = [("ROOT", r) for r in roots]
+    inputs += [("--exclude-speakers-of", m) for m in exclude_speakers_of]
+    refuse_output_onto_inputs(output, inputs)
+    refuse_output_onto_inputs(trials, inputs, option="--trials")
+    refuse_output_onto_inputs(export_kaldi, inputs, folder=True, option="--export-kaldi")
+    if output is not None and trials is not None and str(output) != "-" and same_file(output, trials):
+        raise InputError("-o and --trials name the same file", output)
+
+
 def check_layout(layout: str, speaker_regex: str | None = None) -> None:
     """Check ``layout`` (one of :data:`spkemb.data.layouts.LAYOUTS` or ``kaldi``) and the regex."""
     if layout == "kaldi":
@@ -137,11 +161,15 @@ def read_inputs(
     min_duration: float = 0.0,
     workers: int = DEFAULT_WORKERS,
     on_progress: ReadProgressFn | None = None,
+    verify: bool = False,
+    on_verify: ReadProgressFn | None = None,
 ) -> tuple[list[tuple[Path, list[Utterance]]], list[Problem]]:
     """Read the sources: ``([(root, its utterances), ...], problems)``.
 
     A manifest is read as it is. For folders and Kaldi folders, ``on_progress(root, done, total)`` is
-    called with ``total`` None when a root is started, then while its headers are read.
+    called with ``total`` None when a root is started, then while its headers are read. With
+    ``verify``, every file is then decoded (:func:`~spkemb.data.layouts.verify_utterances`, also for
+    a manifest), reported through ``on_verify`` in the same way.
     """
     from spkemb.data import kaldi, layouts
     from spkemb.data.manifest import read_manifest
@@ -150,8 +178,9 @@ def read_inputs(
     problems: list[Problem] = []
     if sources and sources[0].kind == "manifest":
         per_root.append((sources[0].path, read_manifest(sources[0].path)))
-        return per_root, problems
     for source in sources:
+        if source.kind == "manifest":
+            break
         root = source.path
         report: Callable[[int, int], None] | None = None
         if on_progress:
@@ -164,7 +193,16 @@ def read_inputs(
                                        min_duration=min_duration, progress=report)
         per_root.append((root, utts))
         problems += probs
-    return per_root, problems
+    if verify:
+        for k, (root, utts) in enumerate(per_root):
+            report = None
+            if on_verify:
+                on_verify(root, 0, None)
+                report = functools.partial(on_verify, root)
+            kept, probs = layouts.verify_utterances(utts, workers, report)
+            per_root[k] = (root, kept)
+            problems += probs
+    return per_root, sorted(problems)
 
 
 def draw_trials(
@@ -213,7 +251,9 @@ def prepare_manifest(
     exclude_speakers_of: Iterable[str | Path] = (),
     trials_format: str = "voxceleb",
     export_kaldi: str | Path | None = None,
+    verify: bool = False,
     on_progress: ReadProgressFn | None = None,
+    on_verify: ReadProgressFn | None = None,
     on_read: ReadFn | None = None,
 ) -> PrepareResult:
     """Read ``roots`` and write a manifest to ``output``, trials to ``trials``, a Kaldi folder to ``export_kaldi``.
@@ -226,7 +266,10 @@ def prepare_manifest(
     the labelled utterances, leaving out the speakers of the ``exclude_speakers_of`` manifests, and
     written in ``trials_format`` (``voxceleb`` or ``kaldi``).
 
-    ``on_progress`` is passed to :func:`read_inputs`. ``on_read(problems, prefixed)`` is called once
+    Durations come from the headers; ``verify`` decodes every file instead (slower: it reads all the
+    audio), leaving out files that are truncated, corrupt or hold NaN/infinite samples.
+
+    ``on_progress`` and ``on_verify`` are passed to :func:`read_inputs`. ``on_read(problems, prefixed)`` is called once
     the inputs are read, before anything else can fail: the files left out, and whether every
     utt_id gets its root's folder name as a prefix (the same utt_id occurs under two roots). Bad
     input is an :class:`InputError`, raised before any output is written; bad arguments (a negative
@@ -240,10 +283,12 @@ def prepare_manifest(
     check_arguments(min_duration=min_duration, workers=workers, trials=trials, targets=targets,
                     nontargets=nontargets, exclude_speakers_of=exclude_speakers_of)
     check_layout(layout, speaker_regex)
+    check_outputs(roots, output=output, trials=trials, export_kaldi=export_kaldi,
+                  exclude_speakers_of=exclude_speakers_of)
     sources = classify_inputs(roots, layout)
     excluded = speakers_of_manifests(exclude_speakers_of)
     per_root, problems = read_inputs(sources, layout, speaker_regex, min_duration=min_duration,
-                                     workers=workers, on_progress=on_progress)
+                                     workers=workers, on_progress=on_progress, verify=verify, on_verify=on_verify)
     if on_read:
         on_read(problems, len(per_root) > 1 and layouts.roots_collide(per_root))
     utts = layouts.merge_roots(per_root)

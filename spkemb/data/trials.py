@@ -47,13 +47,13 @@ class Trials:
 def read_trials(path: str | Path) -> Trials:
     """Read a trial list (``-`` for stdin); a malformed line raises InputError with its number."""
     if str(path) == "-":
-        lines = sys.stdin.read().splitlines()
+        lines = sys.stdin.read().removeprefix("\ufeff").splitlines()  # (a UTF-8 byte-order mark, as some editors write)
     else:
         p = Path(path)
         if not p.is_file():
             raise InputError("no such trial list", path)
         try:
-            lines = p.read_text(encoding="utf-8").splitlines()
+            lines = p.read_text(encoding="utf-8-sig").splitlines()
         except UnicodeDecodeError:
             raise InputError("not a text trial list (cannot decode as UTF-8)", path) from None
     enroll: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +66,33 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     return i, n
 
 
+def check_outputs(
+    output: str | Path,
+    model: str | Path,
+    manifest: str | Path,
+    merge: Sequence[str | Path] = (),
+    export: str | None = None,
+    utts: Sequence[Utterance] = (),
+) -> None:
+    """Refuse (:class:`InputError`) an ``output`` store, or its ``export`` files, that would replace one
+    of the inputs (the encoder file, the manifest, a ``merge`` shard, or any audio file of ``utts``),
+    and an ``output`` that is an existing folder. Call it before any work."""
+    from spkemb.embeddings.export import export_paths
+    from spkemb.fileio import refuse_output_onto_inputs
+    from spkemb.models.io import encoder_path
+
+    inputs: dict[str, str | Path | None] = {"manifest": manifest}
+    if Path(model).exists():
+        inputs["model"] = encoder_path(model)
+    inputs.update({f"--merge {m}": m for m in merge})
+    outputs = [Path(output), *(export_paths(output, export) if export else [])]
+    audio = {os.path.normpath(os.path.abspath(u.path)) for u in utts}
+    for out in outputs:
+        refuse_output_onto_inputs(out, inputs)
+        if os.path.normpath(os.path.abspath(out)) in audio or os.path.realpath(out) in audio:
+            raise InputError("the output is one of the manifest's audio files; choose another -o", out)
+
+
 def shard_rows(n: int, shard: tuple[int, int]) -> list[int]:
     """Contiguous slice ``I`` of ``N`` of the rows 0..n-1."""
     i, k = shard
@@ -93,22 +121,23 @@ def extract_embeddings(
     if device.type == "cpu":
         tune_cpu_allocator()
     model = model.to(device).eval()
-    dim = int(model.embed_dim)
+    dim = int(model.embed_dim)  # type: ignore[arg-type]  # an encoder's int attribute
+    sample_rate = int(model.sample_rate)  # type: ignore[arg-type]
     ids = [u.utt_id for u in utts]
     speakers = [u.speaker for u in utts]
-    attrs = {**attrs, "options": opts.identity(), "sample_rate": int(model.sample_rate)}
+    attrs = {**attrs, "options": opts.identity(), "sample_rate": sample_rate}
     writer = StoreWriter.open(out, ids, dim, attrs, speakers)
     t0 = time.monotonic()
-    failed: list[tuple[str, str]] = []
+    failed: list[tuple[int, str]] = []  # (row, problem)
     audio = 0.0
     try:
         done = writer.done_mask()
-        todo = np.flatnonzero(~done)
+        todo = np.flatnonzero(~done).tolist()
         if on_progress and writer.resumed:
-            on_progress(sum(utts[i].duration for i in np.flatnonzero(done)), writer.resumed)
+            on_progress(sum(utts[i].duration for i in np.flatnonzero(done).tolist()), writer.resumed)
         durations = [_effective_seconds(utts[i].duration, opts) for i in todo]
         workers = opts.workers if opts.workers is not None else (0 if device.type == "cpu" else 4)
-        dataset = UtteranceDataset(utts, todo, int(model.sample_rate), opts.chunk, opts.hop, opts.vad)
+        dataset = UtteranceDataset(utts, todo, sample_rate, opts.chunk, opts.hop, opts.vad)
         batches = bucket_batches(durations, opts.batch_seconds, opts.max_batch)
         loader = DataLoader(
             dataset,
@@ -123,24 +152,29 @@ def extract_embeddings(
         with torch.inference_mode():
             for batch in loader:
                 for row, err in batch.errors:
-                    failed.append((utts[row].path, err))
+                    failed.append((row, err))
                 if batch.rows:
                     emb = embed_batch(model, batch.wav, batch.lengths, batch.owner, len(batch.rows), device,
                                       opts.precision)
-                    writer.write(np.asarray(batch.rows), emb)
-                    written += len(batch.rows)
+                    finite = np.isfinite(emb).all(axis=1)
+                    rows = np.asarray(batch.rows)
+                    # Finite audio can still overflow an encoder: such a row is a failed one, never stored.
+                    failed += [(int(r), "the encoder gave a non-finite embedding") for r in rows[~finite]]
+                    writer.write(rows[finite], emb[finite])
+                    written += int(finite.sum())
                 secs = sum(utts[r].duration for r in batch.rows) + sum(utts[r].duration for r, _ in batch.errors)
                 audio += secs
                 if on_progress:
                     on_progress(secs, len(batch.rows) + len(batch.errors))
-        if failed:
-            # Rows that could not be decoded stay out: rebuild the store without them.
-            writer.close()
-            return _finish_without_failed(out, utts, failed, writer.resumed, audio, t0)
-        path = writer.finish()
+        if failed and len(failed) == len(utts):
+            writer.discard()
+            raise InputError(f"no utterance could be read (first: {utts[failed[0][0]].path}: {failed[0][1]})")
+        # Rows that could not be decoded stay out of the store.
+        path = writer.finish({"failed": len(failed)} if failed else None, drop=[r for r, _ in failed])
     finally:
         writer.close()
-    return ExtractResult(path, written, writer.resumed, failed, audio, time.monotonic() - t0)
+    problems = [(utts[r].path, err) for r, err in failed]
+    return ExtractResult(path, written, writer.resumed, problems, audio, time.monotonic() - t0)
 
 
 def _effective_seconds(d: float, opts: ExtractOptions) -> float:
@@ -175,28 +209,3 @@ def embed_batch(
     summed = torch.zeros(n_rows, emb.shape[1], device=device).index_add_(0, owner, emb)
     counts = torch.bincount(owner, minlength=n_rows).clamp(min=1).unsqueeze(1)
     return (summed / counts).cpu().numpy()
-
-
-def _finish_without_failed(
-    out: str | Path, utts: Sequence[Utterance], failed: list[tuple[str, str]], resumed: int, audio: float,
-    t0: float,
-) -> ExtractResult:
-    import h5py
-
-    from spkemb.embeddings.store import partial_path, write_embeddings
-
-    part = partial_path(out)
-    with h5py.File(part, "r") as f:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        mask = f["written"][()]
-        vectors = f["embedding"][()][mask]
-    keep = [u for u, m in zip(utts, mask, strict=True) if m]  # a failed row is never marked written
-    if not keep:
-        part.unlink(missing_ok=True)
-        raise InputError(f"no utterance could be read (first: {failed[0][0]}: {failed[0][1]})")
-    attrs = {k: v for k, v in attrs.items() if k not in ("complete", "format", "format_version", "created")}
-    attrs["failed"] = len(failed)
-    path = write_embeddings(out, [u.utt_id for u in keep], vectors, [u.speaker for u in keep], attrs)
-    part.unlink(missing_ok=True)
-    return ExtractResult(path, len(keep), resumed, failed, audio, time.monotonic() - t0)
-

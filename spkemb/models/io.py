@@ -24,7 +24,7 @@ from spkemb.fileio import atomic_torch_save
 from spkemb.models.registry import build_encoder, encoder_class, is_parameter_free, list_encoders
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ENCODER_FILE", "save_encoder", "load_encoder", "file_sha256",
-           "describe_encoder", "unwrap"]  # fmt: skip
+           "describe_encoder", "unwrap", "encoder_path"]  # fmt: skip
 
 FORMAT = "spkemb-encoder"
 FORMAT_VERSION = 1
@@ -82,8 +82,9 @@ def _short(err: BaseException) -> str:
     return text[:200]
 
 
-def _resolve(spec: str | Path) -> Path | None:
-    """The encoder file that ``spec`` names, or ``None`` when it names no file or folder."""
+def encoder_path(spec: str | Path) -> Path | None:
+    """The encoder file that ``spec`` names (an experiment folder names its ``encoder.pt``), or
+    ``None`` when it names no file or folder (a built-in encoder's name)."""
     p = Path(spec).expanduser()
     if p.is_dir():
         f = p / ENCODER_FILE
@@ -95,6 +96,31 @@ def _resolve(spec: str | Path) -> Path | None:
     return None
 
 
+def _load_payload(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)``, with every failure as one line that names the file.
+
+    PyTorch's own message for a file it refuses to unpickle advises loading it with
+    ``weights_only=False``, which would run whatever code the file holds: never relay that.
+    """
+    import pickle
+    import warnings
+    import zipfile
+
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise for a file about to be refused
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" in str(err):
+            why = "it refers to Python objects other than tensors and plain values, which are never loaded"
+        else:
+            why = "not a PyTorch file (random bytes, truncated or corrupt?)"
+        raise InputError(f"not a spkemb encoder: {why}", path) from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError, AttributeError, TypeError) as err:
+        raise InputError(f"not a spkemb encoder: cannot read it as a PyTorch file ({type(err).__name__})", path) \
+            from None
+
+
 def load_encoder(spec: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Load an encoder in eval mode.
 
@@ -102,12 +128,12 @@ def load_encoder(spec: str | Path, map_location: str | torch.device = "cpu") -> 
     parameter-free built-in baseline (``mfcc-stats``). Anything wrong raises :class:`InputError`.
     The loaded module carries ``extra`` (the file's extra dict, or {}) and ``source`` (the file).
     """
-    path = _resolve(spec)
+    path = encoder_path(spec)
     if path is None:
         name = str(spec)
         if is_parameter_free(name):
             model = build_encoder(name)
-            model.extra, model.source = {}, None
+            model.extra, model.source = {}, None  # type: ignore[assignment]  # plain attributes
             return model.to(map_location).eval()
         builtin = ", ".join(n for n in list_encoders() if is_parameter_free(n))
         if name.strip().lower().replace("_", "-") in list_encoders():
@@ -121,10 +147,7 @@ def load_encoder(spec: str | Path, map_location: str | torch.device = "cpu") -> 
         raise InputError("not a regular file", path)
     if path.stat().st_size == 0:
         raise InputError("empty encoder file", path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt zip, truncated file, foreign pickle: all the same to the user
-        raise InputError(f"cannot read encoder file ({type(err).__name__}: {_short(err)})", path) from None
+    payload = _load_payload(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"not a spkemb encoder file (no format={FORMAT!r}; a training checkpoint?)", path)
     version = payload.get("format_version")
@@ -153,8 +176,8 @@ def load_encoder(spec: str | Path, map_location: str | torch.device = "cpu") -> 
     except RuntimeError as err:
         raise InputError(f"weights do not match the {config['name']!r} config ({_short(err)})", path) from None
     extra = payload.get("extra")
-    model.extra = extra if isinstance(extra, dict) else {}
-    model.source = str(path)
+    model.extra = extra if isinstance(extra, dict) else {}  # type: ignore[assignment]
+    model.source = str(path)  # type: ignore[assignment]
     return model.to(map_location).eval()
 
 
@@ -173,7 +196,7 @@ def file_sha256(path: str | Path) -> str:
 def encoder_checksum(spec: str | Path) -> str:
     """What identifies the weights behind ``spec``: the SHA-256 of its encoder file, or
     ``builtin:NAME`` for a parameter-free baseline (recorded in stores; shards must agree on it)."""
-    path = _resolve(spec)
+    path = encoder_path(spec)
     if path is None:
         return "builtin:" + str(spec).strip().lower().replace("_", "-")
     return file_sha256(path)
