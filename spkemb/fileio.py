@@ -22,6 +22,12 @@ os.umask(_UMASK)
 
 def _atomic_write(path: str | Path, mode: str, write: Callable[[IO[Any]], object]) -> Path:
     p = Path(path)
+    if p.exists() and not p.is_file() and not p.is_dir():
+        # A device or a pipe (-o /dev/null, -o /dev/stdout, a FIFO): write into it. Renaming a temporary
+        # file over it would replace the device node itself (as root, /dev/null became a regular file).
+        with open(p, mode, encoding=None if "b" in mode else "utf-8") as f:
+            write(f)
+        return p
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{_fitting(p.name, 24)}.", suffix=".tmp", dir=p.parent)
     try:

@@ -1,10 +1,108 @@
-"""`spkemb cluster`: placeholder until its issue lands."""
+"""`spkemb cluster`: cluster an embedding store into pseudo-speakers and write `utt_id label` lines."""
 
 from __future__ import annotations
 
-from spkemb.cli.common import not_yet
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from spkemb.cli.common import console, guarded, print_json, progress
 
 
-def cluster() -> None:
-    """Not implemented yet: exits with status 2."""
-    raise not_yet("cluster", "finetune and cluster come in a later issue")
+class Method(StrEnum):
+    kmeans = "kmeans"
+    ahc = "ahc"
+    two_stage = "two-stage"
+    spectral = "spectral"
+
+
+class Norm(StrEnum):
+    none = "none"
+    mean = "mean"
+    standardize = "standardize"
+
+
+@guarded
+def cluster(
+    embeddings: Path = typer.Argument(..., metavar="EMB.h5", help="Embedding store to cluster."),
+    output: str | None = typer.Option(None, "-o", "--output", help="Write the labels here (atomically) instead "
+                                      "of stdout; '-' for stdout."),
+    method: Method = typer.Option(Method.two_stage, "--method", help="kmeans; ahc (average linkage on cosine "
+                                  "distance); two-stage (k-means to --n-init-clusters, then AHC of the "
+                                  "centroids: scales to millions); spectral (p-pruned cosine affinity)."),
+    n_clusters: int | None = typer.Option(None, "--n-clusters", metavar="N", help="Number of clusters. "
+                                          "spectral without it: estimated from the eigengap."),
+    threshold: float | None = typer.Option(None, "--threshold", metavar="T", help="ahc / two-stage instead of "
+                                           "--n-clusters: stop merging at this average cosine distance (0-2)."),
+    n_init_clusters: int | None = typer.Option(None, "--n-init-clusters", metavar="M", help="two-stage: k-means "
+                                               "clusters of the first stage [default: min(N, max(5000, 5 x "
+                                               "--n-clusters))]."),
+    max_clusters: int = typer.Option(50, "--max-clusters", metavar="K", help="spectral: the largest count "
+                                     "the eigengap estimate considers."),
+    norm: Norm = typer.Option(Norm.none, "--norm", help="Before cosine: none; mean (subtract the embeddings' "
+                              "mean); standardize (and divide by their per-dimension std)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (k-means, spectral); the same seed gives the same "
+                             "labels."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout; labels then go only "
+                                  "to -o."),
+) -> None:
+    """Cluster the embeddings in EMB.h5 into pseudo-speakers.
+
+    Output: one 'utt_id label' line per embedding, in store order, no header (like Kaldi's utt2spk);
+    labels are spk00000, spk00001, ... by cluster size, largest first, so the same partition always
+    gets the same names. `spkemb finetune --labels` reads this file. When the store knows the true
+    speakers, NMI, ARI and purity are printed on stderr (and are in --json). A failed run leaves an
+    existing -o untouched.
+    """
+    from spkemb.cluster import ClusterOptions, cluster_store
+    from spkemb.embeddings.store import read_embeddings
+    from spkemb.errors import InputError
+    from spkemb.fileio import atomic_write_text, refuse_output_onto_inputs
+
+    to_stdout = output is None or output == "-"
+    if json_out and output == "-":
+        raise InputError("--json prints the summary on stdout; give -o FILE for the labels")
+    refuse_output_onto_inputs(output, {"embedding store": embeddings})
+    emb = read_embeddings(embeddings)
+    options = ClusterOptions(method=method.value, n_clusters=n_clusters, threshold=threshold,
+                             n_init_clusters=n_init_clusters, max_clusters=max_clusters, norm=norm.value, seed=seed)
+    with progress(transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("cluster", total=None, info=f"{len(emb)} embeddings")
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        result = cluster_store(emb, options, on_progress, source=str(embeddings))
+    text = result.text()
+    if not to_stdout:
+        atomic_write_text(str(output), text)
+    elif not json_out:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    _report(result.summary, embeddings, None if to_stdout else output)
+    if json_out:
+        print_json({**result.summary, "output": None if to_stdout else output})
+
+
+def _report(s: dict[str, Any], embeddings: Path, output: str | None) -> None:
+    """The human summary on stderr."""
+    how = s["method"]
+    if s["method"] == "two-stage":
+        how += f" ({s.get('kmeans_clusters')} k-means clusters -> {s['n_clusters']})"
+    elif s["method"] == "spectral" and s.get("p_neighbours"):
+        how += f" (p = {s['p_neighbours']}, eigengap estimate {s.get('estimated_clusters')})"
+    z = s["sizes"]
+    singletons = f"{z['singletons']} singleton{'' if z['singletons'] == 1 else 's'}"
+    console.print(f"clustered {s['n_embeddings']} embeddings into [bold]{s['n_clusters']}[/] clusters with {how} "
+                  f"in {s['seconds']:.1f} s; sizes min {z['min']} / median {z['median']:g} / max {z['max']}, "
+                  + singletons + (f"; labels in {output}" if output else ""), highlight=False, soft_wrap=True)
+    if s["nmi"] is None:
+        console.print(f"NMI, ARI and purity unavailable: {embeddings} has no speaker labels",
+                      highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[bold]NMI[/] {s['nmi']:.4f}  [bold]ARI[/] {s['ari']:.4f}  [bold]purity[/] {s['purity']:.4f}"
+                      f"  against {s['n_speakers']} true speakers ({s['n_scored']} embeddings)",
+                      highlight=False, soft_wrap=True)

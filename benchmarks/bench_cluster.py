@@ -1,0 +1,114 @@
+"""Clustering: time and peak memory at 100k x 192, and NMI / ARI / purity on real test-other embeddings.
+
+    python benchmarks/bench_cluster.py [--n 100000] [--dim 192] [--speakers 1000] [--skip-real]
+
+Scale: synthetic Gaussian speakers (unit centres plus noise) written to a store, then each
+`spkemb cluster` command run in a fresh process, so its wall time and peak RSS (``ru_maxrss`` of the
+child) are the whole command's: reading the store, clustering, writing the label file.
+Quality: `spkemb cluster` with each method on the MFCC baseline's test-other embeddings (100
+utterances, 10 speakers; made by ``benchmarks/libri.sh`` and ``spkemb extract mfcc-stats``), raw
+and standardised. One JSON line per run on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spkemb.embeddings.store import write_embeddings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def synthetic(n: int, dim: int, n_spk: int, noise: float, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_spk, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    truth = rng.integers(n_spk, size=n)
+    x = centres[truth] + noise * rng.standard_normal((n, dim)).astype(np.float32)
+    return x, [f"s{t:05d}" for t in truth]
+
+
+def run_cli(args: list[str]) -> dict:
+    """Run `spkemb cluster ARGS --json` in a child; its summary plus wall time and the child's peak RSS."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-m", "spkemb", "cluster", *args, "--json"], stdout=out,
+                                 stderr=err, text=True, cwd=ROOT)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage (ru_maxrss in KiB on Linux)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        if child.returncode:
+            raise SystemExit(f"spkemb cluster {' '.join(args)} failed:\n{err.read()}")
+        summary = json.loads(out.read())
+    summary.update(wall_seconds=round(wall, 2), peak_rss_mib=round(usage.ru_maxrss / 1024),
+                   command="spkemb cluster " + " ".join(args))
+    return summary
+
+
+def scale(a: argparse.Namespace) -> None:
+    x, spk = synthetic(a.n, a.dim, a.speakers, a.noise)
+    runs = [
+        ["--method", "kmeans", "--n-clusters", str(a.speakers)],
+        ["--method", "two-stage", "--n-clusters", str(a.speakers), "--n-init-clusters", str(a.init_clusters)],
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = write_embeddings(Path(tmp) / "synthetic.h5", [f"u{i:07d}" for i in range(a.n)], x, speakers=spk)
+        for args in runs:
+            s = run_cli([str(store), "-o", str(Path(tmp) / "labels.tsv"), *args])
+            keep = ("method", "n_embeddings", "dim", "n_clusters", "kmeans", "kmeans_clusters", "nmi", "ari",
+                    "purity", "sizes", "stage_seconds", "seconds", "wall_seconds", "peak_rss_mib")
+            print(json.dumps({"part": "scale", "data_mib": round(x.nbytes / 2**20),
+                              **{k: s.get(k) for k in keep}, "command": s["command"].replace(tmp, "$TMP")}),
+                  flush=True)
+
+
+def real(a: argparse.Namespace) -> None:
+    store = ROOT / "benchmarks/out/mfcc-stats.test.h5"
+    if not store.is_file():
+        subprocess.run(["bash", "-c", "source benchmarks/libri.sh && spkemb extract mfcc-stats "
+                        "$W/test-other.tsv -o $W/mfcc-stats.test.h5"], check=True, cwd=ROOT)
+    if not store.is_file():
+        print("real: skipped (no corpora; set SPKEMB_CORPORA)", file=sys.stderr)
+        return
+    methods = [["--method", "kmeans", "--n-clusters", "10"], ["--method", "ahc", "--n-clusters", "10"],
+               ["--method", "two-stage", "--n-clusters", "10", "--n-init-clusters", "30"],
+               ["--method", "spectral", "--n-clusters", "10"], ["--method", "spectral"]]
+    keep = ("method", "n_clusters", "nmi", "ari", "purity", "p_neighbours", "estimated_clusters", "sizes")
+    with tempfile.TemporaryDirectory() as tmp:
+        for norm in ("none", "standardize"):
+            for args in methods:
+                s = run_cli([str(store.relative_to(ROOT)), "-o", str(Path(tmp) / "labels.tsv"), *args,
+                             "--norm", norm])
+                print(json.dumps({"part": "real", "norm": norm, **{k: s.get(k) for k in keep},
+                                  "command": s["command"].replace(tmp, "$TMP")}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--dim", type=int, default=192)
+    ap.add_argument("--speakers", type=int, default=1000)
+    ap.add_argument("--init-clusters", type=int, default=5000)
+    ap.add_argument("--noise", type=float, default=0.06, help="per-dimension noise std around unit centres")
+    ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--skip-scale", action="store_true")
+    a = ap.parse_args()
+    if not a.skip_real:
+        real(a)
+    if not a.skip_scale:
+        scale(a)
+
+
+if __name__ == "__main__":
+    main()
