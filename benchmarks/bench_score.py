@@ -1,15 +1,21 @@
-"""Scoring throughput: 1M cosine trials among 10k embeddings (D=192), with EER and minDCF.
+"""Scoring throughput: 1M trials among 10k embeddings (D=192), end to end and in memory.
 
-    python benchmarks/bench_score.py [--trials 1000000] [--ids 10000]
+    python benchmarks/bench_score.py [--trials 1000000] [--ids 10000] [--cohort 1000] [--repeats 3]
 
-Times the in-memory path (id resolution, cosine, metrics) and the whole `spkemb score` command
-(reading the trial list and the store, writing the scores file).
+Times, best of ``--repeats`` (the machine's load is printed with them):
+
+* the in-memory path: resolve ids, cosine, every metric (EER, minDCF, actDCF, Cllr, minCllr);
+* ``spkemb score TRIALS EMB.h5 -o scores --json`` as a fresh process (start-up, reading the trial
+  list and the store, scoring, metrics, writing 1M score lines), plain cosine, with AS-norm against
+  a cohort of ``--cohort`` (top-k 300), and with a PLDA model read from a file;
+* ``spkemb score --scores scores.txt --json``: metrics from the scores file just written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,10 +24,25 @@ from pathlib import Path
 
 import numpy as np
 
-from spkemb.data.trials import Trials, write_trials
-from spkemb.embeddings.store import write_embeddings
-from spkemb.scoring.backends import cosine_scores, resolve_ids
+from spkemb.embeddings.store import EmbeddingSet, write_embeddings
+from spkemb.scoring.backends import ScoreSpace
 from spkemb.scoring.metrics import summarize
+from spkemb.scoring.plda import Plda
+from spkemb.scoring.scores_io import TrialTable, resolve_rows
+
+
+def _best(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def _cli(args: list[str]) -> None:
+    subprocess.run([sys.executable, "-m", "spkemb", "score", *args], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main() -> None:
@@ -29,33 +50,50 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=1_000_000)
     ap.add_argument("--ids", type=int, default=10_000)
     ap.add_argument("--dim", type=int, default=192)
+    ap.add_argument("--cohort", type=int, default=1_000)
+    ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     ids = [f"spk{i // 10:05d}/utt{i:06d}.wav" for i in range(a.ids)]
+    speakers = [u.split("/")[0] for u in ids]
     vectors = rng.standard_normal((a.ids, a.dim)).astype(np.float32)
     e, t = rng.integers(a.ids, size=a.trials), rng.integers(a.ids, size=a.trials)
     labels = (e // 10 == t // 10).astype(np.int8)
     labels[: a.trials // 10] = 1  # make sure both classes are present
-    trials = Trials([ids[i] for i in e], [ids[i] for i in t], labels)
-    index = {u: i for i, u in enumerate(ids)}
+    id_arr = np.array(ids)
+    lines = "\n".join(f"{lab} {x} {y}" for lab, x, y in zip(labels.tolist(), id_arr[e], id_arr[t], strict=True))
 
-    t0 = time.perf_counter()
-    ei, ti, _, _ = resolve_ids(trials, index)
-    scores = cosine_scores(vectors, ei, ti)
-    summarize(scores, trials.labels)
-    core = time.perf_counter() - t0
+    import pyarrow as pa  # type: ignore[import-untyped]
 
+    table = TrialTable(pa.array(id_arr[e]), pa.array(id_arr[t]), labels)
+    store = EmbeddingSet(ids, vectors)
+
+    def core() -> None:
+        ei, ti, _, _ = resolve_rows(table, store.ids)
+        summarize(ScoreSpace.cosine(store.vectors).pairs(ei, ti), labels)
+
+    result: dict[str, object] = {"trials": a.trials, "ids": a.ids, "dim": a.dim, "cohort": a.cohort,
+                                 "repeats": a.repeats, "load_before": os.getloadavg()[0]}
+    result["core_s"] = round(_best(core, a.repeats), 3)
     with tempfile.TemporaryDirectory() as tmp:
-        store, tr, out = Path(tmp) / "e.h5", Path(tmp) / "trials.txt", Path(tmp) / "scores.txt"
-        write_embeddings(store, ids, vectors)
-        write_trials(trials, tr)
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "spkemb", "score", str(tr), str(store), "-o", str(out), "--json"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        whole = time.perf_counter() - t0
-    print(json.dumps({"trials": a.trials, "ids": a.ids, "dim": a.dim,
-                      "core_trials_per_s": round(a.trials / core), "core_seconds": round(core, 3),
-                      "cli_trials_per_s": round(a.trials / whole), "cli_seconds": round(whole, 3)}))
+        d = Path(tmp)
+        emb, coh, tr, out = d / "e.h5", d / "cohort.h5", d / "trials.txt", d / "scores.txt"
+        write_embeddings(emb, ids, vectors, speakers=speakers)
+        write_embeddings(coh, [f"c{i}" for i in range(a.cohort)], rng.standard_normal((a.cohort, a.dim)))
+        tr.write_text(lines + "\n")
+        plda = d / "plda.npz"
+        Plda.fit(vectors, speakers).save(plda)
+        base = [str(tr), str(emb), "-o", str(out), "--json"]
+        result["cli_cosine_s"] = round(_best(lambda: _cli(base), a.repeats), 3)
+        result["cli_asnorm_s"] = round(_best(lambda: _cli([*base, "--cohort", str(coh), "--norm", "asnorm",
+                                                          "--top-k", "300"]), a.repeats), 3)
+        result["cli_plda_s"] = round(_best(lambda: _cli([*base, "--backend", "plda", "--plda", str(plda)]),
+                                           a.repeats), 3)
+        _cli(base)
+        result["cli_scores_in_s"] = round(_best(lambda: _cli(["--scores", str(out), "--json"]), a.repeats), 3)
+        result["cli_help_s"] = round(_best(lambda: _cli(["--help"]), a.repeats), 3)
+    result["load_after"] = os.getloadavg()[0]
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic_write(path, "w", lambda f: f.write(text))
 
 
+def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> Path:
+    def write(f: IO[Any]) -> None:
+        f.write(data)
+
+    return _atomic_write(path, "wb", write)
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     import torch
 

@@ -13,6 +13,7 @@ from spkemb.scoring.metrics import (
     compute_act_dcf,
     compute_cllr,
     compute_eer,
+    compute_min_cllr,
     compute_min_dcf,
     det_curve,
     summarize,
@@ -88,10 +89,16 @@ def test_det_curve_is_monotone_and_spans_the_square() -> None:
 def test_summarize_keys_and_units() -> None:
     scores, labels = _data(500, 4)
     s = summarize(scores, labels)
-    assert set(s) == {"eer", "eer_threshold", "mindcf_p0.01", "mindcf_p0.05", "targets", "nontargets"}
+    assert set(s) == {"eer", "eer_threshold", "mindcf_p0.01", "mindcf_p0.05", "actdcf_p0.01", "actdcf_p0.05",
+                      "cllr", "mincllr", "targets", "nontargets"}
     assert s["eer"] == pytest.approx(100 * compute_eer(scores, labels)[0])
     assert s["targets"] == int(labels.sum()) and s["nontargets"] == int((labels == 0).sum())
     assert 0 <= s["mindcf_p0.01"] <= 1
+    assert s["cllr"] == pytest.approx(compute_cllr(scores, labels))
+    assert s["mincllr"] == pytest.approx(compute_min_cllr(scores, labels))
+    assert s["actdcf_p0.05"] == pytest.approx(compute_act_dcf(scores, labels, 0.05)[0])
+    other = summarize(scores, labels, (0.001, 0.1))
+    assert "mindcf_p0.001" in other and "actdcf_p0.1" in other and "mindcf_p0.01" not in other
 
 
 def test_act_dcf_and_cllr() -> None:
@@ -105,8 +112,63 @@ def test_act_dcf_and_cllr() -> None:
     assert act == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("p_target", [0.01, 0.05, 0.5])
+def test_act_dcf_and_cllr_equal_per_trial_references(p_target: float) -> None:
+    """actDCF: count the decisions at the Bayes threshold one trial at a time; Cllr: the formula with math.log2."""
+    import math
+
+    scores, labels = _data(2000, 7)
+    llr = 2.0 * scores - 1.0
+    thr = math.log((1 - p_target) / p_target)
+    miss = sum(1 for s, lab in zip(llr, labels, strict=True) if lab and s < thr) / labels.sum()
+    fa = sum(1 for s, lab in zip(llr, labels, strict=True) if not lab and s >= thr) / (labels == 0).sum()
+    want = (p_target * miss + (1 - p_target) * fa) / min(p_target, 1 - p_target)
+    assert compute_act_dcf(llr, labels, p_target)[0] == pytest.approx(want, abs=1e-12)
+    c_tar = [math.log2(1 + math.exp(-s)) for s, lab in zip(llr, labels, strict=True) if lab]
+    c_non = [math.log2(1 + math.exp(s)) for s, lab in zip(llr, labels, strict=True) if not lab]
+    assert compute_cllr(llr, labels) == pytest.approx((np.mean(c_tar) + np.mean(c_non)) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("decimals", [None, 1, 0])
+@pytest.mark.parametrize("sep", [0.3, 1.5, 6.0])
+def test_min_cllr_equals_cllr_after_sklearn_pav(decimals: int | None, sep: float) -> None:
+    """Reference: scikit-learn's isotonic regression (PAV, ties pooled) gives the optimal posteriors;
+    their LLRs against the list's own prior give minCllr, computed per trial."""
+    import math
+
+    from sklearn.isotonic import IsotonicRegression
+
+    rng = np.random.default_rng(int(sep * 10) + (decimals or 9))
+    labels = (rng.random(2500) < 0.25).astype(np.int8)
+    scores = rng.normal(size=2500) + sep * labels
+    if decimals is not None:
+        scores = np.round(scores, decimals)
+    post = IsotonicRegression(y_min=0, y_max=1).fit_transform(scores, labels)
+    odds = labels.mean() / (1 - labels.mean())
+    c_tar = [0.0 if p == 1 else math.log2(1 + (1 - p) / p * odds) for p, lab in zip(post, labels, strict=True) if lab]
+    c_non = [0.0 if p == 0 else math.log2(1 + p / (1 - p) / odds) for p, lab in zip(post, labels, strict=True)
+             if not lab]
+    want = (np.mean(c_tar) + np.mean(c_non)) / 2
+    assert compute_min_cllr(scores, labels) == pytest.approx(want, abs=1e-9)
+    assert compute_min_cllr(scores, labels) <= compute_cllr(2 * scores - 1, labels)  # no monotone map beats it
+
+
+def test_min_cllr_hand_cases_and_the_stack_walk() -> None:
+    from spkemb.scoring.metrics import _det, _pav, _pooled
+
+    labels = np.array([1, 1, 0, 0, 0])
+    assert compute_min_cllr(np.array([0.9, 0.8, 0.1, 0.2, 0.3]), labels) == 0.0  # separable
+    assert compute_min_cllr(np.zeros(5), labels) == pytest.approx(1.0)  # one tied block: no information
+    assert compute_min_cllr(-np.array([0.9, 0.8, 0.1, 0.2, 0.3]), labels) == pytest.approx(1.0)  # reversed
+    scores, lab = _data(3000, 8, decimals=2)
+    counts, tars = _pooled(_det(scores.astype(np.float64), lab.astype(bool)))
+    fast, walked = _pav(counts, tars), _pav(counts, tars, passes=0)  # vectorised passes vs the stack walk alone
+    assert all(np.array_equal(a, b) for a, b in zip(fast, walked, strict=True))
+    assert np.all(np.diff(fast[1] / fast[0]) > 0)  # pooled posteriors strictly increase
+
+
 @pytest.mark.parametrize("fn", [compute_eer, lambda s, lab: compute_min_dcf(s, lab, 0.01), compute_cllr,
-                                lambda s, lab: compute_act_dcf(s, lab, 0.01), summarize])
+                                lambda s, lab: compute_act_dcf(s, lab, 0.01), summarize, compute_min_cllr])
 def test_empty_class_raises(fn) -> None:  # noqa: ANN001
     with pytest.raises(InputError, match="no target"):
         fn(np.array([0.1, 0.2]), np.array([0, 0]))

@@ -125,13 +125,16 @@ def test_missing_ids_fail_unless_skipped(setup: dict[str, Path], tmp_path: Path)
     assert summary["skipped"] == 2 and summary["trials"] == 66
 
 
-@pytest.mark.parametrize("norm", ["mean", "standardize", "asnorm"])
+@pytest.mark.parametrize("norm", ["mean", "standardize", "znorm", "tnorm", "snorm", "asnorm"])
 def test_norms_run_with_a_cohort(setup: dict[str, Path], norm: str) -> None:
+    top_k = ["--top-k", "5"] if norm == "asnorm" else []
     r = runner.invoke(app, ["score", str(setup["vox"]), str(setup["emb"]), "--cohort", str(setup["cohort"]),
-                            "--norm", norm, "--top-k", "5", "--json"])
+                            "--norm", norm, *top_k, "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["norm"] == norm and summary["eer"] < 20
+    for key in ("actdcf_p0.01", "actdcf_p0.05", "cllr", "mincllr"):
+        assert isinstance(summary[key], float)
 
 
 def test_usage_errors(setup: dict[str, Path], tmp_path: Path) -> None:
@@ -144,20 +147,88 @@ def test_usage_errors(setup: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_score_trials_core_without_the_cli() -> None:
-    import numpy as np
-
     from spkemb.data.trials import Trials
     from spkemb.embeddings.store import EmbeddingSet
     from spkemb.errors import InputError
-    from spkemb.scoring.trials import score_trials
+    from spkemb.scoring.trials import ScoreOptions, score_trials
 
     store = EmbeddingSet(["a", "b", "c"], np.array([[1, 0], [1, 0.1], [0, 1]], dtype=np.float32))
     trials = Trials(["a", "a", "x"], ["b", "c", "a"], np.array([1, 0, 1], dtype=np.int8))
-    res = score_trials(trials, store, skip_missing=True)
-    assert res.summary["skipped"] == 1 and res.missing == ["x"]
-    assert res.summary["eer"] == 0.0
+    res = score_trials(trials, store, ScoreOptions(skip_missing=True))
+    assert res.skipped == 1 and res.missing == ["x"]
+    assert res.summary()["eer"] == 0.0
     assert [line.split()[3] for line in res.lines().splitlines()] == ["target", "nontarget"]
     with pytest.raises(InputError, match="not in"):
         score_trials(trials, store)
     with pytest.raises(InputError, match="asnorm needs"):
-        score_trials(trials, store, norm="asnorm")
+        score_trials(trials, store, ScoreOptions(norm="asnorm"))
+
+
+def _one_error_line(r) -> str:  # noqa: ANN001
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def test_bad_cohorts_are_one_line_and_write_nothing(setup: dict[str, Path], tmp_path: Path) -> None:
+    wide, empty = tmp_path / "wide.h5", tmp_path / "empty.h5"
+    write_embeddings(wide, [f"c{i}" for i in range(10)], np.zeros((10, DIM + 2)))
+    import h5py
+
+    with h5py.File(empty, "w") as f:  # write_embeddings cannot make an empty store; extraction could
+        f.create_dataset("utt_id", shape=(0,), dtype=h5py.string_dtype())
+        f.create_dataset("embedding", shape=(0, DIM), dtype="float32")
+        f.attrs.update({"format": "spkemb-embeddings", "format_version": 1, "complete": True})
+    out, det = tmp_path / "scores.txt", tmp_path / "det.png"
+    out.write_text("precious\n")
+    for cohort, norm, message in ((wide, "asnorm", "-d"), (wide, "standardize", "-d"), (empty, "snorm", "empty"),
+                                  (empty, "mean", "empty")):
+        line = _one_error_line(runner.invoke(app, ["score", str(setup["vox"]), str(setup["emb"]), "--cohort",
+                                                   str(cohort), "--norm", norm, "-o", str(out), "--det", str(det)]))
+        assert str(cohort) in line and message in line
+        assert out.read_text() == "precious\n" and not det.exists()
+
+
+def test_scores_in_metrics_out(setup: dict[str, Path], tmp_path: Path) -> None:
+    scores = tmp_path / "scores.txt"
+    r = runner.invoke(app, ["score", str(setup["vox"]), str(setup["emb"]), "-o", str(scores), "--json"])
+    assert r.exit_code == 0, r.output
+    computed = json.loads(r.stdout)
+    r = runner.invoke(app, ["score", "--scores", str(scores), "--json"])
+    assert r.exit_code == 0, r.output
+    from_file = json.loads(r.stdout)
+    for key in ("eer", "mindcf_p0.01", "cllr", "mincllr", "targets", "nontargets"):
+        assert from_file[key] == pytest.approx(computed[key], abs=1e-4)
+    assert from_file["scores_file"] == str(scores) and from_file["output"] is None
+    # Scores in, (re)written only with -o; stdin works too.
+    r = runner.invoke(app, ["score", "--scores", "-", "-o", "-"], input=scores.read_text())
+    assert r.exit_code == 0 and r.stdout == scores.read_text()
+    # The computed system and another toolkit's file side by side.
+    r = runner.invoke(app, ["score", str(setup["vox"]), str(setup["emb"]), "--scores", str(scores), "--name", "mine",
+                            "--json", "-o", str(tmp_path / "again.txt")])
+    assert r.exit_code == 0, r.output
+    assert [s["name"] for s in json.loads(r.stdout)["systems"]] == ["mine", "scores.txt"]
+
+
+def test_usage_errors_of_the_new_options(setup: dict[str, Path], tmp_path: Path) -> None:
+    scores = tmp_path / "s.txt"
+    scores.write_text("a b 0.5 target\nc d 0.1 nontarget\n")
+    cases = [
+        (["score", str(setup["vox"])], "EMB.h5 is missing"),
+        (["score"], "nothing to score"),
+        (["score", str(setup["vox"]), str(setup["emb"]), "--top-k", "5"], "--top-k is for --norm asnorm"),
+        (["score", str(setup["vox"]), str(setup["emb"]), "--cohort", str(setup["cohort"]), "--norm", "znorm",
+          "--top-k", "5"], "--top-k is for --norm asnorm"),
+        (["score", "--scores", str(scores), "--norm", "snorm"], "need TRIALS EMB.h5"),
+        (["score", "--scores", str(scores), "--cohort", str(setup["cohort"])], "needs TRIALS EMB.h5"),
+        (["score", "--scores", str(setup["plain"])], "not a scores file"),
+        (["score", str(setup["vox"]), str(setup["emb"]), "--p-target", "1.5"], "--p-target"),
+        (["score", str(setup["vox"]), str(setup["emb"]), "--quality", "duration"], "--quality feeds calibration"),
+        (["score", str(setup["vox"]), str(setup["emb"]), "-o", str(tmp_path / "x.png"), "--det",
+          str(tmp_path / "x.png")], "same file"),
+        (["score", str(setup["vox"]), str(setup["emb"]), "-o", str(setup["vox"])], "input"),
+    ]
+    for args, message in cases:
+        line = _one_error_line(runner.invoke(app, args))
+        assert message in line, (args, line)

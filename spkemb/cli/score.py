@@ -1,9 +1,11 @@
-"""`spkemb score`: score a trial list against an embedding store and report EER / minDCF."""
+"""`spkemb score`: score trials (cosine or PLDA, normalised, calibrated) or read scores files; report
+EER, minDCF, actDCF, Cllr; draw DET curves and score histograms."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -14,69 +16,131 @@ class Norm(StrEnum):
     none = "none"
     mean = "mean"
     standardize = "standardize"
+    znorm = "znorm"
+    tnorm = "tnorm"
+    snorm = "snorm"
     asnorm = "asnorm"
+
+
+class Backend(StrEnum):
+    cosine = "cosine"
+    plda = "plda"
+
+
+class Quality(StrEnum):
+    duration = "duration"
+
+
+_EMB = "Embedding store"
 
 
 @guarded
 def score(
-    trials: str = typer.Argument(..., metavar="TRIALS", help="Trial list: 'label enroll test' (VoxCeleb), 'enroll test "
-                                 "target|nontarget' (Kaldi) or 'enroll test'; '-' for stdin."),
-    embeddings: Path = typer.Argument(..., metavar="EMB.h5", help="Embedding store whose utt_ids the trial "
-                                      "ids name."),
-    output: str | None = typer.Option(None, "-o", "--output", help="Write scores here (atomically) instead "
-                                      "of stdout; '-' for stdout."),
-    cohort: Path | None = typer.Option(None, "--cohort", metavar="COHORT.h5", help="Cohort store for --norm "
-                                       "(e.g. training-set embeddings). mean/standardize fall back to EMB.h5 "
-                                       "itself; asnorm needs one."),
-    norm: Norm = typer.Option(Norm.none, "--norm", help="none: plain cosine; mean / standardize: subtract "
-                              "the cohort mean (and divide by its std) before cosine; asnorm: adaptive "
-                              "symmetric score normalisation against the cohort."),
-    top_k: int = typer.Option(300, "--top-k", min=1, help="AS-norm: cohort scores kept per embedding."),
-    skip_missing: bool = typer.Option(False, "--skip-missing", help="Drop trials whose ids are not in the "
-                                      "store instead of failing."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout; scores then go "
-                                  "only to -o."),
+    trials: str | None = typer.Argument(None, metavar="[TRIALS]", help="Trial list: 'label enroll test' (VoxCeleb), "
+                                        "'enroll test target|nontarget' (Kaldi) or 'enroll test'; '-' for stdin."),
+    embeddings: Path | None = typer.Argument(None, metavar="[EMB.h5]", help="Embedding store whose utt_ids the "
+                                             "trial ids name."),
+    output: str | None = typer.Option(None, "-o", "--output", help="Write scores here (atomically) instead of "
+                                      "stdout; '-' for stdout."),
+    scores_files: list[str] | None = typer.Option(None, "--scores", metavar="FILE", help="An existing scores file "
+                                                  "('enroll test score [target|nontarget]', e.g. from another "
+                                                  "toolkit): its metrics, and a curve on the plots. Repeatable. "
+                                                  "Without TRIALS EMB.h5 the first one is the system that -o and "
+                                                  "calibration act on.", rich_help_panel="Scores in"),
+    names: list[str] | None = typer.Option(None, "--name", help="Legend name of a system, in order: this run's "
+                                           "system first, then each --scores file. Repeatable [default: the store "
+                                           "name and back-end, or the scores file's name].",
+                                           rich_help_panel="Scores in"),
+    backend: Backend = typer.Option(Backend.cosine, "--backend", help="cosine, or plda (needs --train or --plda).",
+                                    rich_help_panel="Back-end"),
+    norm: Norm = typer.Option(Norm.none, "--norm", help="none; mean / standardize: subtract the cohort mean (and "
+                              "divide by its std) before the back-end; znorm / tnorm / snorm: normalise scores by "
+                              "the enrolment's / test's / both sides' scores against the cohort; asnorm: snorm "
+                              "over each side's --top-k best cohort scores.", rich_help_panel="Back-end"),
+    cohort: Path | None = typer.Option(None, "--cohort", metavar="COHORT.h5", help="Cohort store for --norm (e.g. "
+                                       "training-set embeddings). mean/standardize fall back to EMB.h5 itself; the "
+                                       "score norms need one.", rich_help_panel="Back-end"),
+    top_k: int | None = typer.Option(None, "--top-k", help="asnorm: best cohort scores kept per embedding "
+                                     "[default: 300].", rich_help_panel="Back-end"),
+    train: Path | None = typer.Option(None, "--train", metavar="TRAIN.h5", help="Train the PLDA back-end on this "
+                                      "labelled store (LDA, length norm, two-covariance PLDA).",
+                                      rich_help_panel="Back-end"),
+    plda: Path | None = typer.Option(None, "--plda", metavar="MODEL.npz", help="A PLDA model saved by "
+                                     "--save-plda.", rich_help_panel="Back-end"),
+    save_plda: Path | None = typer.Option(None, "--save-plda", metavar="MODEL.npz", help="Save the PLDA model "
+                                          "that --train trains.", rich_help_panel="Back-end"),
+    lda_dim: int | None = typer.Option(None, "--lda-dim", min=1, help="PLDA training: LDA dimension [default: "
+                                       "min(embedding size, speakers - 1)].", rich_help_panel="Back-end"),
+    calibration: Path | None = typer.Option(None, "--calibration", metavar="CAL.json", help="Apply this "
+                                            "calibration: scores become log-likelihood ratios.",
+                                            rich_help_panel="Calibration"),
+    fit_calibration: Path | None = typer.Option(None, "--fit-calibration", metavar="CAL.json", help="Fit a "
+                                                "linear logistic-regression calibration on these (development) "
+                                                "trials and save it.", rich_help_panel="Calibration"),
+    quality: list[Quality] | None = typer.Option(None, "--quality", help="Quality measures for the calibration "
+                                                 "(WeSpeaker's QMF): duration = log of the shorter and longer "
+                                                 "utterance's duration (needs --manifest).",
+                                                 rich_help_panel="Calibration"),
+    manifests: list[Path] | None = typer.Option(None, "--manifest", metavar="MANIFEST.tsv", help="Manifest(s) "
+                                                "with the durations of the trial ids. Repeatable.",
+                                                rich_help_panel="Calibration"),
+    p_targets: list[float] | None = typer.Option(None, "--p-target", help="DCF operating point(s): minDCF and "
+                                                 "actDCF at each. Repeatable [default: 0.01 and 0.05].",
+                                                 rich_help_panel="Report"),
+    det: Path | None = typer.Option(None, "--det", metavar="FILE.png|.svg|.pdf", help="Draw the DET curve(s) "
+                                    "(EER and minDCF at the first --p-target marked).", rich_help_panel="Report"),
+    hist: Path | None = typer.Option(None, "--hist", metavar="FILE.png|.svg|.pdf", help="Draw target / "
+                                     "non-target score histograms.", rich_help_panel="Report"),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="Drop trials whose ids are not in the store "
+                                      "instead of failing."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout; scores then go only "
+                                  "to -o.", rich_help_panel="Report"),
 ) -> None:
-    """Cosine-score TRIALS with the embeddings in EMB.h5.
+    """Score TRIALS with the embeddings in EMB.h5, or report on existing scores files (--scores).
 
     Scores are 'enroll test score' lines, with a fourth column target|nontarget when the trials are
-    labelled (so a scores file is itself a labelled trial list). With labels, EER and minDCF
-    (p_target 0.01 and 0.05) are reported on stderr. A failed run leaves an existing -o untouched.
+    labelled (so a scores file is itself a labelled trial list). With labels, EER, minDCF, actDCF
+    (which reads the scores as natural-log LLRs), Cllr and minCllr are reported on stderr. Without
+    TRIALS EMB.h5, --scores FILE gives the metrics of an existing scores file; its scores are
+    written only with -o (e.g. calibrated with --calibration). Several --scores files draw as
+    several systems on one --det plot. Nothing is written when an input is bad, and a failed run
+    leaves an existing -o untouched.
+
+    Examples: spkemb score trials.txt emb.h5 --cohort train.h5 --norm asnorm --det det.png;
+    spkemb score dev.txt emb.h5 --fit-calibration cal.json;
+    spkemb score test.txt emb.h5 --calibration cal.json --json;
+    spkemb score --scores ours.txt --scores theirs.txt --det compare.svg.
     """
-    import sys
+    from spkemb.scoring.pipeline import ScoreRequest, run_score
+    from spkemb.scoring.trials import ScoreOptions
 
-    from spkemb.data.manifest import atomic_write_text
-    from spkemb.data.trials import read_trials
-    from spkemb.embeddings.store import read_embeddings
-    from spkemb.errors import InputError
-    from spkemb.scoring.trials import score_trials
+    def s(p: Path | None) -> str | None:
+        return None if p is None else str(p)
 
-    if cohort is not None and norm is Norm.none:
-        raise InputError("--cohort has no effect without --norm mean|standardize|asnorm")
-    if norm is Norm.asnorm and cohort is None:
-        raise InputError("--norm asnorm needs a cohort store (--cohort COHORT.h5)")
-    to_stdout = output is None or output == "-"
-    if json_out and output == "-":
-        raise InputError("--json prints the summary on stdout; give -o FILE for the scores")
-
-    result = score_trials(read_trials(trials), read_embeddings(embeddings), norm=norm.value,
-                          cohort=read_embeddings(cohort) if cohort is not None else None, top_k=top_k,
-                          skip_missing=skip_missing, source=str(embeddings))
-    summary = {**result.summary, "output": None if to_stdout else output}
-    if summary["skipped"]:
-        console.print(f"skipped {summary['skipped']} of {len(result.trials)} trials: {len(result.missing)} ids "
-                      f"are not in {embeddings}", highlight=False, soft_wrap=True)
-    if not to_stdout:
-        atomic_write_text(output, result.lines())
-    elif not json_out:
-        sys.stdout.write(result.lines())
-        sys.stdout.flush()
-    if result.labels is not None:
-        console.print(
-            f"[bold]EER[/] {summary['eer']:.3f}%  [bold]minDCF[/](0.01) {summary['mindcf_p0.01']:.4f}  "
-            f"[bold]minDCF[/](0.05) {summary['mindcf_p0.05']:.4f}  "
-            f"({summary['targets']} target / {summary['nontargets']} non-target trials, norm {norm.value})",
-            highlight=False, soft_wrap=True,
-        )
+    request = ScoreRequest(
+        trials=trials, embeddings=s(embeddings), scores_files=list(scores_files or []), output=output,
+        options=ScoreOptions(backend=backend.value, norm=norm.value, top_k=top_k, skip_missing=skip_missing),
+        cohort=s(cohort), train=s(train), plda=s(plda), save_plda=s(save_plda), lda_dim=lda_dim,
+        calibration=s(calibration), fit_calibration=s(fit_calibration), quality=[q.value for q in quality or []],
+        manifests=[str(m) for m in manifests or []], p_targets=tuple(p_targets or (0.01, 0.05)), det=s(det),
+        hist=s(hist), names=list(names or []), json_out=json_out,
+    )
+    result = run_score(request, lambda m: console.print(m, highlight=False, soft_wrap=True))
+    for sys_name, summary in result.systems:
+        _print_metrics(sys_name, summary, request.p_targets)
     if json_out:
-        print_json(summary)
+        first = dict(result.systems[0][1])
+        first["output"] = output if output not in (None, "-") else None
+        if len(result.systems) > 1:
+            first["systems"] = [summary for _, summary in result.systems]
+        print_json(first)
+
+
+def _print_metrics(name: str, s: dict[str, Any], p_targets: tuple[float, ...]) -> None:
+    if s["eer"] is None:
+        return
+    dcf = "  ".join(f"[bold]minDCF[/]({p:g}) {s[f'mindcf_p{p:g}']:.4f}  [bold]actDCF[/]({p:g}) "
+                    f"{s[f'actdcf_p{p:g}']:.4f}" for p in p_targets)
+    console.print(f"{name}: [bold]EER[/] {s['eer']:.3f}%  {dcf}  [bold]Cllr[/] {s['cllr']:.3f}  [bold]minCllr[/] "
+                  f"{s['mincllr']:.3f}  ({s['targets']} target / {s['nontargets']} non-target trials)",
+                  highlight=False, soft_wrap=True)

@@ -46,25 +46,34 @@ class Trials:
 
 def read_trials(path: str | Path) -> Trials:
     """Read a trial list (``-`` for stdin); a malformed line raises InputError with its number."""
+    return parse_trial_lines(_read_lines(path), path)[0]
+
+
+def _read_lines(path: str | Path) -> list[str]:
     if str(path) == "-":
-        lines = sys.stdin.read().removeprefix("\ufeff").splitlines()  # (a UTF-8 byte-order mark, as some editors write)
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise InputError("no such trial list", path)
-        try:
-            lines = p.read_text(encoding="utf-8-sig").splitlines()
-        except UnicodeDecodeError:
-            raise InputError("not a text trial list (cannot decode as UTF-8)", path) from None
+        return sys.stdin.read().removeprefix("\ufeff").splitlines()  # (a UTF-8 byte-order mark, as some editors write)
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("no such trial list", path)
+    try:
+        return p.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise InputError("not a text trial list (cannot decode as UTF-8)", path) from None
+
+
+def parse_trial_lines(lines: Iterable[str], path: str | Path | None = None) -> tuple[Trials, np.ndarray | None]:
+    """Parse the lines of a trial list or scores file; also return the score column (float64, NaN on
+    lines without one) when any line has one, else None. Errors name ``path`` and the line number."""
     enroll: list[str] = []
     test: list[str] = []
     labels: list[int] = []
+    scores: list[float] = []
     kind: str | None = None
     for lineno, line in enumerate(lines, start=1):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
-        this, label, e, t = _parse(fields)
+        this, label, e, t, score = _parse(fields)
         if this is None:
             raise InputError(f"line {lineno}: cannot parse trial {line.strip()!r} "
                              "(expected 'label enroll test', 'enroll test target|nontarget' or 'enroll test')",
@@ -76,27 +85,31 @@ def read_trials(path: str | Path) -> Trials:
                              f"{kind} trials", path)
         enroll.append(e)
         test.append(t)
+        scores.append(score)
         if label is not None:
             labels.append(label)
     if not enroll:
         raise InputError("trial list has no trials", path)
     arr = np.asarray(labels, dtype=np.int8) if kind != "unlabelled" else None
-    return Trials(enroll, test, arr)
+    score_arr = np.asarray(scores, dtype=np.float64)
+    return Trials(enroll, test, arr), (None if np.isnan(score_arr).all() else score_arr)
 
 
-def _parse(f: list[str]) -> tuple[str | None, int | None, str, str]:
+def _parse(f: list[str]) -> tuple[str | None, int | None, str, str, float]:
+    """``(kind, label, enroll, test, score)`` of one line's fields; kind None when unparseable."""
     n = len(f)
+    nan = float("nan")
     if n == 3 and f[0] in ("0", "1"):
-        return "voxceleb", int(f[0]), f[1], f[2]
+        return "voxceleb", int(f[0]), f[1], f[2], nan
     if n == 3 and f[2] in _KALDI:
-        return "kaldi", _KALDI[f[2]], f[0], f[1]
+        return "kaldi", _KALDI[f[2]], f[0], f[1], nan
     if n == 2:
-        return "unlabelled", None, f[0], f[1]
+        return "unlabelled", None, f[0], f[1], nan
     if n == 4 and f[3] in _KALDI and _is_float(f[2]):
-        return "kaldi", _KALDI[f[3]], f[0], f[1]
+        return "kaldi", _KALDI[f[3]], f[0], f[1], float(f[2])
     if n == 3 and _is_float(f[2]):
-        return "unlabelled", None, f[0], f[1]
-    return None, None, "", ""
+        return "unlabelled", None, f[0], f[1], float(f[2])
+    return None, None, "", "", nan
 
 
 def _is_float(s: str) -> bool:

@@ -1,8 +1,14 @@
-"""Scoring back-ends: trial-id resolution, cosine scoring, cohort normalisation and AS-norm.
+"""Scoring back-ends: trial-id resolution, cosine scoring, embedding normalisation, score spaces.
 
 Everything works on row indices into one ``(N, D)`` matrix of embeddings, so a million trials
 among ten thousand utterances cost two gathers and a row-wise dot product per chunk, and no Python
 loop per trial.
+
+A back-end maps embeddings to a :class:`ScoreSpace`: rows ``z`` and per-row offsets ``bias`` such
+that ``score(a, b) = z[a] . z[b] + bias[a] + bias[b]``. Cosine is unit rows with no bias; PLDA's
+log-likelihood ratio takes the same form after simultaneous diagonalisation
+(:mod:`spkemb.scoring.plda`). Trial scores, cohort score matrices and so every score
+normalisation (:mod:`spkemb.scoring.norm`) are then the same matrix products for both.
 """
 
 from __future__ import annotations
@@ -16,13 +22,12 @@ import numpy as np
 from spkemb.data.trials import Trials
 from spkemb.errors import InputError
 
-__all__ = ["NORM_MODES", "Normalizer", "as_norm", "cosine_scores", "l2_normalize", "resolve_ids"]
+__all__ = ["NORM_MODES", "Normalizer", "ScoreSpace", "as_norm", "cosine_scores", "l2_normalize", "resolve_ids"]
 
 NORM_MODES = ("mean", "standardize")
 _EPS = 1e-12
 # Trials (or cohort rows) per chunk: bounds the temporary (chunk, D) / (chunk, C) matrices.
 _TRIAL_CHUNK = 2048  # small enough that both gathered blocks stay in cache (~4x faster than 64k)
-_MATRIX_ELEMS = 1 << 24
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -70,6 +75,48 @@ def resolve_ids(
     return enroll[keep], test[keep], keep, missing
 
 
+@dataclass
+class ScoreSpace:
+    """Rows ``z`` (N, K) float32 and optional per-row offsets ``bias`` (N,) float64 with
+    ``score(a, b) = z[a] . z[b] + bias[a] + bias[b]``."""
+
+    z: np.ndarray
+    bias: np.ndarray | None = None
+
+    @classmethod
+    def cosine(cls, vectors: np.ndarray) -> ScoreSpace:
+        return cls(l2_normalize(vectors))
+
+    def __len__(self) -> int:
+        return int(self.z.shape[0])
+
+    def rows(self, idx: np.ndarray) -> ScoreSpace:
+        return ScoreSpace(self.z[idx], None if self.bias is None else self.bias[idx])
+
+    def pairs(self, enroll_idx: np.ndarray, test_idx: np.ndarray) -> np.ndarray:
+        """Scores of trials ``(enroll_idx[i], test_idx[i])``, float64, in chunks of row-wise dot products."""
+        e = np.asarray(enroll_idx, dtype=np.int64).reshape(-1)
+        t = np.asarray(test_idx, dtype=np.int64).reshape(-1)
+        if e.shape != t.shape:
+            raise InputError(f"{e.size} enrolment indices but {t.size} test indices")
+        out = np.empty(e.size, dtype=np.float64)
+        for lo in range(0, e.size, _TRIAL_CHUNK):
+            hi = min(lo + _TRIAL_CHUNK, e.size)
+            out[lo:hi] = np.einsum("ij,ij->i", self.z[e[lo:hi]], self.z[t[lo:hi]])
+        if self.bias is not None:
+            out += self.bias[e] + self.bias[t]
+        return out
+
+    def matrix(self, other: ScoreSpace) -> np.ndarray:
+        """All scores of this space's rows against ``other``'s: one matrix product, (N, M) float32."""
+        s = self.z @ other.z.T
+        if self.bias is not None:
+            s += self.bias[:, None].astype(np.float32)
+        if other.bias is not None:
+            s += other.bias[None, :].astype(np.float32)
+        return s
+
+
 def cosine_scores(
     vectors: np.ndarray, enroll_idx: np.ndarray, test_idx: np.ndarray, normalized: bool = False
 ) -> np.ndarray:
@@ -79,15 +126,7 @@ def cosine_scores(
     scored in chunks with a row-wise dot product.
     """
     v = np.asarray(vectors, dtype=np.float32) if normalized else l2_normalize(vectors)
-    e = np.asarray(enroll_idx, dtype=np.int64).reshape(-1)
-    t = np.asarray(test_idx, dtype=np.int64).reshape(-1)
-    if e.shape != t.shape:
-        raise InputError(f"{e.size} enrolment indices but {t.size} test indices")
-    out = np.empty(e.size, dtype=np.float64)
-    for lo in range(0, e.size, _TRIAL_CHUNK):
-        hi = min(lo + _TRIAL_CHUNK, e.size)
-        out[lo:hi] = np.einsum("ij,ij->i", v[e[lo:hi]], v[t[lo:hi]])
-    return out
+    return ScoreSpace(v).pairs(enroll_idx, test_idx)
 
 
 @dataclass
@@ -129,26 +168,6 @@ class Normalizer:
         return out
 
 
-def _top_k_stats(
-    rows: np.ndarray, cohort: np.ndarray, top_k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of each (unit) row's ``top_k`` highest cosine scores against the (unit) cohort."""
-    n, c = rows.shape[0], cohort.shape[0]
-    k = min(top_k, c)
-    mu = np.empty(n, dtype=np.float64)
-    sd = np.empty(n, dtype=np.float64)
-    step = max(1, _MATRIX_ELEMS // max(c, 1))
-    for lo in range(0, n, step):
-        hi = min(lo + step, n)
-        s = rows[lo:hi] @ cohort.T  # (chunk, C)
-        if k < c:
-            s = np.partition(s, c - k, axis=1)[:, c - k:]
-        s = s.astype(np.float64)
-        mu[lo:hi] = s.mean(axis=1)
-        sd[lo:hi] = s.std(axis=1)
-    return mu, np.maximum(sd, _EPS)
-
-
 def as_norm(
     scores: np.ndarray,
     vectors: np.ndarray,
@@ -157,29 +176,13 @@ def as_norm(
     cohort: np.ndarray,
     top_k: int = 300,
 ) -> np.ndarray:
-    """Adaptive symmetric score normalisation (AS-norm 1; Matejka et al. 2017).
+    """Adaptive symmetric score normalisation (AS-norm 1) of cosine ``scores`` against the raw
+    ``cohort`` embeddings; see :func:`spkemb.scoring.norm.normalize_scores`."""
+    from spkemb.scoring.norm import normalize_scores
 
-    For a trial with raw score ``s``, ``mu_e, sd_e`` are the mean and (population) std of the
-    ``top_k`` highest cosine scores of the enrolment embedding against the cohort, and likewise
-    ``mu_t, sd_t`` for the test embedding; the result is
-    ``((s - mu_e) / sd_e + (s - mu_t) / sd_t) / 2``. ``top_k`` is clipped to the cohort's size.
-    The statistics are computed once per distinct embedding (enrolment and test sides share them).
-    ``vectors`` and ``cohort`` are raw (or Normalizer-ed) embeddings; both are L2-normalised here.
-    """
-    if top_k < 1:
-        raise InputError(f"--top-k must be at least 1, got {top_k}")
-    coh = l2_normalize(cohort)
-    if coh.shape[0] < 2:
-        raise InputError(f"an AS-norm cohort needs at least 2 embeddings, got {coh.shape[0]}")
     v = np.asarray(vectors)
-    if v.ndim != 2 or v.shape[1] != coh.shape[1]:
-        raise InputError(f"cohort embeddings are {coh.shape[1]}-d but the trial embeddings have shape {v.shape}")
-    e = np.asarray(enroll_idx, dtype=np.int64).reshape(-1)
-    t = np.asarray(test_idx, dtype=np.int64).reshape(-1)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if not (e.shape == t.shape == s.shape):
-        raise InputError(f"{s.size} scores for {e.size} enrolment and {t.size} test indices")
-    used, inverse = np.unique(np.concatenate((e, t)), return_inverse=True)
-    mu, sd = _top_k_stats(l2_normalize(v[used]), coh, top_k)
-    ie, it = inverse[: e.size], inverse[e.size:]
-    return 0.5 * ((s - mu[ie]) / sd[ie] + (s - mu[it]) / sd[it])
+    c = np.asarray(cohort)
+    if v.ndim != 2 or c.ndim != 2 or v.shape[1] != c.shape[1]:
+        raise InputError(f"cohort embeddings have shape {c.shape} but the trial embeddings have shape {v.shape}")
+    return normalize_scores(scores, ScoreSpace.cosine(v), enroll_idx, test_idx, ScoreSpace.cosine(c), "asnorm",
+                            top_k)

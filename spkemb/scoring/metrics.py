@@ -22,6 +22,11 @@ Conventions (used everywhere in this module):
   meaningful when the scores are calibrated log-likelihood ratios (natural log).
 * **Cllr** (bits) is ``(mean(log2(1 + e^-s)) over targets + mean(log2(1 + e^s)) over non-targets) / 2``,
   again for calibrated natural-log LLRs; 1.0 is the cost of a system that always says LLR = 0.
+* **minCllr** is the Cllr after the best monotone recalibration of the scores: pool tied scores,
+  fit the target posterior by isotonic regression (PAV, computed as the ROC convex hull, see
+  ``_pav``: scipy's and scikit-learn's PAV cost more to import than scoring a million trials),
+  turn it into LLRs with the list's own target proportion as the prior (Brummer and du Preez 2006).
+  ``Cllr - minCllr`` is the calibration loss.
 
 Everything is vectorised numpy and sorts the scores once, so millions of trials take well under a
 second. Empty classes, mismatched lengths, labels other than 0/1 and non-finite scores raise
@@ -39,10 +44,12 @@ from spkemb.errors import InputError
 __all__ = [
     "DetCurve",
     "det_curve",
+    "det_points",
     "compute_eer",
     "compute_min_dcf",
     "compute_act_dcf",
     "compute_cllr",
+    "compute_min_cllr",
     "summarize",
 ]
 
@@ -79,7 +86,7 @@ def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _det(s: np.ndarray, lab: np.ndarray) -> DetCurve:
-    order = np.argsort(s, kind="stable")
+    order = np.argsort(s)  # ties are pooled below, so the order within a tie does not matter
     s = s[order]
     lab = lab[order]
     n = s.size
@@ -103,6 +110,14 @@ def det_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     """
     c = _det(*_check(scores, labels))
     return c.p_miss, c.p_fa, c.thresholds
+
+
+def det_points(scores: np.ndarray, labels: np.ndarray, p_target: float = 0.01) -> tuple[DetCurve, float, int]:
+    """The DET curve, its EER (fraction) and the index of its minDCF point at ``p_target``, for plots."""
+    _dcf_weights(p_target, 1.0, 1.0)
+    c = _det(*_check(scores, labels))
+    w_miss, w_fa, norm = _dcf_weights(p_target, 1.0, 1.0)
+    return c, _eer(c)[0], int(np.argmin(w_miss * c.p_miss + w_fa * c.p_fa))
 
 
 def _eer(c: DetCurve) -> tuple[float, float]:
@@ -150,8 +165,12 @@ def compute_act_dcf(
     scores: np.ndarray, labels: np.ndarray, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0
 ) -> tuple[float, float]:
     """Normalised actual DCF of calibrated LLR scores at the Bayes threshold, and that threshold."""
+    _dcf_weights(p_target, c_miss, c_fa)
+    return _act_dcf(*_check(scores, labels), p_target, c_miss, c_fa)
+
+
+def _act_dcf(s: np.ndarray, lab: np.ndarray, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float]:
     w_miss, w_fa, norm = _dcf_weights(p_target, c_miss, c_fa)
-    s, lab = _check(scores, labels)
     thr = float(np.log(w_fa / w_miss))
     accept = s >= thr
     p_miss = float(np.mean(~accept[lab]))
@@ -161,22 +180,87 @@ def compute_act_dcf(
 
 def compute_cllr(scores: np.ndarray, labels: np.ndarray) -> float:
     """Log-likelihood-ratio cost in bits, for scores that are calibrated natural-log LLRs."""
-    s, lab = _check(scores, labels)
+    return _cllr(*_check(scores, labels))
+
+
+def _cllr(s: np.ndarray, lab: np.ndarray) -> float:
     c_tar = np.mean(np.logaddexp(0.0, -s[lab]))
     c_non = np.mean(np.logaddexp(0.0, s[~lab]))
     return float((c_tar + c_non) / (2.0 * np.log(2.0)))
 
 
-def summarize(scores: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
-    """The usual report from one sort: ``eer`` (PERCENT), ``eer_threshold``, ``mindcf_p0.01``,
-    ``mindcf_p0.05`` (c_miss = c_fa = 1), ``targets`` and ``nontargets``."""
-    c = _det(*_check(scores, labels))
+def _pooled(c: DetCurve) -> tuple[np.ndarray, np.ndarray]:
+    """Per distinct score, ascending: number of trials and of targets (read off the DET points)."""
+    tar_below = np.rint(c.p_miss * c.n_target).astype(np.int64)
+    non_below = c.n_nontarget - np.rint(c.p_fa * c.n_nontarget).astype(np.int64)
+    tars = np.diff(tar_below)
+    return tars + np.diff(non_below), tars
+
+
+def _pav(counts: np.ndarray, tars: np.ndarray, passes: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Pool-adjacent-violators on the target proportion of the score blocks (ascending scores), as
+    the pooled blocks' ``(counts, targets)``: the segments of the greatest convex minorant of the
+    cumulative (trials, targets) curve, whose slopes are the PAV posteriors (Fawcett and
+    Niculescu-Mizil 2007: PAV = ROC convex hull). Exact integer arithmetic; each vectorised pass
+    drops every point on or above the chord of its neighbours (none of those is a hull vertex),
+    which a few dozen passes finish on score data; a stack walk finishes any pathological rest."""
+    x = np.concatenate(([0], np.cumsum(counts)))
+    y = np.concatenate(([0], np.cumsum(tars)))
+    idx = np.arange(x.size)
+    for _ in range(passes):
+        a, b, c = idx[:-2], idx[1:-1], idx[2:]
+        keep = np.ones(idx.size, dtype=bool)
+        keep[1:-1] = (x[b] - x[a]) * (y[c] - y[a]) - (y[b] - y[a]) * (x[c] - x[a]) > 0
+        if keep.all():
+            break
+        idx = idx[keep]
+    else:  # monotone chain over what is left
+        hull: list[int] = []
+        for i in idx.tolist():
+            while len(hull) >= 2 and ((x[hull[-1]] - x[hull[-2]]) * (y[i] - y[hull[-2]])
+                                      - (y[hull[-1]] - y[hull[-2]]) * (x[i] - x[hull[-2]])) <= 0:
+                hull.pop()
+            hull.append(i)
+        idx = np.asarray(hull)
+    return np.diff(x[idx]), np.diff(y[idx])
+
+
+def _min_cllr(counts: np.ndarray, tars: np.ndarray) -> float:
+    n_tar, n_non = int(tars.sum()), int(counts.sum() - tars.sum())
+    counts, tars = _pav(counts, tars)
+    p = tars / counts  # the PAV posterior of each pooled block
+    odds = n_tar / n_non  # the prior that posterior carries; LLR = logit(p) - log(odds)
+    non = counts - tars
+    with np.errstate(divide="ignore", invalid="ignore"):  # p is 0 or 1 only in blocks of one class
+        c_tar = np.where(tars > 0, tars * np.log1p((1.0 - p) / p * odds), 0.0).sum()
+        c_non = np.where(non > 0, non * np.log1p(p / (1.0 - p) / odds), 0.0).sum()
+    return float((c_tar / n_tar + c_non / n_non) / (2.0 * np.log(2.0)))
+
+
+def compute_min_cllr(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Cllr (bits) after the optimal monotone (PAV) calibration of the scores; <= Cllr of any
+    monotone transform of them, 0 for separable scores, 1 when no score separates anything."""
+    return _min_cllr(*_pooled(_det(*_check(scores, labels))))
+
+
+def summarize(
+    scores: np.ndarray, labels: np.ndarray, p_targets: tuple[float, ...] = (0.01, 0.05)
+) -> dict[str, float | int]:
+    """The usual report: ``eer`` (PERCENT), ``eer_threshold``, for each ``p`` of ``p_targets``
+    ``mindcf_p{p}`` and ``actdcf_p{p}`` (c_miss = c_fa = 1; actDCF treats the scores as LLRs),
+    ``cllr``, ``mincllr`` (bits), ``targets`` and ``nontargets``."""
+    for p in p_targets:
+        _dcf_weights(p, 1.0, 1.0)
+    s, lab = _check(scores, labels)
+    c = _det(s, lab)
     eer, thr = _eer(c)
-    return {
-        "eer": 100.0 * eer,
-        "eer_threshold": thr,
-        "mindcf_p0.01": _min_dcf(c, 0.01, 1.0, 1.0)[0],
-        "mindcf_p0.05": _min_dcf(c, 0.05, 1.0, 1.0)[0],
-        "targets": c.n_target,
-        "nontargets": c.n_nontarget,
-    }
+    out: dict[str, float | int] = {"eer": 100.0 * eer, "eer_threshold": thr}
+    for p in p_targets:
+        out[f"mindcf_p{p:g}"] = _min_dcf(c, p, 1.0, 1.0)[0]
+    for p in p_targets:
+        out[f"actdcf_p{p:g}"] = _act_dcf(s, lab, p, 1.0, 1.0)[0]
+    out["cllr"] = _cllr(s, lab)
+    out["mincllr"] = _min_cllr(*_pooled(c))
+    out["targets"] = c.n_target
+    out["nontargets"] = c.n_nontarget
+    return out

@@ -1,8 +1,10 @@
-"""Score a trial list against an embedding store: id resolution, normalisation, cosine, metrics."""
+"""Score a trial list against an embedding store (id resolution, back-end, normalisation), or take
+the scores of an existing scores file; summarise either with the verification metrics."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,66 +12,134 @@ import numpy as np
 from spkemb.data.trials import Trials
 from spkemb.embeddings.store import EmbeddingSet
 from spkemb.errors import InputError
-from spkemb.scoring.backends import Normalizer, as_norm, cosine_scores, l2_normalize, resolve_ids
+from spkemb.scoring.backends import Normalizer, ScoreSpace
 from spkemb.scoring.metrics import summarize
+from spkemb.scoring.norm import SCORE_NORMS, check_cohort, normalize_scores
+from spkemb.scoring.plda import Plda
+from spkemb.scoring.scores_io import TrialTable, format_scores, read_trial_table, resolve_rows, write_scores
 
-NORMS = ("none", "mean", "standardize", "asnorm")
+BACKENDS = ("cosine", "plda")
+EMBEDDING_NORMS = ("mean", "standardize")
+NORMS = ("none", *EMBEDDING_NORMS, *SCORE_NORMS)
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """``backend`` cosine or plda; ``norm`` one of :data:`NORMS` (mean/standardize act on the embeddings
+    before the back-end, the others on the scores); ``top_k`` for asnorm (default 300)."""
+
+    backend: str = "cosine"
+    norm: str = "none"
+    top_k: int | None = None
+    skip_missing: bool = False
+
+    def check(self, have_cohort: bool, have_plda: bool) -> None:
+        if self.backend not in BACKENDS:
+            raise InputError(f"unknown back-end {self.backend!r} (choose {', '.join(BACKENDS)})")
+        if self.norm not in NORMS:
+            raise InputError(f"unknown normalisation {self.norm!r} (choose {', '.join(NORMS)})")
+        if self.norm in SCORE_NORMS and not have_cohort:
+            raise InputError(f"--norm {self.norm} needs a cohort store (--cohort COHORT.h5)")
+        if self.top_k is not None and self.norm != "asnorm":
+            raise InputError("--top-k is for --norm asnorm only")
+        if self.top_k is not None and self.top_k < 1:
+            raise InputError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.backend == "plda" and not have_plda:
+            raise InputError("--backend plda needs a model: --train TRAIN.h5 or --plda MODEL.npz")
 
 
 @dataclass
 class ScoredTrials:
-    trials: Trials
-    keep: np.ndarray              # bool per trial: its ids were found
-    scores: np.ndarray            # one score per kept trial
-    labels: np.ndarray | None     # labels of the kept trials
+    """Scores of the kept trials of a list, with their labels and what produced them."""
+
+    table: TrialTable             # the scored trials, in list order
+    scores: np.ndarray            # float64, one per trial of ``table``
+    labels: np.ndarray | None     # int8, when the list is labelled
+    total: int                    # trials in the list, skipped ones included
     missing: list[str] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
+    system: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> int:
+        return self.total - len(self.table)
 
     def lines(self) -> str:
-        """``enroll test score [target|nontarget]`` lines in the trials' order (kept trials only)."""
-        rows = np.flatnonzero(self.keep)
-        values = [f"{s:.6f}" for s in self.scores.tolist()]
-        e, t = self.trials.enroll, self.trials.test
-        if self.labels is None:
-            out = [f"{e[i]} {t[i]} {s}" for i, s in zip(rows, values, strict=True)]
-        else:
-            names = ("nontarget", "target")
-            out = [f"{e[i]} {t[i]} {s} {names[lab]}"
-                   for i, s, lab in zip(rows, values, self.labels.tolist(), strict=True)]
-        return "\n".join(out) + "\n" if out else ""
+        """``enroll test score [target|nontarget]`` lines in the trials' order."""
+        return format_scores(self.table, self.scores, self.labels).decode()
+
+    def write(self, dest: str | Path | None) -> None:
+        """Write the score lines to ``dest`` atomically (stdout for None or ``-``)."""
+        write_scores(dest, self.table, self.scores, self.labels)
+
+    def summary(self, p_targets: tuple[float, ...] = (0.01, 0.05)) -> dict[str, Any]:
+        """Metrics (None when unlabelled), counts and the system description, for ``--json``."""
+        out: dict[str, Any] = {"eer": None, "eer_threshold": None, "cllr": None, "mincllr": None,
+                               "targets": None, "nontargets": None}
+        for p in p_targets:
+            out[f"mindcf_p{p:g}"] = out[f"actdcf_p{p:g}"] = None
+        if self.labels is not None:
+            out.update(summarize(self.scores, self.labels, p_targets))
+        out.update({"trials": len(self.table), "skipped": self.skipped, **self.system})
+        return out
+
+
+def _space(vectors: np.ndarray, backend: str, plda: Plda | None) -> ScoreSpace:
+    return plda.space(vectors) if backend == "plda" and plda is not None else ScoreSpace.cosine(vectors)
 
 
 def score_trials(
-    trials: Trials,
+    trials: TrialTable | Trials,
     store: EmbeddingSet,
+    options: ScoreOptions = ScoreOptions(),
     *,
-    norm: str = "none",
     cohort: EmbeddingSet | None = None,
-    top_k: int = 300,
-    skip_missing: bool = False,
+    plda: Plda | None = None,
     source: str | None = None,
+    cohort_source: str | None = None,
 ) -> ScoredTrials:
-    """Cosine-score ``trials``; ``mean``/``standardize`` normalise embeddings with the cohort (or the
-    store itself when no cohort is given) before cosine; ``asnorm`` normalises scores against it."""
-    if norm not in NORMS:
-        raise InputError(f"unknown normalisation {norm!r} (choose {', '.join(NORMS)})")
-    if norm == "asnorm" and cohort is None:
-        raise InputError("--norm asnorm needs a cohort store (--cohort COHORT.h5)")
-    enroll_idx, test_idx, keep, missing = resolve_ids(trials, store.index(), skip_missing, source=source)
+    """Score ``trials`` with the embeddings of ``store``.
+
+    ``mean``/``standardize`` normalise the embeddings with the cohort (or the store itself when no
+    cohort is given) before the back-end; the score normalisations use the cohort scored with the
+    same back-end (:mod:`spkemb.scoring.norm`). Raises InputError for unknown ids (unless
+    ``skip_missing``), a cohort of another size and a PLDA model of another size.
+    """
+    options.check(cohort is not None, plda is not None)
+    table = trials if isinstance(trials, TrialTable) else TrialTable.from_trials(trials)
     vectors = store.vectors
     coh = None if cohort is None else cohort.vectors
+    if coh is not None and (coh.ndim != 2 or len(coh) == 0):
+        raise InputError("the cohort store is empty", cohort_source)
     if coh is not None and coh.shape[1] != vectors.shape[1]:
         raise InputError(f"cohort embeddings are {coh.shape[1]}-d but {source or 'the store'} holds "
+                         f"{vectors.shape[1]}-d embeddings", cohort_source)
+    if plda is not None and options.backend == "plda" and plda.dim != vectors.shape[1]:
+        raise InputError(f"the PLDA model takes {plda.dim}-d embeddings but {source or 'the store'} holds "
                          f"{vectors.shape[1]}-d embeddings")
-    if norm in ("mean", "standardize"):
-        vectors = Normalizer.fit(coh if coh is not None else vectors, norm).apply(vectors)
-    scores = cosine_scores(l2_normalize(vectors), enroll_idx, test_idx, normalized=True)
-    if norm == "asnorm":
-        scores = as_norm(scores, vectors, enroll_idx, test_idx, coh, top_k=top_k)
-    labels = None if trials.labels is None else trials.labels[keep]
-    summary: dict[str, Any] = {"eer": None, "eer_threshold": None, "mindcf_p0.01": None, "mindcf_p0.05": None,
-                               "targets": None, "nontargets": None}
-    if labels is not None:
-        summary.update(summarize(scores, labels))
-    summary.update({"trials": int(keep.sum()), "skipped": int(len(trials) - keep.sum()), "norm": norm})
-    return ScoredTrials(trials, keep, scores, labels, list(missing), summary)
+    enroll_idx, test_idx, keep, missing = resolve_rows(table, store.ids, options.skip_missing, source=source)
+    if options.norm in EMBEDDING_NORMS:
+        normalizer = Normalizer.fit(coh if coh is not None else vectors, options.norm)
+        vectors = normalizer.apply(vectors)
+        coh = None if coh is None else normalizer.apply(coh)
+    space = _space(vectors, options.backend, plda)
+    scores = space.pairs(enroll_idx, test_idx)
+    if options.norm in SCORE_NORMS and coh is not None:
+        cohort_space = _space(coh, options.backend, plda)
+        check_cohort(cohort_space, space, source=cohort_source)
+        scores = normalize_scores(scores, space, enroll_idx, test_idx, cohort_space, options.norm, options.top_k)
+    kept = table.take(keep)
+    system: dict[str, Any] = {"backend": options.backend, "norm": options.norm, "calibrated": False}
+    if options.norm == "asnorm":
+        system["top_k"] = 300 if options.top_k is None else options.top_k
+    return ScoredTrials(kept, scores, kept.labels, len(table), list(missing), system)
+
+
+def read_scores(path: str | Path) -> ScoredTrials:
+    """An existing scores file (``enroll test score [target|nontarget]``) as a scored list."""
+    table = read_trial_table(path)
+    if table.scores is None:
+        raise InputError("not a scores file: expected 'enroll test score [target|nontarget]' lines", path)
+    if np.isnan(table.scores).any():
+        raise InputError(f"not a scores file: {int(np.isnan(table.scores).sum())} lines have no score", path)
+    return ScoredTrials(table, table.scores, table.labels, len(table), [], {"scores_file": str(path),
+                                                                            "calibrated": False})

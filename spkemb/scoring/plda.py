@@ -1,0 +1,196 @@
+"""Two-covariance PLDA (Brummer and de Villiers 2010; Sizov et al. 2014) with LDA and
+length-normalisation preprocessing, as Kaldi's and sslsv's back-ends use it.
+
+Preprocessing, fitted on a labelled training store: LDA to ``lda_dim`` dimensions (scikit-learn),
+centre, whiten with the total covariance, scale every row to length ``sqrt(dim)`` (Garcia-Romero
+and Espy-Wilson 2011). Model: ``x = y + e`` with the speaker variable ``y ~ N(mu, B)`` and the
+noise ``e ~ N(0, W)``, fitted by EM. The verification score is the log-likelihood ratio of
+"same speaker" against "different speakers" for a pair of preprocessed rows; after simultaneous
+diagonalisation of ``B`` and ``W`` it is ``z_a . z_b + bias_a + bias_b``, so it plugs into
+:class:`~spkemb.scoring.backends.ScoreSpace` and is as cheap as cosine.
+
+A model is saved as ``.npz`` (plain arrays, loaded with ``allow_pickle=False``), never pickled.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from spkemb.errors import InputError
+from spkemb.scoring.backends import ScoreSpace
+
+__all__ = ["Plda", "PldaOptions"]
+
+FORMAT = "spkemb-plda-v1"
+
+
+@dataclass(frozen=True)
+class PldaOptions:
+    lda_dim: int | None = None  # None: min(embedding size, speakers - 1)
+    iterations: int = 10
+
+
+@dataclass
+class Plda:
+    """A trained back-end: the preprocessing and the two covariances, all in the preprocessed space."""
+
+    lda_mean: np.ndarray  # (D,) applied before the LDA projection
+    lda: np.ndarray       # (D, d)
+    whiten: np.ndarray    # (d, d), applied after subtracting ``center``
+    center: np.ndarray    # (d,)
+    mu: np.ndarray        # (d,) speaker mean
+    between: np.ndarray   # (d, d) speaker covariance B
+    within: np.ndarray    # (d, d) noise covariance W
+
+    @property
+    def dim(self) -> int:
+        """Embedding size the model takes."""
+        return int(self.lda.shape[0])
+
+    def preprocess(self, vectors: np.ndarray) -> np.ndarray:
+        x = np.asarray(vectors, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise InputError(f"the PLDA model takes {self.dim}-d embeddings, got shape {x.shape}")
+        return _length_norm(((x - self.lda_mean) @ self.lda - self.center) @ self.whiten)
+
+    def space(self, vectors: np.ndarray) -> ScoreSpace:
+        """The score space of ``vectors``: ``z_a . z_b + bias_a + bias_b`` is the PLDA LLR."""
+        v, p, q, const = _diagonal_form(self.between, self.within)
+        y = (self.preprocess(vectors) - self.mu) @ v
+        z = (y * np.sqrt(p)).astype(np.float32)
+        bias = 0.5 * (y * y) @ q + 0.5 * const
+        return ScoreSpace(z, bias)
+
+    def llr(self, a: np.ndarray, b: np.ndarray) -> float:
+        """The LLR of one pair, straight from the joint Gaussian (a reference for :meth:`space`)."""
+        x1, x2 = self.preprocess(np.stack([a, b])) - self.mu
+        tot = self.between + self.within
+        joint = np.block([[tot, self.between], [self.between, tot]])
+        return float(_log_gauss(np.concatenate([x1, x2]), joint) - _log_gauss(x1, tot) - _log_gauss(x2, tot))
+
+    @classmethod
+    def fit(cls, vectors: np.ndarray, speakers: list[str] | None, options: PldaOptions = PldaOptions(),
+            source: str | Path | None = None) -> Plda:
+        x, spk = _check_training(vectors, speakers, source)
+        n_spk = int(spk.max()) + 1
+        dim = min(x.shape[1], n_spk - 1) if options.lda_dim is None else options.lda_dim
+        if not 1 <= dim <= min(x.shape[1], n_spk - 1):
+            raise InputError(f"--lda-dim must be between 1 and {min(x.shape[1], n_spk - 1)} (the embedding size "
+                             f"and the number of training speakers - 1), got {dim}", source)
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis  # type: ignore[import-untyped]
+
+        lda = LinearDiscriminantAnalysis(n_components=dim, solver="svd").fit(x, spk)
+        # The fitted transform is affine; read it off as (x - m) @ A with m the training mean.
+        lda_mean = x.mean(axis=0)
+        proj = lda.transform(np.vstack([lda_mean, lda_mean + np.eye(x.shape[1])]))
+        mat = proj[1:] - proj[0]
+        y = (x - lda_mean) @ mat
+        center = y.mean(axis=0)
+        evals, evecs = np.linalg.eigh(np.cov(y - center, rowvar=False).reshape(dim, dim))
+        whiten = evecs / np.sqrt(np.maximum(evals, 1e-10))
+        y = _length_norm((y - center) @ whiten)
+        mu, between, within = _em(y, spk, options.iterations)
+        return cls(lda_mean, mat, whiten, center, mu, between, within)
+
+    def save(self, path: str | Path) -> None:
+        from spkemb.fileio import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.savez(buf, format=np.array(FORMAT), **{f.name: getattr(self, f.name) for f in fields(self)})
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plda:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError("no such PLDA model", path)
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if "format" not in z.files or str(z["format"]) != FORMAT:
+                    raise InputError("not a spkemb PLDA model (.npz without format 'spkemb-plda-v1')", path)
+                model = cls(**{f.name: np.asarray(z[f.name], dtype=np.float64) for f in fields(cls)})
+        except InputError:
+            raise
+        except (OSError, ValueError, KeyError) as err:
+            raise InputError(f"cannot read PLDA model ({str(err).splitlines()[0][:160]})", path) from None
+        return model
+
+
+def _length_norm(y: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(y, axis=1, keepdims=True)
+    return y * (np.sqrt(y.shape[1]) / np.maximum(norms, 1e-12))
+
+
+def _log_gauss(x: np.ndarray, cov: np.ndarray) -> float:
+    sign, logdet = np.linalg.slogdet(cov)
+    return float(-0.5 * (logdet + x @ np.linalg.solve(cov, x) + x.size * np.log(2 * np.pi)))
+
+
+def _diagonal_form(between: np.ndarray, within: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``(V, p, q, c)``: with ``y = V^T (x - mu)`` (``W`` -> I, ``B`` -> diag(psi)) the LLR of a pair
+    is ``sum(p y1 y2) + 0.5 sum(q (y1^2 + y2^2)) + c``."""
+    chol = np.linalg.cholesky(within)
+    inv = np.linalg.inv(chol)
+    psi, u = np.linalg.eigh(inv @ between @ inv.T)
+    psi = np.maximum(psi, 0.0)
+    v = inv.T @ u
+    p = psi / (1.0 + 2.0 * psi)
+    q = -psi * psi / ((1.0 + psi) * (1.0 + 2.0 * psi))
+    const = float(np.sum(np.log1p(psi) - 0.5 * np.log1p(2.0 * psi)))
+    return v, p, q, const
+
+
+def _check_training(
+    vectors: np.ndarray, speakers: list[str] | None, source: str | Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    if not speakers or not any(speakers):
+        raise InputError("the PLDA training store has no speaker labels (extract it from a manifest with a "
+                         "speaker column)", source)
+    x = np.asarray(vectors, dtype=np.float64)
+    keep = np.array([bool(s) for s in speakers])
+    names, spk = np.unique(np.asarray(speakers, dtype=object)[keep].astype(str), return_inverse=True)
+    x = x[keep]
+    if len(names) < 2:
+        raise InputError(f"PLDA needs at least 2 training speakers, the store has {len(names)}", source)
+    if np.bincount(spk).max() < 2:
+        raise InputError("PLDA needs speakers with at least 2 embeddings each to learn the within-speaker "
+                         "covariance; every training speaker has one", source)
+    if not np.isfinite(x).all():
+        raise InputError("the PLDA training store holds non-finite embeddings", source)
+    return x, spk
+
+
+def _em(y: np.ndarray, spk: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EM for the two-covariance model on rows ``y`` with speaker indices ``spk``."""
+    n_spk, dim = int(spk.max()) + 1, y.shape[1]
+    counts = np.bincount(spk).astype(np.float64)
+    sums = np.zeros((n_spk, dim))
+    np.add.at(sums, spk, y)
+    means = sums / counts[:, None]
+    resid = y - means[spk]
+    n_within = max(1.0, float((counts - 1).sum()))
+    within = resid.T @ resid / n_within + 1e-6 * np.eye(dim)
+    mu = means.mean(axis=0)
+    between = np.cov(means, rowvar=False).reshape(dim, dim) + 1e-6 * np.eye(dim)
+    scatter = y.T @ y
+    for _ in range(iterations):
+        b_inv, w_inv = np.linalg.inv(between), np.linalg.inv(within)
+        gamma = np.empty((n_spk, dim))
+        post_cov_sum = np.zeros((dim, dim))       # sum over speakers of Cov(y_s)
+        post_cov_weighted = np.zeros((dim, dim))  # sum of n_s Cov(y_s)
+        for n in np.unique(counts):
+            members = counts == n
+            cov = np.linalg.inv(b_inv + n * w_inv)
+            gamma[members] = (b_inv @ mu + sums[members] @ w_inv) @ cov  # cov is symmetric
+            post_cov_sum += members.sum() * cov
+            post_cov_weighted += members.sum() * n * cov
+        mu = gamma.mean(axis=0)
+        between = (post_cov_sum + gamma.T @ gamma) / n_spk - np.outer(mu, mu)
+        cross = sums.T @ gamma
+        within = (scatter - cross - cross.T + post_cov_weighted + (gamma * counts[:, None]).T @ gamma) / y.shape[0]
+        between, within = 0.5 * (between + between.T), 0.5 * (within + within.T)
+    return mu, between, within

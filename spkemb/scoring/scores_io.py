@@ -1,0 +1,220 @@
+"""Trial lists and scores files at memory speed: read with pyarrow's CSV reader, write with its CSV writer.
+
+A :class:`TrialTable` holds the ids as Arrow string arrays (never a million Python strings), the
+labels and, for a scores file, the score column. A clean file (single spaces, ASCII, no comments,
+one format throughout) is parsed by pyarrow in C++; anything else falls back to the line parser of
+:mod:`spkemb.data.trials`, which accepts every layout the project reads (tabs, runs of blanks,
+``#`` comments, mixed VoxCeleb/Kaldi lines) and names the line of a malformed one. Both paths give
+the same table.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from spkemb.data.trials import Trials, parse_trial_lines
+from spkemb.errors import InputError
+
+if TYPE_CHECKING:
+    import pyarrow as pa  # type: ignore[import-untyped]
+
+__all__ = ["TrialTable", "read_trial_table", "resolve_rows", "format_scores", "write_scores"]
+
+_LABEL_NAMES = ("nontarget", "target")
+# Bytes that make pyarrow's single-space split differ from str.split() (or start a comment).
+_SLOW_BYTES = (b"\t", b"\r", b"\x0b", b"\x0c", b"#")
+
+
+@dataclass
+class TrialTable:
+    """Trials as Arrow string arrays: ``enroll``, ``test``; ``labels`` (int8, 1 target) when known;
+    ``scores`` (float64) when the file was a scores file (``enroll test score [target|nontarget]``)."""
+
+    enroll: pa.Array
+    test: pa.Array
+    labels: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.enroll)
+
+    @classmethod
+    def from_trials(cls, trials: Trials, scores: np.ndarray | None = None) -> TrialTable:
+        import pyarrow as pa  # type: ignore[import-untyped]
+
+        return cls(pa.array(trials.enroll, pa.string()), pa.array(trials.test, pa.string()), trials.labels, scores)
+
+    def to_trials(self) -> Trials:
+        return Trials(self.enroll.to_pylist(), self.test.to_pylist(), self.labels)
+
+    def take(self, mask: np.ndarray) -> TrialTable:
+        """The trials where the boolean ``mask`` is true, in order."""
+        import pyarrow as pa  # type: ignore[import-untyped]
+
+        if mask.all():
+            return self
+        m = pa.array(mask)
+        return TrialTable(self.enroll.filter(m), self.test.filter(m),
+                          None if self.labels is None else self.labels[mask],
+                          None if self.scores is None else self.scores[mask])
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    if str(path) == "-":
+        return sys.stdin.buffer.read()
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("no such trial list", path)
+    return p.read_bytes()
+
+
+def read_trial_table(path: str | Path) -> TrialTable:
+    """Read a trial list or scores file (``-`` for stdin) in any format of :mod:`spkemb.data.trials`."""
+    data = _read_bytes(path)
+    table = _fast_table(data)
+    if table is not None:
+        return table
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("not a text trial list (cannot decode as UTF-8)", path) from None
+    trials, scores = parse_trial_lines(text.splitlines(), path)
+    return TrialTable.from_trials(trials, scores)
+
+
+def _fast_table(data: bytes) -> TrialTable | None:
+    """Parse a clean file with pyarrow; None when the file needs the line parser (or is malformed)."""
+    if not data.isascii() or any(b in data for b in _SLOW_BYTES):
+        return None
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.compute as pc  # type: ignore[import-untyped]
+    import pyarrow.csv as pcsv  # type: ignore[import-untyped]
+
+    try:
+        tab = pcsv.read_csv(
+            pa.py_buffer(data),
+            read_options=pcsv.ReadOptions(autogenerate_column_names=True),
+            parse_options=pcsv.ParseOptions(delimiter=" ", quote_char=False, double_quote=False, escape_char=False),
+            convert_options=pcsv.ConvertOptions(column_types={f"f{i}": pa.string() for i in range(5)},
+                                                strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    cols = [c.combine_chunks() for c in tab.columns]
+    if not 2 <= len(cols) <= 4 or any(pc.min(pc.binary_length(c)).as_py() == 0 for c in cols):
+        return None  # a leading, trailing or doubled blank: the line parser decides
+
+    def only(col: pa.Array, values: tuple[str, ...]) -> bool:
+        return bool(pc.all(pc.is_in(col, value_set=pa.array(values))).as_py())
+
+    def floats(col: pa.Array) -> np.ndarray | None:
+        try:
+            return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+
+    def is_target(col: pa.Array, word: str) -> np.ndarray:
+        return np.asarray(pc.equal(col, word).to_numpy(zero_copy_only=False), dtype=np.int8)
+
+    if len(cols) == 2:
+        return TrialTable(cols[0], cols[1])
+    if len(cols) == 3 and only(cols[0], ("0", "1")):
+        return TrialTable(cols[1], cols[2], is_target(cols[0], "1"))
+    if len(cols) == 3 and only(cols[2], _LABEL_NAMES):
+        return TrialTable(cols[0], cols[1], is_target(cols[2], "target"))
+    scores = floats(cols[2])
+    if scores is None:
+        return None
+    if len(cols) == 3:
+        return TrialTable(cols[0], cols[1], None, scores)
+    if only(cols[3], _LABEL_NAMES):
+        return TrialTable(cols[0], cols[1], is_target(cols[3], "target"), scores)
+    return None
+
+
+def resolve_rows(
+    table: TrialTable,
+    ids: list[str],
+    skip_missing: bool = False,
+    source: str | Path | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Map the trials' ids to rows of ``ids`` (a store's utt_ids), as
+    :func:`spkemb.scoring.backends.resolve_ids` does for a :class:`~spkemb.data.trials.Trials`:
+    ``(enroll_idx, test_idx, keep_mask, missing)`` with a hash lookup in Arrow instead of a dict."""
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+    value_set = pa.array(ids, pa.string())
+
+    def rows(col: pa.Array) -> np.ndarray:
+        found = pc.index_in(col, value_set=value_set)
+        return np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    enroll, test = rows(table.enroll), rows(table.test)
+    keep = (enroll >= 0) & (test >= 0)
+    missing: list[str] = []
+    if not keep.all():
+        known = set(ids)
+        bad = pa.array(np.flatnonzero(~keep))
+        seen: set[str] = set()
+        for e, t in zip(table.enroll.take(bad).to_pylist(), table.test.take(bad).to_pylist(), strict=True):
+            for u in (e, t):
+                if u not in known and u not in seen:
+                    seen.add(u)
+                    missing.append(u)
+        if not skip_missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            noun = "trial id is" if len(missing) == 1 else "trial ids are"
+            raise InputError(f"{len(missing)} {noun} not in the embedding store: {shown} (use --skip-missing)",
+                             source)
+        if not keep.any():
+            raise InputError(f"none of the {len(table)} trials has both ids in the embedding store "
+                             f"({len(missing)} ids missing, e.g. {missing[0]})", source)
+    return enroll[keep], test[keep], keep, missing
+
+
+def format_scores(table: TrialTable, scores: np.ndarray, labels: np.ndarray | None) -> bytes:
+    """``enroll test score [target|nontarget]`` lines (score rounded to 6 decimals, shortest form)."""
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.csv as pcsv  # type: ignore[import-untyped]
+
+    s = np.round(np.asarray(scores, dtype=np.float64), 6) + 0.0  # + 0.0 turns -0.0 into 0.0
+    cols: dict[str, Any] = {"e": table.enroll, "t": table.test, "s": pa.array(s)}
+    if labels is not None:
+        cols["l"] = pa.DictionaryArray.from_arrays(pa.array(np.asarray(labels, dtype=np.int8)),
+                                                   pa.array(_LABEL_NAMES))
+    sink = pa.BufferOutputStream()
+    try:
+        pcsv.write_csv(pa.table(cols), sink,
+                       write_options=pcsv.WriteOptions(include_header=False, quoting_style="none", delimiter=" "))
+    except pa.ArrowInvalid:  # an id with a quote character: Arrow will not write it unquoted
+        return _format_slowly(table, s, labels).encode()
+    return sink.getvalue().to_pybytes()
+
+
+def _format_slowly(table: TrialTable, scores: np.ndarray, labels: np.ndarray | None) -> str:
+    e, t = table.enroll.to_pylist(), table.test.to_pylist()
+    values = [repr(float(x)) for x in scores.tolist()]
+    if labels is None:
+        out = [f"{a} {b} {s}" for a, b, s in zip(e, t, values, strict=True)]
+    else:
+        out = [f"{a} {b} {s} {_LABEL_NAMES[lab]}" for a, b, s, lab in zip(e, t, values, labels.tolist(), strict=True)]
+    return "\n".join(out) + "\n" if out else ""
+
+
+def write_scores(dest: str | Path | None, table: TrialTable, scores: np.ndarray, labels: np.ndarray | None) -> None:
+    """Write score lines to ``dest`` atomically, or to stdout when ``dest`` is None or ``-``."""
+    data = format_scores(table, scores, labels)
+    if dest is None or str(dest) == "-":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        from spkemb.fileio import atomic_write_bytes
+
+        atomic_write_bytes(dest, data)
