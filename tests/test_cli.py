@@ -27,13 +27,6 @@ def test_python_dash_m_and_version() -> None:
     assert res.returncode == 0 and res.stdout.strip() == f"spkemb {__version__}"
 
 
-def test_unbuilt_commands_say_so_and_exit_2() -> None:
-    for c in ("cluster",):
-        res = runner.invoke(app, [c])
-        assert res.exit_code == 2
-        assert "not implemented yet" in res.output
-
-
 def test_completions_and_man_pages_are_current() -> None:
     assert gendocs_main(["--check"]) == 0, "run `make docs` to regenerate completions/ and man/"
 
