@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint docs bench clean typecheck
+.PHONY: install demo test lint docs bench clean typecheck loop
 
 install: $(STAMP)
 
@@ -36,3 +36,11 @@ clean:
 
 typecheck: install
 	$(BIN)/mypy spkemb
+
+# The pseudo-label loop on the demo's synthetic corpus (a few steps per stage; see the script for settings).
+loop: install
+	test -f demo/manifest.tsv || PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" ROUNDS=$${ROUNDS:-2} PRETRAIN_METHOD=$${PRETRAIN_METHOD:-cel} \
+	  PRETRAIN_STEPS=$${PRETRAIN_STEPS:-60} FINETUNE_STEPS=$${FINETUNE_STEPS:-60} \
+	  TRIALS=demo/trials.txt TEST=demo/manifest.tsv PT_ARGS="$${PT_ARGS:---encoder-opt channels=128}" \
+	  bash examples/pseudo_label_loop.sh demo/manifest.tsv demo/loop

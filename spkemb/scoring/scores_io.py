@@ -75,7 +75,7 @@ def _read_bytes(path: str | Path) -> bytes:
 
 def read_trial_table(path: str | Path) -> TrialTable:
     """Read a trial list or scores file (``-`` for stdin) in any format of :mod:`spkemb.data.trials`."""
-    data = _read_bytes(path)
+    data = _read_bytes(path).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, as some editors write
     table = _fast_table(data)
     if table is not None:
         return table

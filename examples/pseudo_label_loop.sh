@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The pseudo-label loop of Miara et al. 2024, as ordinary spkemb commands:
+#   pretrain (no labels) -> extract -> cluster -> finetune on the clusters with the loss gate
+#   -> extract -> cluster -> finetune -> ...
+# Resumable: a finished step is never redone (each leaves its output, written atomically), and an
+# interrupted training step continues with --resume. Prints one line per round: clusters, NMI of the
+# pseudo-labels against the true speakers (when the manifest has them), the gate's kept fraction and,
+# with TRIALS and TEST, the EER.
+#
+# Usage: examples/pseudo_label_loop.sh TRAIN.tsv OUT_DIR
+# Settings (environment): ROUNDS (2), CLUSTERS (number of pseudo-speakers; default: the train
+# manifest's speaker count, else 100), INIT_CLUSTERS (two-stage first stage; default 4 x CLUSTERS),
+# PRETRAIN_METHOD (dino), PRETRAIN_STEPS (200), FINETUNE_STEPS (200), BATCH (32),
+# CONFIG (a pretrain config file, optional), FT_ARGS / PT_ARGS (extra options), TRIALS + TEST
+# (a trial list and the manifest of its utterances, to score each round), PRECISION (fp32).
+set -euo pipefail
+
+train=${1:?usage: pseudo_label_loop.sh TRAIN.tsv OUT_DIR}
+out=${2:?usage: pseudo_label_loop.sh TRAIN.tsv OUT_DIR}
+ROUNDS=${ROUNDS:-2}
+PRETRAIN_METHOD=${PRETRAIN_METHOD:-dino}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-200}
+FINETUNE_STEPS=${FINETUNE_STEPS:-200}
+BATCH=${BATCH:-32}
+PRECISION=${PRECISION:-fp32}
+PT_ARGS=${PT_ARGS:-}
+FT_ARGS=${FT_ARGS:-}
+mkdir -p "$out"
+
+if [[ -z "${CLUSTERS:-}" ]]; then
+  CLUSTERS=$(awk -F'\t' 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "speaker") c = i; next }
+                         c && $c != "" { s[$c] = 1 } END { n = 0; for (k in s) n++; print (n > 1 ? n : 100) }' "$train")
+fi
+INIT_CLUSTERS=${INIT_CLUSTERS:-$((4 * CLUSTERS))}
+
+# train: run a training command once; continue it with --resume if it was interrupted.
+train() {  # train EXP_DIR spkemb-args...
+  local exp=$1; shift
+  if [[ -f "$exp/encoder.pt" ]]; then return; fi
+  if [[ -d "$exp/checkpoints" ]]; then spkemb "$@" -o "$exp" --resume; else spkemb "$@" -o "$exp"; fi
+}
+
+json() {  # json FILE KEY: one value of a one-line JSON object
+  python3 -c 'import json, sys; v = json.load(open(sys.argv[1])).get(sys.argv[2]); print("n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else v))' "$1" "$2"
+}
+
+cfg=()
+if [[ -n "${CONFIG:-}" ]]; then cfg=(--config "$CONFIG"); fi
+# shellcheck disable=SC2086
+train "$out/round0" pretrain "$train" --method "$PRETRAIN_METHOD" --max-steps "$PRETRAIN_STEPS" \
+  --batch-size "$BATCH" --precision "$PRECISION" "${cfg[@]}" $PT_ARGS
+
+score_round() {  # score_round EXP: EER on the test trials (n/a without TRIALS)
+  local exp=$1
+  if [[ -z "${TRIALS:-}" || -z "${TEST:-}" ]]; then echo "n/a"; return; fi
+  [[ -f "$exp/test.h5" ]] || spkemb extract "$exp" "$TEST" -o "$exp/test.h5" --precision "$PRECISION"
+  [[ -f "$exp/score.json" ]] || spkemb score "$TRIALS" "$exp/test.h5" -o "$exp/scores.txt" --json > "$exp/score.json"
+  json "$exp/score.json" eer
+}
+
+echo "round 0 ($PRETRAIN_METHOD): EER $(score_round "$out/round0")"
+prev="$out/round0"
+for ((r = 1; r <= ROUNDS; r++)); do
+  here="$out/round$r"
+  mkdir -p "$here"
+  [[ -f "$here/train.h5" ]] || spkemb extract "$prev" "$train" -o "$here/train.h5" --precision "$PRECISION"
+  if [[ ! -f "$here/labels.txt" ]]; then
+    method=(--method two-stage --n-init-clusters "$INIT_CLUSTERS")
+    n=$(python3 -c 'import h5py, sys; print(len(h5py.File(sys.argv[1])["utt_id"]))' "$here/train.h5")
+    if (( INIT_CLUSTERS >= n )); then method=(--method ahc); fi
+    spkemb cluster "$here/train.h5" -o "$here/labels.txt" "${method[@]}" --n-clusters "$CLUSTERS" --json \
+      > "$here/cluster.json"
+  fi
+  # shellcheck disable=SC2086
+  train "$here/exp" finetune "$train" --init "$prev" --labels "$here/labels.txt" --loss-gate \
+    --max-steps "$FINETUNE_STEPS" --batch-size "$BATCH" --precision "$PRECISION" $FT_ARGS
+  kept=$(python3 -c 'import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if "gate_kept_fraction" in line]
+print("%.3f" % rows[-1]["gate_kept_fraction"] if rows else "n/a")' "$here/exp/metrics.jsonl")
+  echo "round $r: $(json "$here/cluster.json" n_clusters) clusters, NMI $(json "$here/cluster.json" nmi)," \
+       "kept $kept, EER $(score_round "$here/exp")"
+  prev="$here/exp"
+done
