@@ -117,6 +117,31 @@ def test_full_disk_during_extract_is_one_line_and_a_rerun_gives_the_right_store(
     assert not lock_path(out).exists() and not partial_path(out).exists()
 
 
+def test_a_row_is_marked_written_only_after_its_data_is_flushed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ops: list[str] = []
+    real_set, real_flush = h5py.Dataset.__setitem__, h5py.File.flush
+
+    def setitem(d, key, value):  # noqa: ANN001, ANN202
+        ops.append(d.name.strip("/"))
+        return real_set(d, key, value)
+
+    def flush(f):  # noqa: ANN001, ANN202
+        ops.append("flush")
+        return real_flush(f)
+
+    w = StoreWriter.open(tmp_path / "e.h5", ["a", "b", "c"], 2, {})
+    monkeypatch.setattr(StoreWriter, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", setitem)
+    monkeypatch.setattr(h5py.File, "flush", flush)
+    w.write(np.array([2, 0]), np.ones((2, 2)))
+    w.write(np.array([1]), np.ones((1, 2)))
+    assert ops == ["embedding", "flush", "written", "flush"] * 2
+    monkeypatch.undo()
+    w.finish()
+
+
 def test_a_store_is_never_complete_with_a_missing_or_non_finite_row(tmp_path: Path) -> None:
     out, ids = tmp_path / "e.h5", [f"u{i}" for i in range(6)]
     w = StoreWriter.open(out, ids, 3, {"checkpoint_sha256": "x"})

@@ -109,8 +109,8 @@ def run_offline(
     that cannot name a file under ``out_dir``, an ``out_dir`` whose files would replace the input
     manifest or that lies in a noise or RIR folder, an existing ``out_dir`` made with other options,
     an ``out_dir`` that another process is writing) is an :class:`InputError` raised before anything
-    is written. Files already written by an earlier run
-    with the same options are kept; ``workers`` processes make the rest.
+    is written. Files already written by an earlier run with the same options are kept; ``workers``
+    processes make the rest.
 
     ``on_plan(files, skipped)`` is called once the output folder is set up, before any audio is
     written. When there is audio to write, ``on_progress(done, total, utt_id)`` is called with
