@@ -322,3 +322,35 @@ def test_trainer_calls_before_optimizer_step_between_backward_and_step(tmp_path:
     Trainer(method, ToyData(n=8), None, toy_cfg(max_steps=3), tmp_path).fit()
     assert seen == [(0, True), (1, True), (2, True)]
     assert torch.equal(method.scale.detach(), scale)
+
+
+def test_sigint_checkpoints_the_step_and_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    """SIGINT before the first scheduled checkpoint: the step finishes, a checkpoint is written, the
+    run raises TrainingInterrupted; --resume then gives the weights of a run never interrupted."""
+    import os
+    import signal
+
+    from spkemb.train.trainer import TrainingInterrupted
+
+    class Interrupted(ToyMethod):
+        def after_step(self, step: int, total_steps: int | None) -> None:
+            super().after_step(step, total_steps)
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    data = ToyData(n=20)
+    cfg = toy_cfg(checkpoint_every=100)
+    torch.manual_seed(0)
+    straight = ToyMethod()
+    Trainer(straight, data, None, cfg, tmp_path / "a").fit()
+    torch.manual_seed(0)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 3") as err:
+        Trainer(Interrupted(), data, None, cfg, tmp_path / "b").fit()
+    assert err.value.checkpoint is not None and err.value.checkpoint.name == "step-00000003.pt"
+    assert not (tmp_path / "b" / "encoder.pt").exists()
+    torch.manual_seed(99)
+    resumed = ToyMethod()
+    Trainer(resumed, data, None, cfg, tmp_path / "b").fit(resume=True)
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+

@@ -33,8 +33,10 @@ system all ranks see.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -51,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 from spkemb import distributed as dist_
 from spkemb.data.sampler import ResumableSampler
 from spkemb.errors import InputError, WorkError
+from spkemb.locking import output_lock
 from spkemb.runtime import check_precision, worker_init
 from spkemb.train.batching import CollatedBatch, SkipNoneCollate, skip_none_collate, to_device
 from spkemb.train.checkpoint import CHECKPOINT_DIR, capture_rng, save_checkpoint
@@ -175,6 +178,12 @@ class Trainer:
         """Train until ``max_steps`` or ``max_minutes``; return a summary (also on --json)."""
         cfg = self.cfg.validate()
         resume = cfg.resume if resume is None else resume
+        with contextlib.ExitStack() as stack:
+            if int(os.environ.get("RANK", "0")) == 0:  # one writer per experiment folder (the group is not up yet)
+                stack.enter_context(output_lock(self.out_dir, what="experiment folder"))
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
         try:
             self._setup(resume)
             with _StopOnSignal(self.state):
@@ -277,6 +286,11 @@ class Trainer:
             self.method.on_epoch_start(self.sampler.epoch)  # type: ignore[operator]
             for batch in batches:
                 empty, n_skipped, n_items, elapsed, stop = self._agree(batch)
+                if stop:  # a signal reached some rank: checkpoint what is done, on every rank alike
+                    if st.step > st.last_saved:
+                        self._save()
+                    st.stop_requested = True
+                    return
                 if self._finished(elapsed):
                     return
                 self.sampler.mark_consumed()
@@ -289,11 +303,8 @@ class Trainer:
                     continue
                 empty_run = 0
                 self._step(batch.data, n_items, elapsed)
-                if stop or self._checkpoint_due(elapsed):
+                if self._checkpoint_due(elapsed):
                     self._save()
-                if stop:
-                    st.stop_requested = True
-                    return
                 if self._finished(elapsed):
                     return
 
