@@ -66,8 +66,8 @@ def scale(a: argparse.Namespace) -> None:
         store = write_embeddings(Path(tmp) / "synthetic.h5", [f"u{i:07d}" for i in range(a.n)], x, speakers=spk)
         for args in runs:
             s = run_cli([str(store), "-o", str(Path(tmp) / "labels.tsv"), *args])
-            keep = ("method", "n_embeddings", "dim", "n_clusters", "kmeans", "kmeans_clusters", "nmi", "ari",
-                    "purity", "sizes", "stage_seconds", "seconds", "wall_seconds", "peak_rss_mib")
+            keep = ("method", "n_embeddings", "dim", "n_clusters", "kmeans", "kmeans_init", "kmeans_clusters",
+                    "nmi", "ari", "purity", "sizes", "stage_seconds", "seconds", "wall_seconds", "peak_rss_mib")
             print(json.dumps({"part": "scale", "data_mib": round(x.nbytes / 2**20),
                               **{k: s.get(k) for k in keep}, "command": s["command"].replace(tmp, "$TMP")}),
                   flush=True)
@@ -84,7 +84,8 @@ def real(a: argparse.Namespace) -> None:
     methods = [["--method", "kmeans", "--n-clusters", "10"], ["--method", "ahc", "--n-clusters", "10"],
                ["--method", "two-stage", "--n-clusters", "10", "--n-init-clusters", "30"],
                ["--method", "spectral", "--n-clusters", "10"], ["--method", "spectral"]]
-    keep = ("method", "n_clusters", "nmi", "ari", "purity", "p_neighbours", "estimated_clusters", "sizes")
+    keep = ("method", "n_clusters", "nmi", "ari", "purity", "p_neighbours", "estimated_clusters", "sizes",
+            "seconds", "wall_seconds", "peak_rss_mib")
     with tempfile.TemporaryDirectory() as tmp:
         for norm in ("none", "standardize"):
             for args in methods:

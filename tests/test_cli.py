@@ -38,7 +38,7 @@ def test_man_pages_document_every_option() -> None:
 
     top = typer.main.get_command(app)
     parent = top.context_class(top, info_name="spkemb")
-    for name in ("pretrain", "extract", "score"):
+    for name in ("pretrain", "extract", "cluster", "score"):
         command = top.commands[name]
         file_name, text = man_page(command, name, parent)
         assert file_name == f"spkemb-{name}.1"

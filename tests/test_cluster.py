@@ -116,6 +116,16 @@ def test_sparse_eigenvalues_match_the_dense_ones(monkeypatch: pytest.MonkeyPatch
     assert spectral.eigengap(dense, 7)[0] == 4
 
 
+def test_neighbours_in_row_blocks_match_a_full_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, _ = speakers(n_spk=3, per=9)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    expected = np.argsort(-sim, axis=1, kind="stable")[:, :4]
+    monkeypatch.setattr(spectral, "_BLOCK_ELEMS", 5 * len(x))  # blocks of 5 rows
+    assert np.array_equal(spectral.neighbours(x, 4), expected)
+
+
 @pytest.mark.parametrize("method", ["kmeans", "two-stage", "spectral"])
 def test_labels_are_deterministic_for_a_seed(method: str) -> None:
     x, _ = speakers(n_spk=6, per=10, noise=0.3)  # ambiguous data, so seeds can matter
@@ -156,6 +166,8 @@ def test_option_and_data_errors() -> None:
         (ClusterOptions("two-stage", n_clusters=2, n_init_clusters=9), "--n-init-clusters 9 is more than"),
         (ClusterOptions("two-stage", n_clusters=4, n_init_clusters=3), "fewer than --n-clusters"),
         (ClusterOptions("ahc", n_clusters=2, n_init_clusters=3), "two-stage only"),
+        (ClusterOptions("kmeans", n_clusters=2, p_neighbours=3), "spectral only"),
+        (ClusterOptions("spectral", p_neighbours=6), "--p-neighbours must be below"),
         (ClusterOptions("dbscan", n_clusters=2), "unknown clustering method"),
         (ClusterOptions("kmeans", n_clusters=2, norm="whiten"), "unknown normalisation"),
     ]
@@ -167,8 +179,10 @@ def test_option_and_data_errors() -> None:
         ClusterOptions("ahc", n_clusters=2).resolved(60_000)
     assert ClusterOptions("two-stage", n_clusters=10).resolved(100_000).n_init_clusters == 5000
     x[4] = 0
-    with pytest.raises(InputError, match="1 embeddings are all-zero or not finite.*row 4"):
-        cluster_embeddings(x, ClusterOptions("kmeans", n_clusters=2))
+    x[5, 1] = np.nan
+    for norm in ("none", "standardize"):
+        with pytest.raises(InputError, match="2 embeddings are all-zero or not finite.*row 4"):
+            cluster_embeddings(x, ClusterOptions("kmeans", n_clusters=2, norm=norm))
 
 
 def test_norm_uses_the_embeddings_own_statistics() -> None:
@@ -228,11 +242,12 @@ def test_cli_json_stdout_and_determinism(store: Path, tmp_path: Path) -> None:
 def test_cli_store_without_speakers(tmp_path: Path) -> None:
     x, _ = speakers(n_spk=3, per=5)
     store = write_embeddings(tmp_path / "nospk.h5", [f"u{i}" for i in range(len(x))], x)
-    r = runner.invoke(app, ["cluster", str(store), "--method", "spectral", "-o", str(tmp_path / "l.tsv"), "--json"])
+    r = runner.invoke(app, ["cluster", str(store), "--method", "spectral", "--p-neighbours", "3", "-o",
+                            str(tmp_path / "l.tsv"), "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["nmi"] is None and summary["ari"] is None and summary["purity"] is None
-    assert summary["n_clusters"] == 3
+    assert summary["n_clusters"] == 3 and summary["p_neighbours"] == 3 and summary["estimated_clusters"] == 3
     assert "unavailable" in r.stderr and "no speaker labels" in r.stderr
     assert len(read_labels(tmp_path / "l.tsv")) == 15
 

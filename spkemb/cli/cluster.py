@@ -38,10 +38,13 @@ def cluster(
     threshold: float | None = typer.Option(None, "--threshold", metavar="T", help="ahc / two-stage instead of "
                                            "--n-clusters: stop merging at this average cosine distance (0-2)."),
     n_init_clusters: int | None = typer.Option(None, "--n-init-clusters", metavar="M", help="two-stage: k-means "
-                                               "clusters of the first stage [default: min(N, max(5000, 5 x "
+                                               "clusters of the first stage [default: min(embeddings, max(5000, 5 x "
                                                "--n-clusters))]."),
     max_clusters: int = typer.Option(50, "--max-clusters", metavar="K", help="spectral: the largest count "
                                      "the eigengap estimate considers."),
+    p_neighbours: int | None = typer.Option(None, "--p-neighbours", metavar="P", min=1, help="spectral: each "
+                                            "embedding keeps its P most similar neighbours in the affinity "
+                                            "[default: chosen by the NME criterion]."),
     norm: Norm = typer.Option(Norm.none, "--norm", help="Before cosine: none; mean (subtract the embeddings' "
                               "mean); standardize (and divide by their per-dimension std)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (k-means, spectral); the same seed gives the same "
@@ -49,7 +52,7 @@ def cluster(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout; labels then go only "
                                   "to -o."),
 ) -> None:
-    """Cluster the embeddings in EMB.h5 into pseudo-speakers.
+    """Cluster EMB.h5 into pseudo-speaker labels.
 
     Output: one 'utt_id label' line per embedding, in store order, no header (like Kaldi's utt2spk);
     labels are spk00000, spk00001, ... by cluster size, largest first, so the same partition always
@@ -68,7 +71,8 @@ def cluster(
     refuse_output_onto_inputs(output, {"embedding store": embeddings})
     emb = read_embeddings(embeddings)
     options = ClusterOptions(method=method.value, n_clusters=n_clusters, threshold=threshold,
-                             n_init_clusters=n_init_clusters, max_clusters=max_clusters, norm=norm.value, seed=seed)
+                             n_init_clusters=n_init_clusters, max_clusters=max_clusters, p_neighbours=p_neighbours,
+                             norm=norm.value, seed=seed)
     with progress(transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("cluster", total=None, info=f"{len(emb)} embeddings")
 

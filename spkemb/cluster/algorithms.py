@@ -60,7 +60,7 @@ def ahc(x: np.ndarray, n_clusters: int | None = None, threshold: float | None = 
         stage: StageFn = no_stage) -> np.ndarray:
     """Average-linkage AHC on cosine distance, cut at ``n_clusters`` or at distance ``threshold``.
 
-    Memory: the condensed distance matrix, N (N - 1) / 2 float64.
+    Memory: the condensed distance matrix, N (N - 1) / 2 float64, twice (linkage copies it).
     """
     stage("ahc", f"AHC of {len(x)} points")
     n = len(x)

@@ -84,9 +84,9 @@ def run_clustering(vectors: np.ndarray, options: ClusterOptions, on_progress: Pr
                    ids: Sequence[str] | None = None, source: str | None = None) -> Clustering:
     """Check ``options`` against the data (InputError before any work), cluster, number canonically."""
     opts = options.resolved(len(vectors), source)
+    x = unit_rows(vectors, ids, source)  # checks the raw rows first, so a bad one is named before any fit
     if opts.norm != "none":
-        vectors = Normalizer.fit(vectors, opts.norm).apply(vectors)
-    x = unit_rows(vectors, ids, source)
+        x = unit_rows(Normalizer.fit(vectors, opts.norm).apply(vectors), ids, source)
     stages = _Stages(_STAGES[opts.method], on_progress)
     details: dict[str, Any] = {}
     if opts.method == "kmeans":

@@ -8,8 +8,9 @@ from spkemb.errors import InputError
 
 METHODS = ("kmeans", "ahc", "two-stage", "spectral")
 NORMS = ("none", "mean", "standardize")
-# AHC keeps a condensed N x N float64 distance matrix (N^2 / 2 x 8 bytes): 50,000 points take 9.3 GiB,
-# the first stage of Miara et al. at VoxCeleb2 scale. Beyond that, cluster the k-means centroids instead.
+# AHC holds a condensed N x N float64 distance matrix twice (scipy's linkage works on a copy), N (N - 1) x 8
+# bytes: 50,000 points (the first stage of Miara et al. at VoxCeleb2 scale) take 18.6 GiB. Beyond that,
+# cluster k-means centroids instead.
 AHC_MAX_POINTS = 50_000
 DEFAULT_INIT_CLUSTERS = 5_000
 
@@ -56,12 +57,13 @@ class ClusterOptions:
                 raise InputError(f"--n-init-clusters {m} is fewer than --n-clusters {self.n_clusters}")
         points = n if self.method == "ahc" else (m or 0) if self.method == "two-stage" else 0
         if points > AHC_MAX_POINTS:
-            gib = points * (points - 1) / 2 * 8 / 2**30
+            gib = points * (points - 1) * 8 / 2**30
             hint = "use --method two-stage" if self.method == "ahc" else "lower --n-init-clusters"
-            raise InputError(f"AHC of {points} points needs a {gib:.0f} GiB distance matrix (at most "
+            raise InputError(f"AHC of {points} points needs {gib:.0f} GiB for its distance matrix (at most "
                              f"{AHC_MAX_POINTS} points); {hint}")
         if self.p_neighbours is not None and not 1 <= self.p_neighbours < max(n, 2):
-            raise InputError(f"p_neighbours must be in [1, {max(n - 1, 1)}], got {self.p_neighbours}")
+            raise InputError(f"--p-neighbours must be below the number of embeddings ({n}), got {self.p_neighbours}",
+                             source)
         return replace(self, n_init_clusters=m)
 
     def _check_method(self) -> None:
@@ -73,6 +75,8 @@ class ClusterOptions:
             raise InputError("--n-init-clusters is for --method two-stage only")
         if self.method in ("kmeans", "spectral") and t is not None:
             raise InputError(f"--threshold is for ahc and two-stage; --method {self.method} takes --n-clusters")
+        if self.p_neighbours is not None and self.method != "spectral":
+            raise InputError("--p-neighbours is for --method spectral only")
         if self.method == "kmeans" and k is None:
             raise InputError("--method kmeans needs --n-clusters")
         if self.method in ("ahc", "two-stage") and (k is None) == (t is None):

@@ -24,15 +24,16 @@ from spkemb.cluster.algorithms import StageFn, no_stage
 DENSE_UP_TO = 2000  # full eigendecomposition up to this many points, ARPACK above
 P_MAX = 200  # largest p tried by the automatic search
 P_GRID = 12  # at most this many values of p tried
-_ROW_BLOCK = 2048
+_BLOCK_ELEMS = 1 << 25  # similarities per row block (128 MiB of float32)
 
 
 def neighbours(x: np.ndarray, p: int) -> np.ndarray:
     """(N, p) indices of each row's ``p`` most cosine-similar other rows, most similar first."""
     n = len(x)
     out = np.empty((n, p), dtype=np.int64)
-    for start in range(0, n, _ROW_BLOCK):
-        stop = min(n, start + _ROW_BLOCK)
+    block = max(1, min(n, _BLOCK_ELEMS // max(n, 1)))
+    for start in range(0, n, block):
+        stop = min(n, start + block)
         sim = x[start:stop] @ x.T
         sim[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # not one's own neighbour
         top = np.argpartition(-sim, p - 1, axis=1)[:, :p]
