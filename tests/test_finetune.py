@@ -122,3 +122,28 @@ def test_an_existing_finetune_is_not_replaced(tmp_path: Path, manifest: Path) ->
     assert res.exit_code == 2 and "--resume" in res.output and _sha(out / "encoder.pt") == before
     res = runner.invoke(app, ["finetune", str(manifest), "-o", str(out), *TINY, *RUN, "--max-steps", "4", "--resume"])
     assert res.exit_code == 0, res.output
+
+
+def test_ddp_two_gloo_processes_end_with_identical_weights(tmp_path: Path, manifest: Path) -> None:
+    """Weights, classifier, gate state and step count agree on both ranks (forked, as torchrun would start them)."""
+    import multiprocessing as mp
+    import socket
+
+    from ddp_finetune import run_rank
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=run_rank, args=(r, 2, port, str(tmp_path), str(manifest))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert [p.exitcode for p in procs] == [0, 0]
+    h0, h1 = ((tmp_path / f"hash-{r}.txt").read_text().split() for r in range(2))
+    assert h0 == h1 and h0[1] == "4"
+    assert (tmp_path / "exp" / "encoder.pt").is_file()

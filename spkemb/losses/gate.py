@@ -166,11 +166,14 @@ class LossGate(nn.Module):
         return self.kept[indices.long().to(self.kept.device)].to(indices.device)
 
     @torch.no_grad()
-    def fit(self) -> GateSummary:
+    def fit(self, reduce: bool = True) -> GateSummary:
         """End of an epoch: combine the ranks' records, decide the next epoch's mask (and
-        corrections), clear the records. Every rank must call it (a collective under DDP)."""
+        corrections), clear the records. Every rank must call it (a collective under DDP).
+        ``reduce=False``: the records are already global (every rank recorded every rank's samples,
+        which keeps the buffers identical on all ranks, so a checkpoint of rank 0 resumes exactly)."""
         for buf in (self.count, self.loss_sum, self.disagree, self.cand_sum, self.cand_sq):
-            dist_.all_reduce(buf)
+            if reduce:
+                dist_.all_reduce(buf)
         seen = self.count > 0
         idx = torch.nonzero(seen).flatten()
         losses = (self.loss_sum[idx] / self.count[idx]).cpu().numpy()

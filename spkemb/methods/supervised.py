@@ -187,7 +187,7 @@ class Supervised(Method):
         """Fit the loss gate on the records of the epochs not yet fitted (a collective under DDP)."""
         if self.gate is None or epoch <= int(self.gate.epochs_fitted):
             return
-        summary = self.gate.fit()
+        summary = self.gate.fit(reduce=False)  # the records are global already (see _record)
         self.last_gate = summary.as_dict()
 
     # -- the loss ---------------------------------------------------------------------------------
@@ -235,4 +235,7 @@ class Supervised(Method):
         b = index.shape[0]
         pred = out.pred.reshape(b, n_views)[:, 0]
         conf = out.conf.reshape(b, n_views).min(dim=1).values
-        self.gate.record(index, per_item.detach(), pred, conf)
+        # every rank records every rank's items: the gate's buffers stay identical on all ranks
+        rows = torch.stack([index.double(), per_item.detach().double(), pred.double(), conf.detach().double()], 1)
+        rows = all_gather(rows)
+        self.gate.record(rows[:, 0].long(), rows[:, 1], rows[:, 2].long(), rows[:, 3])
