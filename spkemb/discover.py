@@ -21,7 +21,7 @@ _ROOT = Path(__file__).parent
 @functools.cache
 def declared(package: str, decorator: str) -> tuple[tuple[str, dict[str, str]], ...]:
     """``(name, keyword arguments)`` of every ``@decorator("name", ...)`` in the package's modules."""
-    found = []
+    found: list[tuple[str, dict[str, str]]] = []
     for path in sorted((_ROOT / package).glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         for node in ast.walk(tree):
@@ -30,7 +30,7 @@ def declared(package: str, decorator: str) -> tuple[tuple[str, dict[str, str]], 
             for dec in node.decorator_list:
                 if (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Name) and dec.func.id == decorator
                         and dec.args and isinstance(dec.args[0], ast.Constant)):
-                    kw = {k.arg: k.value.value for k in dec.keywords
+                    kw = {k.arg: str(k.value.value) for k in dec.keywords
                           if k.arg and isinstance(k.value, ast.Constant)}  # fmt: skip
                     found.append((str(dec.args[0].value), kw))
     return tuple(found)

@@ -9,6 +9,7 @@ no-op for a world of one, so callers never need to branch on "distributed or not
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -41,7 +42,7 @@ def setup(device: str = "auto") -> torch.device:
         torch.cuda.set_device(dev)
     if env_world_size() > 1 and not is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, init_method="env://", **kwargs)
     return dev
 

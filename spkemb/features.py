@@ -99,7 +99,7 @@ class Fbank(nn.Module):
         return self.n_mels
 
     def frame_lengths(self, lengths: Tensor) -> Tensor:
-        return frame_count(lengths, self.win, self.hop)
+        return torch.as_tensor(frame_count(lengths, self.win, self.hop))
 
     def log_mel(self, wav: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """(B, T, n_mels) log mel energies (not normalised, padding not zeroed) and frame lengths."""
@@ -171,4 +171,5 @@ class MFCC(nn.Module):
     def forward(self, wav: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with torch.autocast(device_type=wav.device.type, enabled=False):
             logmel, frames = self.fbank.log_mel(wav, lengths)
-            return _normalise(logmel @ self.dct, frames, self.mean_norm)
+            dct: Tensor = self.dct  # type: ignore[assignment]  # a registered buffer
+            return _normalise(logmel @ dct, frames, self.mean_norm)

@@ -170,12 +170,12 @@ def _coerce(value: Any, hint: Any) -> Any:  # noqa: C901 - one branch per kind o
             raise TypeError(value)
         args = [a for a in get_args(hint) if a is not Ellipsis]
         items = [_coerce(v, args[0]) if args else v for v in value]
-        return tuple(items) if (origin or hint) is tuple else items
+        return tuple(items) if (origin or hint) is tuple else list(items)
     if origin is dict or hint is dict:
         if not isinstance(value, Mapping):
             raise TypeError(value)
-        args = get_args(hint)
-        return {str(k): _coerce(v, args[1]) if args else v for k, v in value.items()}
+        kv = get_args(hint)
+        return {str(k): _coerce(v, kv[1]) if kv else v for k, v in value.items()}
     if hint is bool:
         if isinstance(value, bool):
             return value

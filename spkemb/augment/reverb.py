@@ -140,9 +140,9 @@ class Reverb:
             path = self.files[int(k)]
             if path in self._bad:
                 continue
-            rir = self._load(path, sample_rate)
-            if rir is not None:
-                return apply_rir(x, rir), {"rir": path}
+            loaded = self._load(path, sample_rate)
+            if loaded is not None:
+                return apply_rir(x, loaded), {"rir": path}
         return x, None
 
     def pooled(self, index: int, sample_rate: int | None = None) -> tuple[np.ndarray, dict]:

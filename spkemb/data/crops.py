@@ -91,8 +91,9 @@ class CropDataset(Dataset):
         self.sample_rate = int(sample_rate)
         self.views = check_views(views)
         self.speed, self.p_speed = None, 0.0
-        if hasattr(augmenter, "split"):
-            self.speed, self.p_speed, augmenter = augmenter.split("speed")
+        split = getattr(augmenter, "split", None)
+        if callable(split):
+            self.speed, self.p_speed, augmenter = split("speed")
             if len(augmenter) == 0:
                 augmenter = None
         self.augmenter = augmenter

@@ -232,10 +232,10 @@ def write_kaldi_dir(utts: Iterable[Utterance], data_dir: str | Path) -> None:
         ]
     else:
         files["wav.scp"] = [f"{u.utt_id} {u.path}" for u in utts]
-    files["utt2spk"] = [f"{u} {s}" for u, s in spk_of.items()]
+    files["utt2spk"] = [f"{uid} {s}" for uid, s in spk_of.items()]
     by_spk: dict[str, list[str]] = defaultdict(list)
-    for u, s in spk_of.items():
-        by_spk[s].append(u)
+    for uid, s in spk_of.items():
+        by_spk[s].append(uid)
     files["spk2utt"] = [f"{s} {' '.join(sorted(by_spk[s]))}" for s in sorted(by_spk)]
 
     d = Path(data_dir)

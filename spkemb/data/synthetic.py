@@ -136,7 +136,7 @@ def make_noise(root: str | Path, n_files: int = 12, seconds: float = 6.0, sample
             kind = "colour"
         peak = np.abs(y).max() or 1.0
         path = root / f"{kind}{i:03d}.wav"
-        write_audio(path, (0.5 * y / peak).astype(np.float32), sample_rate)
+        write_audio(path, np.asarray(0.5 * y / peak, dtype=np.float32), sample_rate)
         files.append(path)
     return files
 

@@ -160,7 +160,7 @@ def freeze(module: nn.Module) -> nn.Module:
 def ema_update(target: nn.Module, source: nn.Module, momentum: float) -> None:
     """``target = momentum * target + (1 - momentum) * source`` for parameters; buffers
     (e.g. BatchNorm statistics) are copied from ``source``. The two modules must match in structure."""
-    for t, s in zip(target.parameters(), source.parameters(), strict=True):
-        t.lerp_(s.detach(), 1.0 - momentum)
-    for t, s in zip(target.buffers(), source.buffers(), strict=True):
-        t.copy_(s)
+    for p, q in zip(target.parameters(), source.parameters(), strict=True):
+        p.lerp_(q.detach(), 1.0 - momentum)
+    for b, c in zip(target.buffers(), source.buffers(), strict=True):
+        b.copy_(c)

@@ -13,7 +13,7 @@ from spkemb.data.crops import ViewSpec
 from spkemb.distributed import gather_with_grad
 from spkemb.losses import CELoss
 from spkemb.methods.base import Method
-from spkemb.methods.common import batch_views, device_of, flatten_views, projection_head
+from spkemb.methods.common import batch_views, device_of, embed_dim_of, flatten_views, projection_head
 from spkemb.methods.registry import register_method
 from spkemb.options import Options, opt
 
@@ -57,7 +57,7 @@ class CEL(Method):
         super().__init__()
         o = self.options = self.resolve(options, kwargs)
         self.encoder = encoder
-        self.head = projection_head(int(encoder.embed_dim), o.proj_dim, o.proj_hidden, o.mlp)
+        self.head = projection_head(embed_dim_of(encoder), o.proj_dim, o.proj_hidden, o.mlp)
         self.loss_fn = CELoss(o.lambda_u, o.lambda_s, o.t, init_scale=o.init_scale, init_bias=o.init_bias)
         self.n_crops = o.n_crops
         self.crops_per_item = self.n_crops

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["projection_head", "batch_views", "flatten_views", "device_of"]
+__all__ = ["projection_head", "batch_views", "flatten_views", "device_of", "embed_dim_of"]
 
 
 def projection_head(in_dim: int, out_dim: int | None, hidden: int = 512, mlp: bool = True) -> nn.Module:
@@ -33,6 +33,11 @@ def batch_views(batch: Any, device: torch.device) -> tuple[list[Tensor], Tensor 
 def flatten_views(v: Tensor) -> Tensor:
     """``(B, n, S)`` crops -> ``(n * B, S)``, crop-major (rows ``k*B .. k*B+B-1`` are crop ``k``)."""
     return v.transpose(0, 1).reshape(-1, v.shape[-1])
+
+
+def embed_dim_of(encoder: nn.Module) -> int:
+    """The encoder's embedding size (its ``embed_dim`` attribute, which every encoder has)."""
+    return int(getattr(encoder, "embed_dim"))  # noqa: B009 - typed as Any, not as a submodule
 
 
 def device_of(module: nn.Module) -> torch.device:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from spkemb.data.crops import ViewSpec
 from spkemb.losses import DINOHead, DINOLoss
 from spkemb.methods.base import Method, ema_update, freeze
-from spkemb.methods.common import batch_views, device_of, flatten_views
+from spkemb.methods.common import batch_views, device_of, embed_dim_of, flatten_views
 from spkemb.methods.registry import register_method
 from spkemb.options import Options, opt
 
@@ -87,7 +87,7 @@ class DINO(Method):
         super().__init__()
         o = self.options = self.resolve(options, kwargs)
         self.encoder = encoder
-        self.head = DINOHead(int(encoder.embed_dim), o.out_dim, o.hidden, o.bottleneck, o.head_layers,
+        self.head = DINOHead(embed_dim_of(encoder), o.out_dim, o.hidden, o.bottleneck, o.head_layers,
                              o.norm_last_layer, o.head_bn)  # fmt: skip
         self.teacher_encoder = freeze(copy.deepcopy(encoder))
         self.teacher_head = freeze(copy.deepcopy(self.head))

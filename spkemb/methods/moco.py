@@ -46,7 +46,7 @@ from spkemb.data.crops import ViewSpec
 from spkemb.distributed import concat_all_gather
 from spkemb.losses import InfoNCE
 from spkemb.methods.base import Method, ema_update, freeze
-from spkemb.methods.common import batch_views, device_of, projection_head
+from spkemb.methods.common import batch_views, device_of, embed_dim_of, projection_head
 from spkemb.methods.registry import register_method
 from spkemb.options import Options, opt
 
@@ -107,7 +107,7 @@ class MoCo(Method):
         super().__init__()
         o = self.options = self.resolve(options, kwargs)
         self.encoder = encoder
-        self.head = projection_head(int(encoder.embed_dim), o.proj_dim, o.proj_hidden, o.mlp)
+        self.head = projection_head(embed_dim_of(encoder), o.proj_dim, o.proj_hidden, o.mlp)
         self.key_encoder = freeze(copy.deepcopy(encoder))
         self.key_head = freeze(copy.deepcopy(self.head))
         self.loss_fn = InfoNCE(o.temperature)
@@ -116,7 +116,7 @@ class MoCo(Method):
         self.bn_splits = max(1, int(o.bn_splits))
         self.bn_min_group = max(2, int(o.bn_min_group))
         self.crops_per_item = 2
-        dim = int(o.proj_dim) if o.proj_dim else int(encoder.embed_dim)
+        dim = int(o.proj_dim) if o.proj_dim else embed_dim_of(encoder)
         self.register_buffer("queue", F.normalize(torch.randn(int(o.queue_size), dim), dim=1))
         self.register_buffer("queue_index", torch.full((int(o.queue_size),), -1, dtype=torch.long))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))

@@ -99,7 +99,7 @@ def build_method(name: str, encoder: nn.Module, **options: Any) -> Method:
     cls = method_class(name)
     opts = _options(name, options)
     try:
-        return cls(encoder, opts)
+        return cls(encoder, opts)  # type: ignore[call-arg]  # every method takes (encoder, options)
     except ValueError as err:
         raise InputError(f"method {_key(name)!r}: {err}") from None
 

@@ -16,7 +16,7 @@ from spkemb.data.crops import ViewSpec
 from spkemb.distributed import gather_with_grad
 from spkemb.losses import NTXent
 from spkemb.methods.base import Method
-from spkemb.methods.common import batch_views, device_of, flatten_views, projection_head
+from spkemb.methods.common import batch_views, device_of, embed_dim_of, flatten_views, projection_head
 from spkemb.methods.registry import register_method
 from spkemb.options import Options, opt
 
@@ -58,7 +58,7 @@ class SimCLR(Method):
         super().__init__()
         o = self.options = self.resolve(options, kwargs)
         self.encoder = encoder
-        self.head = projection_head(int(encoder.embed_dim), o.proj_dim, o.proj_hidden, o.mlp)
+        self.head = projection_head(embed_dim_of(encoder), o.proj_dim, o.proj_hidden, o.mlp)
         self.loss_fn = NTXent(o.temperature)
         self.crops_per_item = 2
 

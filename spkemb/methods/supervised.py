@@ -35,7 +35,7 @@ from spkemb.losses.gate import GateOptions, LossGate
 from spkemb.losses.subcenter import SubCenterAAM
 from spkemb.losses.supcon_aam import AAMPlusSupCon, SupConAAM
 from spkemb.methods.base import Method
-from spkemb.methods.common import batch_views, device_of, flatten_views
+from spkemb.methods.common import batch_views, device_of, embed_dim_of, flatten_views
 from spkemb.methods.registry import register_method
 from spkemb.options import Options, opt
 
@@ -113,7 +113,7 @@ class Supervised(Method):
             self.options = o = o.replace(n_classes=n_classes)
         self.encoder = encoder
         self.register_buffer("labels", lab.clone())
-        dim = int(encoder.embed_dim)  # type: ignore[arg-type]
+        dim = embed_dim_of(encoder)
         self.head = self._make_head(o, dim)
         self.schedule = MarginScheduler(final=o.margin, hold=o.margin_hold_steps, ramp=o.margin_ramp_steps)
         self.gate = LossGate(lab, GateOptions(
@@ -130,10 +130,11 @@ class Supervised(Method):
         if o.loss == "supcon-aam":
             return SupConAAM(scale=o.scale, margin=o.margin)
         if o.loss == "subcenter-aam":
-            aam: AAMSoftmax = SubCenterAAM(dim, o.n_classes, margin=o.margin, scale=o.scale,
-                                           subcenters=o.subcenters, topk=o.topk, topk_margin=o.topk_margin)
-            aam.reduce_counts = lambda t: all_reduce(t)  # type: ignore[attr-defined]
-            return aam
+            sub = SubCenterAAM(dim, o.n_classes, margin=o.margin, scale=o.scale,
+                               subcenters=o.subcenters, topk=o.topk, topk_margin=o.topk_margin)
+            sub.reduce_counts = all_reduce
+            return sub
+        aam: AAMSoftmax
         if o.topk:
             aam = SubCenterAAM(dim, o.n_classes, margin=o.margin, scale=o.scale, subcenters=1, topk=o.topk,
                                topk_margin=o.topk_margin)
@@ -212,6 +213,7 @@ class Supervised(Method):
             loss, parts, out, per_item = self.head.detailed(z, labels, keep, supcon_z=zz, supcon_labels=ll)
             self._record(index, per_item, out, n)
         else:
+            assert isinstance(self.head, AAMSoftmax)
             row_keep = None if keep is None else keep.repeat_interleave(n)
             out = self.head.detailed(z.reshape(b * n, -1), labels.repeat_interleave(n), row_keep)
             loss, parts = out.loss, {"acc": out.acc}

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from spkemb.errors import InputError
+from spkemb.options import Options
 
 __all__ = ["register_encoder", "build_encoder", "list_encoders", "encoder_class", "encoder_options",
            "is_parameter_free"]
@@ -35,7 +36,7 @@ def register_encoder(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
         if key in _ENCODERS and _ENCODERS[key] is not cls:
             raise ValueError(f"encoder {key!r} is already registered by {_ENCODERS[key].__qualname__}")
         _ENCODERS[key] = cls
-        cls.encoder_name = key
+        setattr(cls, "encoder_name", key)  # noqa: B010 - a class attribute nn.Module does not declare
         return cls
 
     return decorate
@@ -55,9 +56,14 @@ def encoder_class(name: str) -> type[nn.Module]:
     return _ENCODERS[key]
 
 
+def _options_class(name: str) -> type[Options]:
+    """The options dataclass of encoder ``name`` (every encoder class has an ``Options`` attribute)."""
+    return getattr(encoder_class(name), "Options")  # type: ignore[no-any-return]  # noqa: B009
+
+
 def encoder_options(name: str) -> dict[str, Any]:
     """Every option of encoder ``name`` with its default."""
-    return dict(encoder_class(name).Options.defaults())
+    return dict(_options_class(name).defaults())
 
 
 def is_parameter_free(name: str) -> bool:
@@ -73,7 +79,7 @@ def build_encoder(name: str, **kwargs: Any) -> nn.Module:
     The returned module's ``config`` rebuilds it: ``build_encoder(**model.config)``.
     """
     cls = encoder_class(name)
-    options = cls.Options.from_mapping(kwargs, f"encoder {_key(name)!r}")
+    options = _options_class(name).from_mapping(kwargs, f"encoder {_key(name)!r}")
     model = cls(options)
     config = getattr(model, "config", None)
     if not isinstance(config, dict) or config.get("name") != _key(name):

@@ -68,7 +68,7 @@ class TDNN(nn.Module):
         mask = time_mask(None if lengths is None else frames, x.shape[2], x.dtype)
         for layer in self.layers:
             x = layer(x)
-            if mask is not None and layer.conv.kernel_size[0] > 1:
+            if mask is not None and layer.conv.kernel_size[0] > 1:  # type: ignore[union-attr,index]
                 x = x * mask.to(x.dtype)
         mean, std = masked_mean_std(x, mask)
         return self.embedding(torch.cat([mean, std], dim=1))

@@ -105,7 +105,7 @@ def _short(path: Path) -> str:
 
 def capture_rng(device: torch.device | None = None) -> dict[str, Any]:
     """The torch (CPU and ``device``'s CUDA), numpy and Python RNG states as tensors and plain data."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,8 +53,9 @@ def build_optimizer(method: nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     decay); each group's lr is then ``lr_scale`` times the scheduled one.
     """
     groups_fn = getattr(method, "param_groups", None)
-    raw = groups_fn() if callable(groups_fn) else [{"params": list(method.parameters()), "lr_scale": 1.0}]
-    groups = []
+    raw: list[dict[str, Any]] = (groups_fn() if callable(groups_fn)
+                                 else [{"params": list(method.parameters()), "lr_scale": 1.0}])  # fmt: skip
+    groups: list[dict[str, Any]] = []
     for g in raw:
         decay = [p for p in g["params"] if p.requires_grad and p.ndim > 1]
         no_decay = [p for p in g["params"] if p.requires_grad and p.ndim <= 1]

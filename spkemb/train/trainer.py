@@ -324,7 +324,7 @@ class Trainer:
         cfg, st, method = self.cfg, self.state, self.method
         st.lr = lr_at(st.step, elapsed, base_lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
                       max_steps=cfg.max_steps, max_minutes=cfg.max_minutes)
-        method.progress = progress(st.step, elapsed, cfg.max_steps, cfg.max_minutes)
+        method.progress = progress(st.step, elapsed, cfg.max_steps, cfg.max_minutes)  # type: ignore[assignment]
         method.on_step_start(st.step)  # type: ignore[operator]
         loss_value, logs = self._forward_backward(data, st.lr)
         st.step += 1
@@ -368,9 +368,10 @@ class Trainer:
 
     def _checkpoint_due(self, elapsed: float) -> bool:
         """A time-based checkpoint: ``checkpoint_minutes`` since the last one (elapsed is agreed by all ranks)."""
-        minutes = self.cfg.checkpoint_minutes
-        st = self.state
-        return bool(minutes) and st.step > st.last_saved and elapsed - st.last_saved_elapsed >= 60.0 * minutes
+        minutes, st = self.cfg.checkpoint_minutes, self.state
+        if not minutes or st.step <= st.last_saved:
+            return False
+        return elapsed - st.last_saved_elapsed >= 60.0 * minutes
 
     def _save(self) -> None:
         """A checkpoint of the full state (a collective: every rank comes here)."""
