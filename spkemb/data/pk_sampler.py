@@ -35,12 +35,11 @@ Items whose label is negative are left out (unlabelled). Fewer than 2 speakers, 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
-from spkemb.data.sampler import EpochIndex
+from spkemb.data.sampler import EpochSampler
 from spkemb.errors import InputError
 
 __all__ = ["PKSampler", "pk_capacity"]
@@ -60,13 +59,15 @@ def pk_capacity(groups: Sequence[int] | np.ndarray, p: int) -> int:
     return lo
 
 
-class PKSampler:
+class PKSampler(EpochSampler):
     """``P`` speakers x ``K`` items per batch (per rank), epoch-seeded, rank-split and resumable.
 
     ``labels[i]`` is item ``i``'s speaker (ints; negative = leave the item out). See the module
     docstring for how an epoch is made. ``batch_size`` is ``P * K``; :meth:`from_batch_size`
     derives ``P`` from a batch size and ``K``.
     """
+
+    IDENTITY = ("n_items", "p", "k", "seed", "world_size", "labels_crc")
 
     def __init__(
         self,
@@ -121,10 +122,6 @@ class PKSampler:
         """``P = batch_size // k`` (the batch is ``P * k``, at most ``batch_size``)."""
         return cls(labels, batch_size // k, k, seed, rank, world_size)
 
-    def __len__(self) -> int:
-        """Batches in a whole epoch (a resumed epoch yields only the rest)."""
-        return self.batches_per_epoch
-
     def _speaker_groups(self, rng: np.random.Generator, n_batches: int) -> list[list[np.ndarray]]:
         """Per speaker: its groups of K items for this epoch, at most ``n_batches`` of them."""
         out = []
@@ -172,44 +169,3 @@ class PKSampler:
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """This rank's batches for ``epoch`` (plain ints), the same on every call."""
         return self.all_batches(epoch)[self.rank :: self.world_size]
-
-    def __iter__(self) -> Iterator[list[EpochIndex]]:
-        """The batches of the current epoch not consumed yet; moves to the next epoch first when the
-        current one is used up. Position changes only through :meth:`mark_consumed`."""
-        if self.consumed >= self.batches_per_epoch:
-            self.epoch += 1
-            self.consumed = 0
-        epoch, start = self.epoch, self.consumed
-        batches = self.epoch_batches(epoch)[start:]
-        return iter([[EpochIndex(i, epoch) for i in b] for b in batches])
-
-    def mark_consumed(self, n: int = 1) -> None:
-        """The training loop used ``n`` more batches of the current epoch."""
-        self.consumed += n
-
-    def state_dict(self) -> dict[str, int]:
-        return {
-            "epoch": self.epoch,
-            "consumed": self.consumed,
-            "n_items": self.n_items,
-            "p": self.p,
-            "k": self.k,
-            "seed": self.seed,
-            "world_size": self.world_size,
-            "labels_crc": self.labels_crc,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the position. The data order is only the same if the labels, P, K, seed and
-        world_size are too; a mismatch raises ValueError naming what differs."""
-        differs = [
-            f"{k} {state[k]} -> {getattr(self, k)}"
-            for k in ("n_items", "p", "k", "seed", "world_size", "labels_crc")
-            if k in state and int(state[k]) != getattr(self, k)
-        ]
-        if "p" not in state:
-            differs.append("the checkpoint's sampler is not a P x K sampler")
-        if differs:
-            raise ValueError("the data order cannot be resumed: " + ", ".join(differs))
-        self.epoch = int(state["epoch"])
-        self.consumed = int(state["consumed"])

@@ -58,7 +58,58 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(epoch), int(index)])))
 
 
-class ResumableSampler:
+class EpochSampler:
+    """What the resumable batch samplers share: the position (``epoch``, ``consumed``), iteration over
+    the rest of the current epoch, and a ``state_dict`` that refuses to resume another data order.
+
+    A subclass sets ``batches_per_epoch``, implements ``epoch_batches(epoch)`` and names in
+    ``IDENTITY`` the attributes that shape the data order (checked on resume).
+    """
+
+    IDENTITY: tuple[str, ...] = ()
+    batches_per_epoch: int
+    epoch: int = 0
+    consumed: int = 0  # batches of self.epoch that the training loop has used
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """Batches in a whole epoch (a resumed epoch yields only the rest)."""
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[list[EpochIndex]]:
+        """The batches of the current epoch not consumed yet; moves to the next epoch first when the
+        current one is used up. Position changes only through :meth:`mark_consumed`."""
+        if self.consumed >= self.batches_per_epoch:
+            self.epoch += 1
+            self.consumed = 0
+        epoch, start = self.epoch, self.consumed
+        batches = self.epoch_batches(epoch)[start:]
+        return iter([[EpochIndex(i, epoch) for i in b] for b in batches])
+
+    def mark_consumed(self, n: int = 1) -> None:
+        """The training loop used ``n`` more batches of the current epoch."""
+        self.consumed += n
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed, **{k: int(getattr(self, k)) for k in self.IDENTITY}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the position. The data order is only the same if the ``IDENTITY`` attributes are
+        too; a mismatch (or a checkpoint of another kind of sampler) raises ValueError naming it."""
+        missing = [k for k in self.IDENTITY if k not in state]
+        differs = [f"{k} {state[k]} -> {getattr(self, k)}" for k in self.IDENTITY
+                   if k in state and int(state[k]) != int(getattr(self, k))]  # fmt: skip
+        if missing:
+            differs.append(f"the checkpoint's sampler is of another kind (no {', '.join(missing)})")
+        if differs:
+            raise ValueError("the data order cannot be resumed: " + ", ".join(differs))
+        self.epoch = int(state["epoch"])
+        self.consumed = int(state["consumed"])
+
+
+class ResumableSampler(EpochSampler):
     """Epoch-seeded, rank-split, resumable batches of indices (a ``DataLoader`` ``batch_sampler``).
 
     ``batch_size`` is per rank. With ``drop_last`` (the default, and what contrastive losses want)
@@ -66,6 +117,8 @@ class ResumableSampler:
     epoch (a different few each epoch); without it the permutation is padded by wrapping so every
     rank gets the same number of batches, the last one possibly short.
     """
+
+    IDENTITY = ("n_items", "batch_size", "seed", "world_size")
 
     def __init__(
         self,
@@ -100,10 +153,6 @@ class ResumableSampler:
         self.epoch = 0
         self.consumed = 0  # batches of self.epoch that the training loop has used
 
-    def __len__(self) -> int:
-        """Batches in a whole epoch (a resumed epoch yields only the rest)."""
-        return self.batches_per_epoch
-
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """This rank's batches for ``epoch`` (plain ints), the same on every call."""
         g = torch.Generator()
@@ -115,40 +164,3 @@ class ResumableSampler:
             perm = perm.repeat(reps)
         mine = perm[:total][self.rank :: self.world_size].tolist()
         return [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
-
-    def __iter__(self) -> Iterator[list[EpochIndex]]:
-        """The batches of the current epoch not consumed yet; moves to the next epoch first when the
-        current one is used up. Position changes only through :meth:`mark_consumed`."""
-        if self.consumed >= self.batches_per_epoch:
-            self.epoch += 1
-            self.consumed = 0
-        epoch, start = self.epoch, self.consumed
-        batches = self.epoch_batches(epoch)[start:]
-        return iter([[EpochIndex(i, epoch) for i in b] for b in batches])
-
-    def mark_consumed(self, n: int = 1) -> None:
-        """The training loop used ``n`` more batches of the current epoch."""
-        self.consumed += n
-
-    def state_dict(self) -> dict[str, int]:
-        return {
-            "epoch": self.epoch,
-            "consumed": self.consumed,
-            "n_items": self.n_items,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "world_size": self.world_size,
-        }
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore the position. The data order is only the same if n_items, batch_size, seed and
-        world_size are too; a mismatch raises ValueError naming what differs."""
-        differs = [
-            f"{k} {state[k]} -> {getattr(self, k)}"
-            for k in ("n_items", "batch_size", "seed", "world_size")
-            if k in state and int(state[k]) != getattr(self, k)
-        ]
-        if differs:
-            raise ValueError("the data order cannot be resumed: " + ", ".join(differs))
-        self.epoch = int(state["epoch"])
-        self.consumed = int(state["consumed"])
