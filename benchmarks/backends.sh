@@ -18,12 +18,11 @@ DET=${DET_PNG:-$B/det.png}
 [ -f "$W/train-seg.tsv" ] || python "$B/segments.py" "$W/train.tsv" -o "$W/train-seg.tsv"
 [ -f "$W/dev-trials.txt" ] || spkemb prepare "$W/train-seg.tsv" --trials "$W/dev-trials.txt" --seed 0
 
-if [ ! -f "$W/cel-$STEPS/encoder.pt" ]; then
-  start=$(date +%s)
+if [ ! -f "$W/cel-$STEPS/encoder.pt" ]; then  # --resume: an interrupted run continues from its checkpoint
   spkemb pretrain "$W/train.tsv" -o "$W/cel-$STEPS" --config examples/configs/cel-cpu.yaml --max-steps "$STEPS" \
-      --noise "$C/noise/speech-commands-background" --seed 0
-  echo "{\"cel_pretrain_steps\": $STEPS, \"cel_pretrain_wall_s\": $(( $(date +%s) - start ))}"
+      --noise "$C/noise/speech-commands-background" --seed 0 --resume
 fi
+echo "{\"cel_pretrain_last_log\": $(tail -n 1 "$W/cel-$STEPS/metrics.jsonl")}"
 
 result() {  # result ENCODER BACKEND spkemb-score-args...
   local enc=$1 be=$2; shift 2

@@ -109,7 +109,7 @@ def test_scores_round_trip_through_the_writer(tmp_path: Path) -> None:
     f = tmp_path / "t.txt"
     f.write_text("1 a b\n0 a c\n")
     table = read_trial_table(f)
-    data = format_scores(table, np.array([0.1234567, -0.0000001]), table.labels)
+    data = bytes(format_scores(table, np.array([0.1234567, -0.0000001]), table.labels))
     assert data.decode().splitlines() == ["a b 0.123457 target", "a c 0 nontarget"]
     (tmp_path / "s.txt").write_bytes(data)
     back = read_trial_table(tmp_path / "s.txt")
@@ -118,7 +118,7 @@ def test_scores_round_trip_through_the_writer(tmp_path: Path) -> None:
     # An id with a quote character cannot go through Arrow unquoted: the slow writer takes it.
     f.write_text('1 a"x b\n')
     table = read_trial_table(f)
-    assert format_scores(table, np.array([0.5]), table.labels).decode() == 'a"x b 0.5 target\n'
+    assert bytes(format_scores(table, np.array([0.5]), table.labels)).decode() == 'a"x b 0.5 target\n'
 
 
 def test_resolve_rows_reports_missing_ids_in_order(tmp_path: Path) -> None:

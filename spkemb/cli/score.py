@@ -36,9 +36,9 @@ _EMB = "Embedding store"
 
 @guarded
 def score(
-    trials: str | None = typer.Argument(None, metavar="[TRIALS]", help="Trial list: 'label enroll test' (VoxCeleb), "
+    trials: str | None = typer.Argument(None, metavar="TRIALS", help="Trial list: 'label enroll test' (VoxCeleb), "
                                         "'enroll test target|nontarget' (Kaldi) or 'enroll test'; '-' for stdin."),
-    embeddings: Path | None = typer.Argument(None, metavar="[EMB.h5]", help="Embedding store whose utt_ids the "
+    embeddings: Path | None = typer.Argument(None, metavar="EMB.h5", help="Embedding store whose utt_ids the "
                                              "trial ids name."),
     output: str | None = typer.Option(None, "-o", "--output", help="Write scores here (atomically) instead of "
                                       "stdout; '-' for stdout."),
@@ -47,9 +47,9 @@ def score(
                                                   "toolkit): its metrics, and a curve on the plots. Repeatable. "
                                                   "Without TRIALS EMB.h5 the first one is the system that -o and "
                                                   "calibration act on.", rich_help_panel="Scores in"),
-    names: list[str] | None = typer.Option(None, "--name", help="Legend name of a system, in order: this run's "
-                                           "system first, then each --scores file. Repeatable [default: the store "
-                                           "name and back-end, or the scores file's name].",
+    names: list[str] | None = typer.Option(None, "--name", metavar="NAME", help="Legend name of a system, in "
+                                           "order: this run's system first, then each --scores file. Repeatable "
+                                           "[default: the store name and back-end, or the scores file's name].",
                                            rich_help_panel="Scores in"),
     backend: Backend = typer.Option(Backend.cosine, "--backend", help="cosine, or plda (needs --train or --plda).",
                                     rich_help_panel="Back-end"),
@@ -76,7 +76,8 @@ def score(
                                             rich_help_panel="Calibration"),
     fit_calibration: Path | None = typer.Option(None, "--fit-calibration", metavar="CAL.json", help="Fit a "
                                                 "linear logistic-regression calibration on these (development) "
-                                                "trials and save it.", rich_help_panel="Calibration"),
+                                                "trials and save it (the scores written and reported here stay "
+                                                "uncalibrated).", rich_help_panel="Calibration"),
     quality: list[Quality] | None = typer.Option(None, "--quality", help="Quality measures for the calibration "
                                                  "(WeSpeaker's QMF): duration = log of the shorter and longer "
                                                  "utterance's duration (needs --manifest).",
@@ -84,8 +85,8 @@ def score(
     manifests: list[Path] | None = typer.Option(None, "--manifest", metavar="MANIFEST.tsv", help="Manifest(s) "
                                                 "with the durations of the trial ids. Repeatable.",
                                                 rich_help_panel="Calibration"),
-    p_targets: list[float] | None = typer.Option(None, "--p-target", help="DCF operating point(s): minDCF and "
-                                                 "actDCF at each. Repeatable [default: 0.01 and 0.05].",
+    p_targets: list[float] | None = typer.Option(None, "--p-target", metavar="P", help="DCF operating point(s): "
+                                                 "minDCF and actDCF at each. Repeatable [default: 0.01 and 0.05].",
                                                  rich_help_panel="Report"),
     det: Path | None = typer.Option(None, "--det", metavar="FILE.png|.svg|.pdf", help="Draw the DET curve(s) "
                                     "(EER and minDCF at the first --p-target marked).", rich_help_panel="Report"),

@@ -50,6 +50,7 @@ __all__ = [
     "compute_act_dcf",
     "compute_cllr",
     "compute_min_cllr",
+    "check_scores",
     "summarize",
 ]
 
@@ -72,7 +73,8 @@ def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
         raise InputError(f"{s.size} scores but {lab.size} labels")
     if lab.dtype == bool:
         lab = lab.astype(np.int8)
-    if lab.size and not np.isin(lab, (0, 1)).all():
+    integer = lab.dtype.kind in "iu"
+    if lab.size and not ((lab.min() >= 0 and lab.max() <= 1) if integer else np.isin(lab, (0, 1)).all()):
         raise InputError("labels must be 1 (target) or 0 (non-target)")
     if not np.isfinite(s).all():
         raise InputError(f"{int((~np.isfinite(s)).sum())} scores are not finite (NaN or infinite)")
@@ -83,6 +85,11 @@ def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if n_tar == lab.size:
         raise InputError("no non-target trials: EER and DCF need both target and non-target trials")
     return s, lab
+
+
+def check_scores(scores: np.ndarray, labels: np.ndarray) -> None:
+    """Raise the InputError that any metric of these scores would raise (before anything is written)."""
+    _check(scores, labels)
 
 
 def _det(s: np.ndarray, lab: np.ndarray) -> DetCurve:
@@ -207,7 +214,11 @@ def _pav(counts: np.ndarray, tars: np.ndarray, passes: int = 64) -> tuple[np.nda
     x = np.concatenate(([0], np.cumsum(counts)))
     y = np.concatenate(([0], np.cumsum(tars)))
     idx = np.arange(x.size)
-    for _ in range(passes):
+    if passes > 0 and x.size > 2:  # the first pass on slices, without gathers: it keeps few points
+        keep = np.ones(x.size, dtype=bool)
+        keep[1:-1] = (x[1:-1] - x[:-2]) * (y[2:] - y[:-2]) - (y[1:-1] - y[:-2]) * (x[2:] - x[:-2]) > 0
+        idx = idx[keep]
+    for _ in range(passes - 1):
         a, b, c = idx[:-2], idx[1:-1], idx[2:]
         keep = np.ones(idx.size, dtype=bool)
         keep[1:-1] = (x[b] - x[a]) * (y[c] - y[a]) - (y[b] - y[a]) * (x[c] - x[a]) > 0

@@ -52,7 +52,6 @@ class ScoreRequest:
 @dataclass
 class ScoreResult:
     systems: list[tuple[str, dict[str, Any]]]  # (name, summary) per system, the primary first
-    wrote_scores: bool
 
 
 def _check_request(r: ScoreRequest) -> None:
@@ -224,16 +223,23 @@ def _default_name(r: ScoreRequest, path: str | None = None) -> str:
     return f"{Path(r.embeddings or '').stem} {o.backend}" + ("" if o.norm == "none" else f" {o.norm}")
 
 
+def _check_systems(r: ScoreRequest, systems: list[tuple[str, ScoredTrials]]) -> None:
+    """Refuse now what the metrics and plots would refuse later, so that nothing after this can."""
+    from spkemb.scoring.metrics import check_scores
+
+    for name, st in systems:
+        if st.labels is not None:
+            check_scores(st.scores, st.labels)
+        elif r.det is not None or r.hist is not None:
+            raise InputError(f"plots need labelled trials; {name} has no labels")
+
+
 def _plots(r: ScoreRequest, systems: list[tuple[str, ScoredTrials]]) -> list[tuple[str, bytes]]:
     if r.det is None and r.hist is None:
         return []
     from spkemb.scoring.plots import PlotSystem, check_plot_path, det_figure, histogram_figure
 
-    plot_systems = []
-    for name, st in systems:
-        if st.labels is None:
-            raise InputError(f"plots need labelled trials; {name} has no labels")
-        plot_systems.append(PlotSystem(name, st.scores, st.labels))
+    plot_systems = [PlotSystem(name, st.scores, st.labels) for name, st in systems if st.labels is not None]
     out = []
     if r.det is not None:
         out.append((r.det, det_figure(plot_systems, check_plot_path(r.det), p_target=r.p_targets[0])))
@@ -244,6 +250,10 @@ def _plots(r: ScoreRequest, systems: list[tuple[str, ScoredTrials]]) -> list[tup
 
 def run_score(r: ScoreRequest, say: Callable[[str], None] = lambda _m: None) -> ScoreResult:
     """Do the whole command; every input error is raised before anything is written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spkemb.fileio import atomic_write_bytes
+
     _check_request(r)
     primary, plda = _primary(r)
     if primary.skipped:
@@ -254,21 +264,23 @@ def run_score(r: ScoreRequest, say: Callable[[str], None] = lambda _m: None) -> 
     systems = [(_default_name(r, None if r.embeddings else r.scores_files[0]), primary)]
     systems += [(_default_name(r, f), read_scores(f)) for f in extra]
     systems = [(r.names[i] if i < len(r.names) else name, st) for i, (name, st) in enumerate(systems)]
-    summaries = [(name, {"name": name, **st.summary(r.p_targets)}) for name, st in systems]
+    _check_systems(r, systems)
+    # Every input is read and accepted: the scores are written (Arrow's writer and the disk, off the
+    # GIL) while the metrics and plots are computed.
+    with ThreadPoolExecutor(1) as pool:
+        writing = None
+        if r.output is not None or (r.embeddings is not None and not r.json_out):
+            writing = pool.submit(primary.write, r.output)
+        summaries = [(name, {"name": name, **st.summary(r.p_targets)}) for name, st in systems]
+        plots = _plots(r, systems)
+        if writing is not None:
+            writing.result()
     if cal is not None:
         summaries[0][1]["calibration"] = {"file": r.fit_calibration, **cal.fitted_on}
-    plots = _plots(r, systems)
-    # Everything is read and computed: write.
-    wrote = False
-    if r.output is not None or (r.embeddings is not None and not r.json_out):
-        primary.write(r.output)
-        wrote = True
-    if cal is not None and r.fit_calibration is not None:
-        cal.save(r.fit_calibration)
+        if r.fit_calibration is not None:
+            cal.save(r.fit_calibration)
     if plda is not None and r.save_plda is not None:
         plda.save(r.save_plda)
-    from spkemb.fileio import atomic_write_bytes
-
     for path, data in plots:
         atomic_write_bytes(path, data)
-    return ScoreResult(summaries, wrote)
+    return ScoreResult(summaries)

@@ -65,7 +65,7 @@ class ScoredTrials:
 
     def lines(self) -> str:
         """``enroll test score [target|nontarget]`` lines in the trials' order."""
-        return format_scores(self.table, self.scores, self.labels).decode()
+        return bytes(format_scores(self.table, self.scores, self.labels)).decode()
 
     def write(self, dest: str | Path | None) -> None:
         """Write the score lines to ``dest`` atomically (stdout for None or ``-``)."""
