@@ -232,3 +232,30 @@ def test_usage_errors_of_the_new_options(setup: dict[str, Path], tmp_path: Path)
     for args, message in cases:
         line = _one_error_line(runner.invoke(app, args))
         assert message in line, (args, line)
+
+
+def test_a_cohort_of_another_encoder_is_refused_unless_allowed(tmp_path: Path) -> None:
+    """Issue 13: stores carry encoder_config / checkpoint_sha256; mixing encoders is refused."""
+    rng = np.random.default_rng(0)
+    ids = [f"u{i}" for i in range(6)]
+    store, cohort = tmp_path / "e.h5", tmp_path / "c.h5"
+    write_embeddings(store, ids, rng.standard_normal((6, 4)).astype(np.float32), attrs={"checkpoint_sha256": "aaa"})
+    write_embeddings(cohort, [f"c{i}" for i in range(5)], rng.standard_normal((5, 4)).astype(np.float32),
+                     attrs={"checkpoint_sha256": "bbb"})
+    trials = tmp_path / "t.txt"
+    trials.write_text("1 u0 u1\n0 u0 u2\n")
+    base = ["score", str(trials), str(store), "--cohort", str(cohort), "--norm", "asnorm"]
+    res = CliRunner().invoke(app, base)
+    assert res.exit_code == 2 and "another encoder" in res.output and "c.h5" in res.output
+    res = CliRunner().invoke(app, [*base, "--allow-mixed-encoders"])
+    assert res.exit_code == 0, res.output
+    assert "exceeds the cohort's 5 embeddings" in res.output
+
+
+def test_missing_trial_ids_name_a_store_id_and_the_fix(tmp_path: Path) -> None:
+    from spkemb.scoring.scores_io import id_hint
+
+    ids = ["id10270/x6uYqmx31kE/00001.wav", "id10270/x6uYqmx31kE/00002.wav"]
+    assert "prefix 'wav/'" in id_hint("wav/id10270/x6uYqmx31kE/00001.wav", ids)
+    assert "prefix 'id10270/'" in id_hint("x6uYqmx31kE/00001.wav", ids)
+    assert "store ids look like" in id_hint("other.wav", ids)

@@ -94,6 +94,9 @@ def score(
                                      "non-target score histograms.", rich_help_panel="Report"),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Drop trials whose ids are not in the store "
                                       "instead of failing."),
+    allow_mixed_encoders: bool = typer.Option(False, "--allow-mixed-encoders", help="Accept a cohort or PLDA "
+                                              "training store made by another encoder than EMB.h5 (refused by "
+                                              "default: their scores do not mix)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout; scores then go only "
                                   "to -o.", rich_help_panel="Report"),
 ) -> None:
@@ -124,7 +127,7 @@ def score(
         cohort=s(cohort), train=s(train), plda=s(plda), save_plda=s(save_plda), lda_dim=lda_dim,
         calibration=s(calibration), fit_calibration=s(fit_calibration), quality=[q.value for q in quality or []],
         manifests=[str(m) for m in manifests or []], p_targets=tuple(p_targets or (0.01, 0.05)), det=s(det),
-        hist=s(hist), names=list(names or []), json_out=json_out,
+        hist=s(hist), names=list(names or []), json_out=json_out, allow_mixed_encoders=allow_mixed_encoders,
     )
     result = run_score(request, lambda m: console.print(m, highlight=False, soft_wrap=True))
     for sys_name, summary in result.systems:

@@ -47,6 +47,7 @@ class ScoreRequest:
     hist: str | None = None
     names: list[str] = field(default_factory=list)  # legend names in system order; defaults for the rest
     json_out: bool = False
+    allow_mixed_encoders: bool = False
 
 
 @dataclass
@@ -168,7 +169,18 @@ def _durations(r: ScoreRequest, st: ScoredTrials) -> dict[str, np.ndarray]:
     return {"duration": duration_features(d_e, d_t)}
 
 
-def _primary(r: ScoreRequest) -> tuple[ScoredTrials, Plda | None]:
+def _same_encoder(store: Any, other: Any, path: str | None, what: str, r: ScoreRequest) -> None:
+    """Refuse a cohort or training store embedded by another encoder than the scored store."""
+    if r.allow_mixed_encoders or path is None:
+        return
+    a, b = store.attrs, other.attrs
+    for key in ("checkpoint_sha256", "encoder_config"):
+        if a.get(key) and b.get(key) and a[key] != b[key]:
+            raise InputError(f"this {what} was made by another encoder than {r.embeddings} ({key} differs); scores "
+                             "across encoders mean nothing (--allow-mixed-encoders if you mean it)", path)
+
+
+def _primary(r: ScoreRequest, say: Callable[[str], None]) -> tuple[ScoredTrials, Plda | None]:
     """The primary system's scores, and the PLDA model when this run trains one."""
     from spkemb.embeddings.store import read_embeddings
     from spkemb.scoring.plda import PldaOptions
@@ -179,13 +191,19 @@ def _primary(r: ScoreRequest) -> tuple[ScoredTrials, Plda | None]:
     table = read_trial_table(r.trials or "-")
     store = read_embeddings(r.embeddings)
     cohort = read_embeddings(r.cohort) if r.cohort is not None else None
+    if cohort is not None:
+        _same_encoder(store, cohort, r.cohort, "cohort", r)
     plda = None
     if r.train is not None:
         train = read_embeddings(r.train)
+        _same_encoder(store, train, r.train, "PLDA training store", r)
         plda = Plda.fit(train.vectors, train.speakers, PldaOptions(lda_dim=r.lda_dim), source=r.train)
     elif r.plda is not None:
         plda = Plda.load(r.plda)
     st = score_trials(table, store, r.options, cohort=cohort, plda=plda, source=r.embeddings, cohort_source=r.cohort)
+    top_k = 300 if r.options.top_k is None else r.options.top_k
+    if cohort is not None and r.options.norm == "asnorm" and top_k > len(cohort.ids):
+        say(f"note: --top-k {top_k} exceeds the cohort's {len(cohort.ids)} embeddings; all of them are used")
     return st, plda
 
 
@@ -255,7 +273,7 @@ def run_score(r: ScoreRequest, say: Callable[[str], None] = lambda _m: None) -> 
     from spkemb.fileio import atomic_write_bytes
 
     _check_request(r)
-    primary, plda = _primary(r)
+    primary, plda = _primary(r, say)
     if primary.skipped:
         say(f"skipped {primary.skipped} of {primary.total} trials: {len(primary.missing)} ids are not in "
             f"{r.embeddings}")

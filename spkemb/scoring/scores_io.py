@@ -146,6 +146,23 @@ def _fast_table(data: bytes) -> TrialTable | None:
     return None
 
 
+def id_hint(missing: str, ids: list[str]) -> str:
+    """Why ``missing`` may not be among a store's ``ids``: a store id beside it and the likely fix."""
+    if not ids:
+        return "the store is empty"
+    tail = missing.split("/")[-1]
+    near = next((u for u in ids if u.endswith("/" + tail) or u == tail), ids[0])
+    hint = f"store ids look like {near!r}"
+    if near != missing and near.endswith(missing):
+        prefix = near[: len(near) - len(missing)]
+        return f"{hint}: the store's ids carry the prefix {prefix!r} (prepare with --id-prefix, or the trials' root)"
+    if near != missing and missing.endswith(near):
+        prefix = missing[: len(missing) - len(near)]
+        return (f"{hint}: the trial ids carry the prefix {prefix!r} (prepare the corpus root, or with "
+                f"--id-prefix {prefix!r})")
+    return f"{hint} (use --skip-missing to score the trials that are there)"
+
+
 def resolve_rows(
     table: TrialTable,
     ids: list[str],
@@ -179,7 +196,7 @@ def resolve_rows(
         if not skip_missing:
             shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
             noun = "trial id is" if len(missing) == 1 else "trial ids are"
-            raise InputError(f"{len(missing)} {noun} not in the embedding store: {shown} (use --skip-missing)",
+            raise InputError(f"{len(missing)} {noun} not in the embedding store: {shown}; {id_hint(missing[0], ids)}",
                              source)
         if not keep.any():
             raise InputError(f"none of the {len(table)} trials has both ids in the embedding store "
