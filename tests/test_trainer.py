@@ -354,3 +354,59 @@ def test_sigint_checkpoints_the_step_and_resume_equals_an_uninterrupted_run(tmp_
     for k, v in straight.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
 
+
+
+def test_full_disk_while_checkpointing_is_one_work_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC from torch.save (a RuntimeError there) becomes one WorkError naming the folder; earlier
+    checkpoints stay, and a resume after freeing space finishes the run."""
+    import spkemb.train.trainer as trainer_mod
+
+    real = trainer_mod.save_checkpoint
+    calls = {"n": 0}
+
+    def full_disk(state, ckpt_dir, step, keep):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                               "data/0: file write failed")
+        return real(state, ckpt_dir, step, keep)
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", full_disk)
+    cfg = toy_cfg(max_steps=8, checkpoint_every=2)
+    with pytest.raises(WorkError, match=r"cannot write the checkpoint of step 4 .*earlier checkpoints are intact"):
+        Trainer(ToyMethod(), ToyData(n=16), None, cfg, tmp_path).fit()
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [2]
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", real)
+    assert Trainer(ToyMethod(), ToyData(n=16), None, cfg, tmp_path).fit(resume=True)["steps"] == 8
+
+
+def test_a_trained_encoder_without_checkpoints_is_not_replaced(tmp_path: Path) -> None:
+    """Issue 8 item 4: checkpoints/ removed, encoder.pt kept: refused unless --overwrite."""
+    import shutil
+
+    Trainer(ToyMethod(), ToyData(n=8), None, toy_cfg(), tmp_path, export_encoder=lambda p: p.write_text("enc")).fit()
+    shutil.rmtree(tmp_path / "checkpoints")
+    with pytest.raises(InputError, match="already holds a trained encoder.pt"):
+        Trainer(ToyMethod(), ToyData(n=8), None, toy_cfg(), tmp_path).fit()
+    assert (tmp_path / "encoder.pt").read_text() == "enc"
+    Trainer(ToyMethod(), ToyData(n=8), None, toy_cfg(overwrite=True), tmp_path,
+            export_encoder=lambda p: p.write_text("new")).fit()
+    assert (tmp_path / "encoder.pt").read_text() == "new"
+
+
+def test_checkpoints_are_also_written_by_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoint_minutes: a checkpoint once that much training time passed since the last one."""
+    import spkemb.train.trainer as trainer_mod
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(trainer_mod.time, "monotonic", lambda: clock["t"])
+
+    class Slow(ToyMethod):
+        def after_step(self, step: int, total_steps: int | None) -> None:
+            super().after_step(step, total_steps)
+            clock["t"] += 40.0  # each step "takes" 40 s
+
+    Trainer(Slow(), ToyData(n=16), None, toy_cfg(checkpoint_every=1000, checkpoint_minutes=2.0), tmp_path).fit()
+    # the time is read before each step (all ranks agree on it): 120 s are reached before step 4, the
+    # next 120 s (from the save at 160 s) before step 8, the end of the run
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [4, 8]
