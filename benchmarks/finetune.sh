@@ -5,11 +5,12 @@
 # 2 crops per item) from scratch and from each pretrained encoder, with AAM and with AAM+SupCon-AAM,
 # all at the same budget (FT_STEPS steps, same batch). Scores trials-test-other.txt (cosine).
 # One JSON line per system on stdout.
-#   PT_STEPS=200 FT_STEPS=150 INITS="scratch cel simclr moco dino" bash benchmarks/finetune.sh
+#   PT_STEPS=150 FT_STEPS=150 FT_BATCH=64 INITS="scratch cel simclr moco dino" bash benchmarks/finetune.sh
 set -euo pipefail
 source "$(dirname "$0")/libri.sh"
 PT_STEPS=${PT_STEPS:-200}
 FT_STEPS=${FT_STEPS:-150}
+FT_BATCH=${FT_BATCH:-64}
 INITS=${INITS:-scratch cel simclr moco dino}
 LOSSES=${LOSSES:-aam aam+supcon-aam}
 B="$W/finetune"
@@ -32,12 +33,12 @@ for init in $INITS; do
     --max-steps "$PT_STEPS" "${noise[@]}" --resume 2>/dev/null
   report "pretrained $init ($PT_STEPS steps)" "$pre"
 done
-for init in $INITS; do
-  for loss in $LOSSES; do
+for loss in $LOSSES; do
+  for init in $INITS; do
     exp="$B/ft-$init-${loss//+/-}"
     from=(); [ "$init" != scratch ] && from=(--init "$B/pre-$init")
     [ -f "$exp/encoder.pt" ] || spkemb finetune "$W/train-seg.tsv" -o "$exp" --config examples/configs/finetune-cpu.yaml \
-      --loss "$loss" --max-steps "$FT_STEPS" "${from[@]}" "${noise[@]}" --resume 2>/dev/null
+      --loss "$loss" --max-steps "$FT_STEPS" --batch-size "$FT_BATCH" "${from[@]}" "${noise[@]}" --resume 2>/dev/null
     report "finetune $loss from $init ($FT_STEPS steps)" "$exp"
   done
 done
