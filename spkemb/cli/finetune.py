@@ -41,6 +41,9 @@ def finetune(
                                                  "(repeatable)."),
     method_opt: list[str] | None = typer.Option(None, "--method-opt", metavar="KEY=VALUE", help="Finetuning option "
                                                 "(repeatable), e.g. margin=0.3 n_crops=2."),
+    frontend_weights: str | None = typer.Option(None, "--frontend-weights", metavar="PATH", help="Pretrained "
+                                                "frontend weights for --encoder wavlm-mhfa: a torchaudio WavLM state "
+                                                "dict or a Hugging Face folder (encoder option frontend_weights)."),
     config: Path | None = typer.Option(None, "--config", metavar="FILE", help="YAML or TOML config; options given "
                                        "here override it."),
     max_steps: int | None = typer.Option(None, metavar="N", help="Stop after this many optimiser steps."),
@@ -82,6 +85,8 @@ def finetune(
     if rir:
         data_over["rir"] = rir
     enc_name, enc_kwargs = encoder, parse_key_values(encoder_opt, "--encoder-opt") or None
+    if frontend_weights is not None:
+        enc_kwargs = {**(enc_kwargs or {}), "frontend_weights": frontend_weights}
     if init is not None and encoder is None and "encoder" not in file_cfg:
         arch = init_config(init)  # the architecture of the pretrained encoder
         enc_name, enc_kwargs = str(arch.pop("name")), {**arch, **(enc_kwargs or {})}

@@ -32,6 +32,9 @@ def pretrain(
                                                  "(repeatable), e.g. channels=1024."),
     method_opt: list[str] | None = typer.Option(None, "--method-opt", metavar="KEY=VALUE", help="Method option "
                                                 "(repeatable), e.g. queue_size=65536."),
+    frontend_weights: str | None = typer.Option(None, "--frontend-weights", metavar="PATH", help="Pretrained "
+                                                "frontend weights for --encoder wavlm-mhfa: a torchaudio WavLM state "
+                                                "dict or a Hugging Face folder (encoder option frontend_weights)."),
     config: Path | None = typer.Option(None, "--config", metavar="FILE", help="YAML or TOML config; options given "
                                        "here override it."),
     max_steps: int | None = typer.Option(None, metavar="N", help="Stop after this many optimiser steps."),
@@ -82,13 +85,16 @@ def pretrain(
     for key, value in (("speed", speed), ("gain", gain), ("disjoint_crops", disjoint_crops)):
         if value is not None:
             data_over[key] = value
+    enc_kwargs = parse_key_values(encoder_opt, "--encoder-opt")
+    if frontend_weights is not None:
+        enc_kwargs["frontend_weights"] = frontend_weights
     overrides = {
         "method": method, "encoder": encoder, "max_steps": max_steps, "max_minutes": max_minutes,
         "batch_size": batch_size, "lr": lr, "num_workers": workers, "checkpoint_every": checkpoint_every,
         "checkpoint_minutes": checkpoint_minutes, "device": device, "seed": seed,
         "precision": precision.value if precision else None,
         "resume": resume or None, "overwrite": overwrite or None, "compile": compile_,
-        "encoder_kwargs": parse_key_values(encoder_opt, "--encoder-opt") or None,
+        "encoder_kwargs": enc_kwargs or None,
         "method_options": parse_key_values(method_opt, "--method-opt") or None,
         "data_options": data_over or None,
     }  # fmt: skip

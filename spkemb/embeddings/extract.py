@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -121,6 +122,7 @@ def extract_embeddings(
     if device.type == "cpu":
         tune_cpu_allocator()
     model = model.to(device).eval()
+    opts = default_chunk(model, opts)
     dim = int(model.embed_dim)  # type: ignore[arg-type]  # an encoder's int attribute
     sample_rate = int(model.sample_rate)  # type: ignore[arg-type]
     ids = [u.utt_id for u in utts]
@@ -175,6 +177,16 @@ def extract_embeddings(
         writer.close()
     problems = [(utts[r].path, err) for r, err in failed]
     return ExtractResult(path, written, writer.resumed, problems, audio, time.monotonic() - t0)
+
+
+def default_chunk(model: torch.nn.Module, opts: ExtractOptions) -> ExtractOptions:
+    """``opts`` with ``chunk`` set to the encoder's ``max_seconds`` when it has one and no ``--chunk`` was
+    given: an encoder whose cost grows with the square of the length (WavLM's attention) embeds long
+    utterances in windows of that length (the last one ends at the utterance's end) and averages them."""
+    limit = getattr(model, "max_seconds", None)
+    if opts.chunk is not None or not limit:
+        return opts
+    return dataclasses.replace(opts, chunk=float(limit))
 
 
 def _effective_seconds(d: float, opts: ExtractOptions) -> float:

@@ -131,7 +131,7 @@ def run_finetune(
         raise InputError(f"batch_size {cfg.batch_size} holds fewer than 2 speakers of {k} items each")
     seed_everything(cfg.seed)
     prepare_cpu(cfg)
-    encoder = build_encoder_from(cfg)
+    encoder = build_encoder_from(cfg, reporter)
     loaded = load_init(encoder, init) if init is not None else None
     if loaded is not None:
         reporter.message(f"init: loaded {loaded['loaded']} of {loaded['total']} encoder tensors from {init}")

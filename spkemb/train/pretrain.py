@@ -17,10 +17,16 @@ from spkemb.train.config import TrainConfig, config_dict, dump_config
 from spkemb.train.report import Reporter
 
 
-def build_encoder_from(cfg: TrainConfig) -> nn.Module:
+def build_encoder_from(cfg: TrainConfig, reporter: Reporter | None = None) -> nn.Module:
+    """The configured encoder; an encoder that loaded pretrained parts (``frontend_loaded``, e.g.
+    wavlm-mhfa's ``frontend_weights``) has that line shown through ``reporter``."""
     from spkemb.models import build_encoder
 
-    return build_encoder(cfg.encoder, **cfg.encoder_kwargs)
+    encoder = build_encoder(cfg.encoder, **cfg.encoder_kwargs)
+    note = getattr(encoder, "frontend_loaded", None)
+    if note and reporter is not None:
+        reporter.message(str(note))
+    return encoder
 
 
 def prepare_cpu(cfg: TrainConfig) -> None:
@@ -31,7 +37,7 @@ def prepare_cpu(cfg: TrainConfig) -> None:
         tune_cpu_allocator()
 
 
-def random_encoder(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
+def random_encoder(cfg: TrainConfig, out_dir: Path, reporter: Reporter | None = None) -> dict[str, Any]:
     """``--method none``: a randomly initialised encoder (seeded), for baselines and plumbing."""
     import torch
 
@@ -43,7 +49,7 @@ def random_encoder(cfg: TrainConfig, out_dir: Path) -> dict[str, Any]:
                 raise InputError(f"already holds {existing}; refusing to replace it with a random encoder "
                                  "(choose another -o, or --overwrite)", out_dir)
     torch.manual_seed(cfg.seed)
-    enc = build_encoder_from(cfg)
+    enc = build_encoder_from(cfg, reporter)
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out_dir / "config.yaml")
     path = save_encoder(enc, out_dir / "encoder.pt", extra={"method": "none", "seed": cfg.seed})
@@ -62,7 +68,7 @@ def run_pretrain(
     if cfg.method not in ("none", *names):
         raise InputError(f"method {cfg.method!r}: choose none, {', '.join(names)}")
     if cfg.method == "none":
-        return random_encoder(cfg, out)
+        return random_encoder(cfg, out, reporter)
     from spkemb.data.crops import collate_crops
     from spkemb.methods import build_method, method_views
     from spkemb.models import save_encoder
@@ -74,7 +80,7 @@ def run_pretrain(
     DataOptions.from_mapping(cfg.data_options, "data_options")  # bad keys refused before any work
     seed_everything(cfg.seed)  # initial weights (and heads, queues) follow --seed
     prepare_cpu(cfg)
-    encoder = build_encoder_from(cfg)
+    encoder = build_encoder_from(cfg, reporter)
     sr = int(getattr(encoder, "sample_rate"))  # noqa: B009
     method = build_method(cfg.method, encoder, **cfg.method_options)
     views = method_views(cfg.method, **cfg.method_options)
