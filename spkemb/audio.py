@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from spkemb.errors import InputError
 
@@ -184,6 +183,8 @@ def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Polyphase resampling (scipy); a no-op when the rates match."""
     if orig_sr == target_sr:
         return x.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly  # here: importing scipy.signal takes ~1 s, most runs never resample
+
     g = gcd(int(orig_sr), int(target_sr))
     return resample_poly(x, target_sr // g, orig_sr // g).astype(np.float32)
 
@@ -258,6 +259,8 @@ def speed_change(x: np.ndarray, factor: float) -> np.ndarray:
         raise ValueError(f"speed factor must be positive, got {factor}")
     if factor == 1.0 or len(x) == 0:
         return np.array(x, dtype=np.float32)
+    from scipy.signal import resample_poly
+
     frac = Fraction(factor).limit_denominator(1000)
     # Treat x as sampled at sr * factor and resample it to sr: up = q, down = p for factor p/q.
     return resample_poly(x.astype(np.float64), frac.denominator, frac.numerator).astype(np.float32)

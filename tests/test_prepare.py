@@ -372,7 +372,7 @@ def test_prepare_manifest_core_callbacks_defaults_and_errors(tmp_path: Path) -> 
 @pytest.mark.parametrize("kwargs, message", [
     ({"min_duration": -1.0}, "--min-duration must be >= 0, got -1"),
     ({"min_duration": float("nan")}, "--min-duration must be >= 0, got nan"),
-    ({"workers": 0}, "--workers must be >= 1, got 0"),
+    ({"workers": 0}, "--threads must be >= 1, got 0"),
     ({"trials": "T", "targets": -1}, "--targets must be >= 0, got -1"),
     ({"trials": "T", "nontargets": -2}, "--nontargets must be >= 0, got -2"),
     ({"targets": 3}, "go with --trials OUT"),
@@ -404,7 +404,8 @@ def test_prepare_manifest_bad_trial_format_writes_nothing(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("args, message", [
     (["--min-duration", "-1"], "--min-duration must be >= 0"),
-    (["--workers", "0"], "--workers must be >= 1"),
+    (["--threads", "0"], "--threads must be >= 1"),
+    (["--workers", "0"], "--threads must be >= 1"),  # the old name, hidden
     (["--trials", "T", "--targets", "-1"], "--targets must be >= 0"),
     (["--exclude-speakers-of", "train.tsv"], "go with --trials OUT"),
 ])  # fmt: skip

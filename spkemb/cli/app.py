@@ -6,9 +6,11 @@ import typer
 
 from spkemb import __version__
 from spkemb.cli import augment, cluster, extract, finetune, prepare, pretrain, score
+from spkemb.cli.usage import SpkembCommand, SpkembGroup
 
 app = typer.Typer(
     name="spkemb",
+    cls=SpkembGroup,
     help="Speaker embeddings, from audio folders to scored trials.\n\n"
     "prepare → augment → pretrain → finetune → extract → cluster → score. "
     "Data goes to stdout, progress and logs to stderr; '-' means stdin/stdout.",
@@ -33,13 +35,13 @@ def _root(
     """Speaker embeddings, from audio folders to scored trials."""
 
 
-app.command("prepare")(prepare.prepare)
-app.command("augment")(augment.augment)
-app.command("pretrain")(pretrain.pretrain)
-app.command("finetune")(finetune.finetune)
-app.command("extract")(extract.extract)
-app.command("cluster")(cluster.cluster)
-app.command("score")(score.score)
+app.command("prepare", cls=SpkembCommand)(prepare.prepare)
+app.command("augment", cls=SpkembCommand)(augment.augment)
+app.command("pretrain", cls=SpkembCommand)(pretrain.pretrain)
+app.command("finetune", cls=SpkembCommand)(finetune.finetune)
+app.command("extract", cls=SpkembCommand)(extract.extract)
+app.command("cluster", cls=SpkembCommand)(cluster.cluster)
+app.command("score", cls=SpkembCommand)(score.score)
 
 
 def main() -> None:

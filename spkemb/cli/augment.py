@@ -14,9 +14,9 @@ from spkemb.cli.common import console, guarded, print_json, progress
 
 @guarded
 def augment(
-    manifest: str = typer.Argument(..., help="Input manifest (TSV; '-' reads stdin)."),
+    manifest: str = typer.Argument(..., metavar="MANIFEST", help="Input manifest (TSV; '-' reads stdin)."),
     output: str = typer.Option(
-        ..., "-o", "--output", help="Output folder: audio files, manifest.tsv and augment.jsonl go here."
+        ..., "-o", "--output", metavar="DIR", help="Output folder: audio files, manifest.tsv and augment.jsonl go here."
     ),
     noise: list[str] | None = typer.Option(
         None,
@@ -33,11 +33,11 @@ def augment(
     ),
     gain: bool = typer.Option(A.gain, "--gain/--no-gain", help="Random gain in -6..6 dB."),
     copies: int = typer.Option(1, "--copies", metavar="N", help="Augmented copies per utterance."),
-    p_noise: float = typer.Option(A.p_noise, "--p-noise", help="Probability of adding noise to a copy."),
-    p_reverb: float = typer.Option(A.p_reverb, "--p-reverb", help="Probability of reverberating a copy."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
-    sample_rate: int = typer.Option(16000, "--sample-rate", help="Output sample rate (Hz)."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes."),
+    p_noise: float = typer.Option(A.p_noise, "--p-noise", metavar="P", help="Probability of adding noise to a copy."),
+    p_reverb: float = typer.Option(A.p_reverb, "--p-reverb", metavar="P", help="Probability of reverberating a copy."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Random seed."),
+    sample_rate: int = typer.Option(16000, "--sample-rate", metavar="HZ", help="Output sample rate."),
+    workers: int = typer.Option(1, "--workers", metavar="N", help="Worker processes."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Write augmented copies of the audio in MANIFEST (noise, reverb, speed, gain) to a folder."""

@@ -28,8 +28,8 @@ class Norm(StrEnum):
 @guarded
 def cluster(
     embeddings: Path = typer.Argument(..., metavar="EMB.h5", help="Embedding store to cluster."),
-    output: str | None = typer.Option(None, "-o", "--output", help="Write the labels here (atomically) instead "
-                                      "of stdout; '-' for stdout."),
+    output: str | None = typer.Option(None, "-o", "--output", metavar="FILE", help="Write the labels here "
+                                      "(atomically) instead of stdout; '-' for stdout."),
     method: Method = typer.Option(Method.two_stage, "--method", help="kmeans; ahc (average linkage on cosine "
                                   "distance); two-stage (k-means to --n-init-clusters, then AHC of the "
                                   "centroids: scales to millions); spectral (p-pruned cosine affinity)."),
@@ -47,8 +47,8 @@ def cluster(
                                             "[default: chosen by the NME criterion]."),
     norm: Norm = typer.Option(Norm.none, "--norm", help="Before cosine: none; mean (subtract the embeddings' "
                               "mean); standardize (and divide by their per-dimension std)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (k-means, spectral); the same seed gives the same "
-                             "labels."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Random seed (k-means, spectral); the same seed "
+                             "gives the same labels."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout; labels then go only "
                                   "to -o."),
 ) -> None:

@@ -1,10 +1,12 @@
-"""What every subcommand shares: the stderr console, error handling, progress bars, --json output."""
+"""What every subcommand shares: the stderr console, error handling, progress, --json output."""
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -15,6 +17,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -23,8 +26,33 @@ from rich.progress import (
 from spkemb.choices import DEVICE_CHOICES, PRECISIONS
 from spkemb.errors import InputError, WorkError
 
-console = Console(stderr=True)
+
+class _Console(Console):
+    """Rich's stderr console, except that in a log file (stderr not a terminal) lines never wrap:
+    rich would wrap them at 80 columns there. Decided at each print, as stderr may be swapped."""
+
+    @property  # type: ignore[override]
+    def soft_wrap(self) -> bool:
+        return not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:  # rich's __init__ sets it; the property decides
+        pass
+
+
+console = _Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: seconds between plain progress lines when stderr is not a terminal; SPKEMB_LOG_INTERVAL overrides
+DEFAULT_LOG_INTERVAL = 30.0
+
+
+def log_interval() -> float:
+    """Seconds between plain progress lines in a log (``SPKEMB_LOG_INTERVAL``, default 30)."""
+    try:
+        return max(0.0, float(os.environ.get("SPKEMB_LOG_INTERVAL", DEFAULT_LOG_INTERVAL)))
+    except ValueError:
+        return DEFAULT_LOG_INTERVAL
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -62,8 +90,11 @@ def not_yet(command: str, issue: str) -> typer.Exit:
     return fail(f"'spkemb {command}' is not implemented yet ({issue}); nothing was done", 2)
 
 
-def progress(transient: bool = False, disable: bool = False) -> Progress:
-    """A rich progress bar on stderr (auto-disabled when stderr is not a terminal? no: rich handles it)."""
+def progress(transient: bool = False, disable: bool = False) -> Progress | LogProgress:
+    """Progress on stderr: a rich bar on a terminal; in a log file (nohup, batch jobs, CI), where
+    rich would print nothing until the end, a plain line every :func:`log_interval` seconds."""
+    if not console.is_terminal:
+        return LogProgress(disable=disable)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -75,6 +106,99 @@ def progress(transient: bool = False, disable: bool = False) -> Progress:
         transient=transient,
         disable=disable,
     )
+
+
+class _Task:
+    def __init__(self, description: str, total: float | None, completed: float, info: str) -> None:
+        self.description, self.total, self.completed, self.info = description, total, completed, info
+        self.t0 = time.monotonic()
+        self.start_done = completed
+        self.printed: tuple[float, float | None] | None = None  # (completed, total) of the last line
+
+
+class LogProgress:
+    """The part of :class:`rich.progress.Progress` the commands use, as plain lines for a log:
+    ``extract: 40/100 (40%)  3.2/s  elapsed 0.2 min  eta 0.3 min  0.01/0.03 h``, at most one every
+    ``interval`` seconds, and the final state when it stops (a job done within the first interval
+    prints none: its summary line says it all). The style is that of training's lines
+    (:class:`spkemb.cli.report.CliReporter`)."""
+
+    def __init__(self, interval: float | None = None, disable: bool = False) -> None:
+        self.interval = log_interval() if interval is None else interval
+        self.disable = disable
+        self.tasks: list[_Task] = []
+        self.last_line = time.monotonic()
+
+    def __enter__(self) -> LogProgress:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """(Nothing to draw.)"""
+
+    def stop(self) -> None:
+        """Print the final state of each task that printed a line, if that line did not show it."""
+        for task in self.tasks:
+            if task.printed is not None and task.printed != (task.completed, task.total):
+                self._print(task)
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, info: str = "",
+                 **_: Any) -> TaskID:
+        self.tasks.append(_Task(description, total, completed, info))
+        return TaskID(len(self.tasks) - 1)
+
+    def update(self, task_id: TaskID, *, advance: float | None = None, completed: float | None = None,
+               total: float | None = None, description: str | None = None, info: str | None = None,
+               **_: Any) -> None:
+        task = self.tasks[task_id]
+        task.completed = completed if completed is not None else task.completed + (advance or 0)
+        task.total = total if total is not None else task.total
+        task.description = description if description is not None else task.description
+        task.info = info if info is not None else task.info
+        if time.monotonic() - self.last_line >= self.interval:
+            self._print(task)
+
+    def _print(self, task: _Task) -> None:
+        self.last_line = time.monotonic()
+        task.printed = (task.completed, task.total)
+        if not self.disable:
+            console.print(progress_line(task.description, task.completed, task.total, task.info,
+                                        self.last_line - task.t0, task.completed - task.start_done),
+                          highlight=False, markup=False)
+
+
+def progress_line(what: str, done: float, total: float | None, info: str, elapsed: float, since: float) -> str:
+    """``what: done/total (pct)  rate/s  elapsed X min  eta Y min  info``; ``since`` items were done
+    in the ``elapsed`` seconds (a resumed job starts part done)."""
+    line = f"{what}: {done:.0f}" + (f"/{total:.0f} ({100 * done / total:.0f}%)" if total else "")
+    if elapsed > 0 and since > 0:
+        rate = since / elapsed
+        line += f"  {rate:.{1 if rate < 100 else 0}f}/s  elapsed {elapsed / 60:.1f} min"
+        if total:
+            line += f"  eta {max(0.0, total - done) / rate / 60:.1f} min"
+    return line + (f"  {info}" if info else "")
+
+
+def busy_notice(threads: int | None = None, option: str | None = "--threads") -> None:
+    """One line when this run's compute threads would oversubscribe a busy machine (see
+    :mod:`spkemb.system`), naming how to give it fewer: ``option`` (when the command has one) or
+    ``OMP_NUM_THREADS``. Under torchrun only rank 0 says it."""
+    from spkemb.system import oversubscription
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    busy = oversubscription(threads)
+    if busy is None:
+        return
+    n = busy.free()
+    how = f"{option} {n} or OMP_NUM_THREADS={n}" if option else f"OMP_NUM_THREADS={n}"
+    console.print(f"[yellow]notice:[/] this machine is busy (load {busy.load:g} on {busy.cores} cores) and this run "
+                  f"adds {busy.threads} compute threads; jobs that share cores run far slower together (two 2-thread "
+                  f"jobs on 2 cores: 7x slower). Give each job fewer threads ({how}) so that together they use "
+                  f"at most {busy.cores}.", highlight=False, soft_wrap=True)
 
 
 def print_json(obj: Any) -> None:

@@ -1,4 +1,8 @@
-"""`spkemb extract`: embed a manifest's utterances into an HDF5 store."""
+"""`spkemb extract`: embed a manifest's utterances into an HDF5 store.
+
+Everything before the embedding (checks, the encoder's checksum, whether -o is already complete)
+is torch-free (:mod:`spkemb.embeddings.plan`), so bad usage and a run with nothing to do return at once.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from spkemb.cli.common import console, guarded, print_json, progress
-
-
-class Precision(StrEnum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
+from spkemb.cli.common import Precision, busy_notice, complete_device, console, guarded, print_json, progress
 
 
 class ExportFormat(StrEnum):
@@ -25,29 +23,35 @@ class ExportFormat(StrEnum):
 
 @guarded
 def extract(
-    model: str = typer.Argument(..., help="Encoder file (encoder.pt), experiment folder, or built-in baseline "
-                                "name (mfcc-stats)."),
-    manifest: str = typer.Argument(..., help="Manifest TSV ('-' for stdin)."),
-    output: Path = typer.Option(..., "-o", "--output", help="HDF5 store to write (emb.h5)."),
-    batch_seconds: float = typer.Option(120.0, help="Padded audio seconds per batch (length-bucketed)."),
-    max_batch: int = typer.Option(64, help="At most this many utterances per batch."),
-    workers: int | None = typer.Option(None, help="DataLoader worker processes decoding audio (0 = in the main "
+    model: str = typer.Argument(..., metavar="MODEL", help="Encoder file (encoder.pt), experiment folder, or "
+                                "built-in baseline name (mfcc-stats)."),
+    manifest: str = typer.Argument(..., metavar="MANIFEST", help="Manifest TSV ('-' for stdin)."),
+    output: Path = typer.Option(..., "-o", "--output", metavar="EMB.h5", help="HDF5 store to write."),
+    batch_seconds: float = typer.Option(120.0, metavar="S", help="Padded audio seconds per batch "
+                                        "(length-bucketed)."),
+    max_batch: int = typer.Option(64, metavar="N", help="At most this many utterances per batch."),
+    workers: int | None = typer.Option(None, metavar="N", help="Worker processes decoding audio (0 = in the main "
                                        "process). [default: 0 on the CPU, where a worker steals the model's "
                                        "cores; 4 on CUDA]"),
-    chunk: float | None = typer.Option(None, help="Embed long utterances in windows of this many seconds and "
+    chunk: float | None = typer.Option(None, metavar="S", help="Embed long utterances in windows of S seconds and "
                                        "average them."),
-    hop: float | None = typer.Option(None, help="Hop between windows in seconds (default: --chunk)."),
+    hop: float | None = typer.Option(None, metavar="S", help="Hop between windows in seconds. [default: --chunk]"),
     vad: bool = typer.Option(False, "--vad", help="Drop low-energy frames before embedding."),
-    precision: Precision = typer.Option(Precision.fp32, help="bf16 autocast is fast on CPUs with AMX/AVX512-BF16 "
-                                        "and on GPUs; fp16 is for CUDA."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    threads: int | None = typer.Option(None, help="Torch threads for the model (default: torch's choice)."),
-    shard: str | None = typer.Option(None, help="Embed only shard I/N (0-based) of the manifest; merge the "
-                                     "shards' stores later with --merge."),
-    merge: list[Path] | None = typer.Option(None, help="Merge these shard stores (repeat the option) into -o, "
-                                            "in manifest order, instead of extracting."),
+    precision: Precision = typer.Option(Precision("fp32"), case_sensitive=False, help="bf16 autocast is fast on CPUs "
+                                        "with AMX/AVX512-BF16 and on GPUs; fp16 is for CUDA."),
+    device: str = typer.Option("auto", metavar="[auto|cpu|cuda|cuda:N]", autocompletion=complete_device,
+                               help="Device."),
+    threads: int | None = typer.Option(None, metavar="N", help="Compute threads for the model. [default: one per "
+                                       "core; OMP_NUM_THREADS also sets it] Jobs sharing a machine should "
+                                       "together use at most its cores."),
+    shard: str | None = typer.Option(None, metavar="I/N", help="Embed only shard I of N (0-based) of the "
+                                     "manifest; merge the shards' stores later with --merge."),
+    merge: list[Path] | None = typer.Option(None, metavar="SHARD.h5", help="Merge these shard stores (repeat the "
+                                            "option) into -o, in manifest order, instead of extracting."),
     export: ExportFormat | None = typer.Option(None, help="Also write the store as .npy (+ .ids.txt) or "
                                                "Kaldi text .ark/.scp beside -o."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Extract again even when -o is already complete for "
+                                   "this encoder, manifest and options."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Embed every utterance of MANIFEST with MODEL into an HDF5 store.
@@ -55,23 +59,17 @@ def extract(
     Resumable: an interrupted run (or one stopped by a full disk) leaves OUTPUT.partial (HASH.partial
     beside it for a name too long to take the suffix), and the same command finishes it. A store at
     OUTPUT is always complete, every row finite; a failed run leaves an existing OUTPUT untouched.
-    Audio that cannot be read, or that holds NaN or infinite samples, is skipped and reported. One
-    run at a time writes OUTPUT: a second is refused (exit 2), naming the first one's pid.
+    When OUTPUT is already complete for the same encoder, utterances and options, the command says
+    so and returns at once (--overwrite extracts again; --export still exports). Audio that cannot
+    be read, or that holds NaN or infinite samples, is skipped and reported. One run at a time
+    writes OUTPUT: a second is refused (exit 2), naming the first one's pid. On a machine that other
+    jobs keep busy a notice suggests fewer threads (--threads N or OMP_NUM_THREADS=N): jobs that
+    share cores run many times slower together.
     """
     from spkemb.data.manifest import read_manifest
-    from spkemb.embeddings.export import export_embeddings
-    from spkemb.embeddings.extract import (
-        ExtractOptions,
-        check_outputs,
-        extract_embeddings,
-        parse_shard,
-        shard_rows,
-    )
-    from spkemb.embeddings.store import merge_stores, read_embeddings
+    from spkemb.embeddings.plan import check_outputs, encoder_checksum
     from spkemb.errors import InputError
     from spkemb.locking import output_lock
-    from spkemb.models.io import describe_encoder, encoder_checksum, load_encoder
-    from spkemb.runtime import set_threads
 
     fmt = export.value if export else None
     check_outputs(output, model, manifest, merge or (), fmt)  # before anything is read
@@ -82,37 +80,70 @@ def extract(
     with output_lock(output, "embedding store"):
         sha = encoder_checksum(model)
         if merge:
-            out = merge_stores(merge, output, order=[u.utt_id for u in utts], expect_sha256=sha)
-            emb = read_embeddings(out)
-            console.print(f"merged {len(merge)} shards into {out} ({len(emb)} embeddings)")
-            summary: dict = {"output": str(out), "embeddings": len(emb), "merged": [str(m) for m in merge]}
+            summary = _merge(merge, output, utts, sha)
         else:
-            set_threads(threads)
-            encoder = load_encoder(model)
-            info = describe_encoder(encoder)
-            part = [utts[i] for i in shard_rows(len(utts), parse_shard(shard))]
+            from spkemb.embeddings.plan import ExtractOptions
+
             opts = ExtractOptions(batch_seconds, max_batch, workers, chunk, hop, vad, precision.value, device)
-            attrs = {"encoder": info["name"], "encoder_config": info["config"], "checkpoint_sha256": sha,
-                     "model": str(model), "manifest": str(manifest), "shard": shard or "0/1"}
-            total = sum(u.duration for u in part)
-            with progress() as bar:
-                task = bar.add_task("extract", total=len(part), info="")
-                seen = {"audio": 0.0}
-
-                def on_progress(secs: float, n: int) -> None:
-                    seen["audio"] += secs
-                    bar.update(task, advance=n, info=f"{seen['audio'] / 3600:.2f}/{total / 3600:.2f} h")
-
-                res = extract_embeddings(encoder, part, output, attrs, opts, on_progress)
-            out = res.path
-            summary = _report(res)
-            summary["encoder"] = info["name"]
+            summary = _extract(model, manifest, utts, output, opts, sha, shard, threads, overwrite)
         if fmt:
-            written = export_embeddings(read_embeddings(out), out, fmt)
+            from spkemb.embeddings.export import export_embeddings
+            from spkemb.embeddings.store import read_embeddings
+
+            written = export_embeddings(read_embeddings(summary["output"]), summary["output"], fmt)
             summary["exported"] = [str(p) for p in written]
-            console.print("exported " + ", ".join(str(p) for p in written))
+            console.print("exported " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
     if json_out:
         print_json(summary)
+
+
+def _merge(merge: list[Path], output: Path, utts: list[Any], sha: str) -> dict[str, Any]:
+    from spkemb.embeddings.store import merge_stores, read_embeddings
+
+    out = merge_stores(merge, output, order=[u.utt_id for u in utts], expect_sha256=sha)
+    n = len(read_embeddings(out))
+    console.print(f"merged {len(merge)} shards into {out} ({n} embeddings)", highlight=False, soft_wrap=True)
+    return {"output": str(out), "embeddings": n, "merged": [str(m) for m in merge]}
+
+
+def _extract(model: str, manifest: str, utts: list[Any], output: Path, opts: Any, sha: str, shard: str | None,
+             threads: int | None, overwrite: bool) -> dict[str, Any]:
+    """Embed shard ``shard`` of ``utts`` into ``output``, unless it is already complete (and not ``overwrite``)."""
+    from spkemb.embeddings.plan import finished_store, parse_shard, shard_rows
+
+    part = [utts[i] for i in shard_rows(len(utts), parse_shard(shard))]
+    done = None if overwrite else finished_store(output, sha, part, opts)
+    if done is not None:
+        left_out = f", {done['failed']} unreadable utterances left out" if done["failed"] else ""
+        console.print(f"{output} is already complete for this encoder, manifest and options ({done['embeddings']} "
+                      f"embeddings{left_out}); nothing to do (--overwrite extracts again)",
+                      highlight=False, soft_wrap=True)
+        return {"output": str(output), "embeddings": done["embeddings"], "resumed": 0, "failed": done["failed"],
+                "up_to_date": True}
+    from spkemb.embeddings.extract import extract_embeddings
+    from spkemb.models.io import describe_encoder, load_encoder
+    from spkemb.runtime import check_precision, resolve_device, set_threads
+
+    set_threads(threads)
+    encoder = load_encoder(model)
+    check_precision(opts.precision, resolve_device(opts.device))
+    busy_notice(threads)  # (after the checks: bad input is one line)
+    info = describe_encoder(encoder)
+    attrs = {"encoder": info["name"], "encoder_config": info["config"], "checkpoint_sha256": sha,
+             "model": str(model), "manifest": str(manifest), "shard": shard or "0/1"}
+    total = sum(u.duration for u in part)
+    with progress() as bar:
+        task = bar.add_task("extract", total=len(part), info="")
+        seen = {"audio": 0.0}
+
+        def on_progress(secs: float, n: int) -> None:
+            seen["audio"] += secs
+            bar.update(task, advance=n, info=f"{seen['audio'] / 3600:.2f}/{total / 3600:.2f} h")
+
+        res = extract_embeddings(encoder, part, output, attrs, opts, on_progress)
+    summary = _report(res)
+    summary.update(encoder=info["name"], up_to_date=False)
+    return summary
 
 
 def _report(res: Any) -> dict[str, Any]:

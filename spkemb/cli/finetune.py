@@ -19,7 +19,7 @@ from spkemb.cli.common import (
 
 @guarded
 def finetune(
-    manifest: str = typer.Argument(..., help="Manifest TSV of the training audio."),
+    manifest: str = typer.Argument(..., metavar="MANIFEST", help="Manifest TSV of the training audio."),
     output: Path = typer.Option(..., "-o", "--output", metavar="DIR", help="Experiment folder (exp/NAME)."),
     init: str | None = typer.Option(None, "--init", metavar="EXP|encoder.pt", help="Start from this pretrained "
                                     "encoder (an experiment folder or an encoder.pt); its architecture is used."),
@@ -67,6 +67,9 @@ def finetune(
     Writes config.yaml, checkpoints/, metrics.jsonl (loss, acc, margin, lr, gate_*), classes.txt and
     encoder.pt, so `spkemb extract` works on the folder unchanged. Ctrl-C checkpoints and prints the
     resume command; `torchrun --nproc_per_node N -m spkemb finetune ...` trains with DDP.
+    Compute threads: one per core, or OMP_NUM_THREADS; jobs sharing a machine should together use
+    at most its cores (two 2-thread jobs on 2 cores ran 7x slower than one), and a notice says
+    when the machine is already busy.
     """
     from spkemb.data.labels import read_labels
     from spkemb.data.manifest import read_manifest

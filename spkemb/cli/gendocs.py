@@ -32,12 +32,47 @@ def completion_script(shell: str) -> str:
     return out.stdout
 
 
+EXIT_STATUS = (
+    ("0", "Success, also when there was nothing to do (an output already complete)."),
+    ("1", "The work failed (e.g. a full disk); an existing output is left untouched."),
+    ("2", "Bad usage or bad input: one line on stderr names the option or the file and the problem, "
+          "and nothing is written."),
+    ("130", "Interrupted (Ctrl-C); training writes a checkpoint first and prints the command that resumes."),
+)
+
+
+def _roff(text: str) -> str:
+    """``text`` as literal troff: backslashes and hyphens escaped, no line starting a request."""
+    lines = text.replace("\\", "\\e").replace("-", "\\-").splitlines()
+    return "\n".join("\\&" + line if line.startswith((".", "'")) else line for line in lines)
+
+
+def _sections(name: str) -> str:
+    """The EXIT STATUS and EXAMPLES sections of ``name``'s man page (``spkemb`` or a subcommand)."""
+    from spkemb.cli.examples import EXAMPLES
+
+    out = [".SH EXIT STATUS"]
+    for code, meaning in EXIT_STATUS:
+        out += [".TP", code, meaning]
+    if EXAMPLES.get(name):
+        out.append(".SH EXAMPLES")
+        for what, command in EXAMPLES[name]:
+            out += [".PP", what, ".PP", ".RS 4", ".nf", _roff(command), ".fi", ".RE"]
+    page = "spkemb" if name == "spkemb" else f"spkemb-{name}"
+    see = ", ".join(f"\\fB{p}\\fP(1)" for p in ["spkemb", *(f"spkemb-{c}" for c in EXAMPLES if c != "spkemb")]
+                    if p != page)
+    out += [".SH SEE ALSO", see]
+    return "\n".join(out) + "\n"
+
+
 def man_page(command: Any, name: str, parent: Any = None) -> tuple[str, str]:
-    """(file name, troff text) of one command's man page, laid out by click-man.
+    """(file name, troff text) of one command's man page, laid out by click-man, with EXIT STATUS,
+    EXAMPLES (:mod:`spkemb.cli.examples`) and SEE ALSO sections added.
 
     click-man's own page builder keeps only parameters that are ``click.Option`` instances, and
     Typer's parameters come from the click that Typer vendors, so it would drop every option: the
-    page is filled here from each parameter's help record instead.
+    page is filled here from each parameter's help record instead. The NAME line is the first
+    paragraph of the command's help, whole (click-man's short help is cut at 45 characters).
     """
     from click_man.man import ManPage
 
@@ -47,14 +82,16 @@ def man_page(command: Any, name: str, parent: Any = None) -> tuple[str, str]:
     page = ManPage(ctx.command_path)
     page.version = __version__
     page.date = MAN_DATE
-    page.short_help = command.get_short_help_str(limit=45)
-    page.description = inspect.cleandoc(command.help or "")
+    help_text = inspect.cleandoc(command.help or "")
+    page.short_help = " ".join(help_text.split("\n\n")[0].split()).rstrip(".")
+    page.description = help_text
     page.synopsis = " ".join(command.collect_usage_pieces(ctx))
-    page.options = [rec for p in command.params if not getattr(p, "hidden", False) and (rec := p.get_help_record(ctx))]
+    page.options = [rec for p in command.get_params(ctx) if not getattr(p, "hidden", False)
+                    and (rec := p.get_help_record(ctx))]
     subcommands = getattr(command, "commands", {})
     if subcommands:
-        page.commands = [(k, v.get_short_help_str(limit=45)) for k, v in subcommands.items()]
-    return f"{ctx.command_path.replace(' ', '-')}.1", str(page)
+        page.commands = [(k, v.get_short_help_str(limit=200)) for k, v in subcommands.items() if not v.hidden]
+    return f"{ctx.command_path.replace(' ', '-')}.1", str(page) + _sections(name)
 
 
 def write_all(root: Path) -> None:

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 
 from spkemb.cli.common import console, guarded, print_json, progress
 from spkemb.data.prepare import DEFAULT_MAX_TARGETS, NONTARGETS_PER_TARGET
 from spkemb.errors import InputError
+
+if TYPE_CHECKING:
+    from spkemb.data.layouts import SpeakerFolderHint
 
 MAX_SHOWN_PROBLEMS = 10
 
@@ -45,9 +50,21 @@ def prepare(
     ),
     layout: Layout = typer.Option(
         Layout.auto, "--layout", case_sensitive=False,
-        help="How speakers are named: voxceleb <spk>/<session>/<utt>; librispeech <spk>-<chapter>-<utt>; "
-        "cnceleb [data/]<spk>/...; regex (--speaker-regex); flat (no speakers); kaldi (wav.scp + utt2spk); "
+        help="How speakers are named: voxceleb SPK/SESSION/UTT; librispeech SPK-CHAPTER-UTT; "
+        "cnceleb [data/]SPK/...; regex (--speaker-regex); flat (no speakers); kaldi (wav.scp + utt2spk); "
         "auto decides per file (LibriSpeech file name, else first folder) and imports folders with a wav.scp.",
+    ),
+    speaker_level: str | None = typer.Option(
+        None, "--speaker-level", metavar="parent|top|N",
+        help="Take the speaker from this folder level instead: parent (the folder holding each file), top "
+        "(the first folder) or N (the N-th folder from the top, 1 = top); e.g. parent or 3 for "
+        "audio_data/female/F_0012/1.wav.",
+    ),
+    id_prefix: str | None = typer.Option(
+        None, "--id-prefix", metavar="PREFIX",
+        help="Put PREFIX/ before every utt_id, as if ROOT were that folder of the full corpus: a prepared "
+        "subfolder keeps the ids of the corpus's trial list (e.g. ROOT vox1/wav/id10270 with --id-prefix "
+        "id10270). The speaker is read from the prefixed path.",
     ),
     speaker_regex: str | None = typer.Option(
         None, "--speaker-regex", metavar="RE",
@@ -56,7 +73,9 @@ def prepare(
     min_duration: float = typer.Option(
         0.0, "--min-duration", metavar="S", help="Leave out (and report) files shorter than S seconds."
     ),
-    workers: int = typer.Option(8, "--workers", help="Threads reading audio headers (or decoding, with --verify)."),
+    threads: int = typer.Option(8, "--threads", metavar="N", help="Threads reading audio headers (or decoding, "
+                                "with --verify)."),
+    workers: int | None = typer.Option(None, "--workers", hidden=True, help="Old name of --threads."),
     verify: bool = typer.Option(
         False, "--verify/--no-verify",
         help="Decode every file, not only its header: slower (all the audio is read) but leaves out truncated "
@@ -77,7 +96,7 @@ def prepare(
         help=f"Non-target trials (default: {NONTARGETS_PER_TARGET} per target, at most every non-target pair).",
         show_default=False,
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the trial draw."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the trial draw."),
     exclude_speakers_of: list[Path] | None = typer.Option(
         None, "--exclude-speakers-of", metavar="MANIFEST",
         help="Leave the speakers of this (training) manifest out of the trials; repeatable.",
@@ -93,11 +112,13 @@ def prepare(
 ) -> None:
     """Find the audio under ROOT(s), read durations from the headers, and write a manifest.
 
-    Files that cannot be used (unreadable, empty, too short, a name that is not UTF-8; with --verify
-    also truncated, corrupt or NaN-filled) are reported on stderr and left out. If two ROOTs hold the
-    same relative path, every utt_id gets its ROOT's folder name as a prefix. An output that would
-    replace an input (a ROOT manifest, an --exclude-speakers-of manifest, a Kaldi ROOT for
-    --export-kaldi) is refused before anything is read.
+    The speaker of a file is its first folder unless --layout or --speaker-level says otherwise;
+    when that makes a few folders that each hold many folders of files, a warning names the
+    problem and the --speaker-level that fixes it. Files that cannot be used (unreadable, empty,
+    too short, a name that is not UTF-8; with --verify also truncated, corrupt or NaN-filled) are
+    reported on stderr and left out. If two ROOTs hold the same relative path, every utt_id gets
+    its ROOT's folder name as a prefix. An output that would replace an input (a ROOT manifest, an
+    --exclude-speakers-of manifest, a Kaldi ROOT for --export-kaldi) is refused before anything is read.
     """
     from spkemb.data.prepare import prepare_manifest
 
@@ -136,7 +157,8 @@ def prepare(
 
     try:
         result = prepare_manifest(
-            roots, layout=layout.value, speaker_regex=speaker_regex, min_duration=min_duration, workers=workers,
+            roots, layout=layout.value, speaker_regex=speaker_regex, min_duration=min_duration,
+            workers=threads if workers is None else workers, speaker_level=speaker_level, id_prefix=id_prefix,
             output=output, trials=trials, targets=targets, nontargets=nontargets, seed=seed,
             exclude_speakers_of=exclude_speakers_of or (), trials_format=trials_format.value,
             export_kaldi=export_kaldi, verify=verify, on_progress=on_progress, on_read=on_read,
@@ -157,6 +179,8 @@ def prepare(
                       f"{f' → {trials}' if trials != '-' else ''}", highlight=False, markup=False, soft_wrap=True)
     if export_kaldi is not None:
         console.print(f"Kaldi data folder → {export_kaldi}", highlight=False, markup=False, soft_wrap=True)
+    for hint in result.speaker_hints:
+        _warn_speaker_folder(hint, n_spk)
     if json_out:
         print_json({
             "utterances": len(utts),
@@ -168,7 +192,18 @@ def prepare(
             "targets": None if trial_list is None else trial_list.n_target,
             "nontargets": None if trial_list is None else trial_list.n_nontarget,
             "kaldi_dir": None if export_kaldi is None else str(export_kaldi),
+            "speaker_folder_warnings": [h.speaker for h in result.speaker_hints],
         })
+
+
+def _warn_speaker_folder(h: SpeakerFolderHint, speakers: int) -> None:
+    """The one-line warning for a folder that ``auto`` probably mistook for a speaker."""
+    deeper = h.example.split("/")[h.level - 1]
+    console.print("[yellow]warning:[/] " + escape(
+        f"the speaker of each file is its first folder, so {h.speaker!r} is one speaker (of {speakers}) with "
+        f"{h.files} files in {h.subfolders} folders below it (e.g. {h.example}); if a deeper folder names the "
+        f"speaker, prepare again with --speaker-level parent (the folder holding each file: {deeper} here) or "
+        f"--speaker-level N (the N-th folder from the top: {h.level} for {deeper})"), highlight=False, soft_wrap=True)
 
 
 def _report_problems(problems: list[tuple[str, str]]) -> None:

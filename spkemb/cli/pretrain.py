@@ -21,7 +21,7 @@ from spkemb.cli.common import (
 
 @guarded
 def pretrain(
-    manifest: str = typer.Argument(..., help="Manifest TSV of (unlabelled) training audio."),
+    manifest: str = typer.Argument(..., metavar="MANIFEST", help="Manifest TSV of (unlabelled) training audio."),
     output: Path = typer.Option(..., "-o", "--output", metavar="DIR", help="Experiment folder (exp/NAME)."),
     method: str | None = typer.Option(None, metavar=method_metavar("pretrain", ("none",)),
                                       autocompletion=complete_methods("pretrain", ("none",)),
@@ -71,6 +71,9 @@ def pretrain(
 
     Ctrl-C (or SIGTERM) finishes the step, writes a checkpoint and prints the command that resumes.
     Under `torchrun --nproc_per_node N` the same command trains with DDP (gloo on CPU, NCCL on GPU).
+    Compute threads: one per core, or OMP_NUM_THREADS; jobs sharing a machine should together use
+    at most its cores (two 2-thread jobs on 2 cores ran 7x slower than one), and a notice says
+    when the machine is already busy.
     """
     from spkemb.data.manifest import read_manifest
     from spkemb.train.config import load_config, merge_config, parse_key_values

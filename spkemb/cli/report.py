@@ -3,17 +3,13 @@ progress lines at a steady interval when stderr is a log file (nohup, batch sche
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from spkemb.cli.common import console
+from spkemb.cli.common import busy_notice, console, log_interval
 from spkemb.train.report import Reporter, StepReport
-
-#: seconds between plain progress lines when stderr is not a terminal (SPKEMB_LOG_INTERVAL overrides)
-LOG_INTERVAL = float(os.environ.get("SPKEMB_LOG_INTERVAL", "30"))
 
 
 def _info(r: StepReport) -> str:
@@ -23,9 +19,9 @@ def _info(r: StepReport) -> str:
 class CliReporter(Reporter):
     """Progress and messages on stderr; see the module docstring."""
 
-    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+    def __init__(self, interval: float | None = None) -> None:
         self.interactive = console.is_terminal
-        self.interval = interval
+        self.interval = log_interval() if interval is None else interval
         self.bar: Progress | None = None
         self.task: TaskID | None = None
         self.last_line = 0.0
@@ -33,6 +29,8 @@ class CliReporter(Reporter):
         self.t_start = time.monotonic()
 
     def start(self, description: str, step: int, total: int | None) -> None:
+        if self.first_step is None:  # the first start: inputs are checked, training begins
+            busy_notice(option=None)
         self.first_step, self.t_start, self.last_line = step, time.monotonic(), time.monotonic()
         if self.interactive:
             self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

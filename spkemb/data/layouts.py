@@ -15,6 +15,15 @@ layout:
 * ``auto``: decided per file: a LibriSpeech file name gives its leading number, else the first
   folder (skipping a leading ``data/``), else no speaker.
 
+``speaker_level`` (``prepare --speaker-level``) takes the speaker from one folder level instead:
+``parent`` (the folder that holds the file), ``top`` (the first folder) or ``N`` (the N-th folder
+from the top, 1 = ``top``), for corpora whose speaker folders sit below others
+(``audio_data/female/F_0012/1.wav``). :func:`speaker_folder_hints` finds where ``auto`` was
+likely fooled by such a corpus: a few first-level folders, each holding many folders of files.
+``id_prefix`` (``prepare --id-prefix``) is put before every relative path (``PREFIX/relpath``), as
+if the root were that folder of a larger corpus, so a prepared subfolder keeps the ids of the full
+corpus's trial list; the layout reads the speaker from the prefixed path.
+
 Durations and sample rates come from the file headers only (no decoding), read in parallel by a
 thread pool since the work is I/O bound; :func:`verify_utterances` (``prepare --verify``) decodes
 every file instead, which also finds truncated and NaN-filled files. A file that cannot be used
@@ -35,7 +44,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from spkemb.audio import AUDIO_EXTENSIONS, audio_info, verify_audio
@@ -44,6 +53,8 @@ from spkemb.errors import InputError
 
 LAYOUTS = ("auto", "voxceleb", "librispeech", "cnceleb", "regex", "flat")
 DEFAULT_WORKERS = 8
+HINT_MIN_SUBFOLDERS = 10  # a folder-speaker with this many folders of files below it, and ...
+HINT_MIN_SHARE = 0.25  # ... at least this share of all files, is likely a folder above the speakers
 _CHUNK = 4096
 
 Problem = tuple[str, str]
@@ -87,13 +98,21 @@ def list_audio(root: str | Path, extensions: Iterable[str] = AUDIO_EXTENSIONS) -
     return sorted(found)
 
 
-def speaker_function(layout: str, speaker_regex: str | None = None) -> Callable[[str], str]:
-    """The function from a relative path (``/`` separators) to its speaker for ``layout``.
+def speaker_function(
+    layout: str, speaker_regex: str | None = None, speaker_level: str | int | None = None
+) -> Callable[[str], str]:
+    """The function from a relative path (``/`` separators) to its speaker for ``layout`` (or for
+    ``speaker_level``, which goes with ``auto`` only).
 
     It raises ``_Unparsable`` (reported as a problem for that file) when the path does not fit.
     """
     if layout not in LAYOUTS:
         raise InputError(f"unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
+    if speaker_level is not None:
+        if layout != "auto" or speaker_regex is not None:
+            raise InputError(f"--speaker-level replaces the layout's speaker rule: give it without --layout {layout}"
+                             + (" and --speaker-regex" if speaker_regex is not None else ""))
+        return _level_speaker(parse_speaker_level(speaker_level))
     if layout == "regex" or speaker_regex is not None:
         if layout != "regex":
             raise InputError(f"--speaker-regex goes with --layout regex, not --layout {layout}")
@@ -105,6 +124,45 @@ def speaker_function(layout: str, speaker_regex: str | None = None) -> Callable[
         "cnceleb": _cnceleb_speaker,
         "flat": lambda rel: "",
     }[layout]
+
+
+def parse_speaker_level(spec: str | int) -> str | int:
+    """``parent``, ``top`` or a folder level ``N >= 1`` (1 = top); anything else is an InputError."""
+    text = str(spec).strip().lower()
+    if text in ("parent", "top"):
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise InputError(f"--speaker-level {spec!r}: give parent, top or a folder level N >= 1 (1 = the top folder)")
+
+
+def _level_speaker(level: str | int) -> Callable[[str], str]:
+    def speaker(rel: str) -> str:
+        dirs, _ = _split(rel)
+        if not dirs:
+            raise _Unparsable(f"not inside a folder (--speaker-level {level})")
+        if level == "parent":
+            return dirs[-1]
+        if level == "top":
+            return dirs[0]
+        assert isinstance(level, int)
+        if len(dirs) < level:
+            raise _Unparsable(f"only {len(dirs)} folder(s) above the file (--speaker-level {level})")
+        return dirs[level - 1]
+
+    return speaker
+
+
+def check_id_prefix(prefix: str | None) -> str:
+    """``prefix`` as a folder path without leading or trailing ``/`` (``""`` for none); an
+    InputError when it could not be part of an utt_id."""
+    if not prefix:
+        return ""
+    clean = prefix.strip("/")
+    parts = clean.split("/")
+    if not clean or any(c in prefix for c in "\t\n\r") or any(p in ("", ".", "..") for p in parts):
+        raise InputError(f"--id-prefix {prefix!r}: give a relative folder path such as 'id10270' or 'wav/id10270'")
+    return clean
 
 
 def _split(rel: str) -> tuple[list[str], str]:
@@ -220,22 +278,28 @@ def scan(
     workers: int = DEFAULT_WORKERS,
     min_duration: float = 0.0,
     progress: ProgressFn | None = None,
+    *,
+    speaker_level: str | int | None = None,
+    id_prefix: str | None = None,
 ) -> tuple[list[Utterance], list[Problem]]:
     """Scan one root (or several) for audio; return (utterances sorted by utt_id, problems).
 
     A missing root, or a root with no audio at all, is an :class:`InputError` naming it. Files the
     layout cannot parse or whose header is bad come back as ``(path, problem)`` and are left out.
-    ``progress(done, total)`` is called while headers are read.
+    ``progress(done, total)`` is called while headers are read. ``speaker_level`` and ``id_prefix``:
+    see the module docstring.
     """
     if not isinstance(root, (str, Path)):
         per_root = []
         problems: list[Problem] = []
         for r in root:
-            found, probs = scan(r, layout, speaker_regex, extensions, workers, min_duration, progress)
+            found, probs = scan(r, layout, speaker_regex, extensions, workers, min_duration, progress,
+                                speaker_level=speaker_level, id_prefix=id_prefix)
             per_root.append((r, found))
             problems += probs
         return merge_roots(per_root), sorted(problems)
-    speaker_of = speaker_function(layout, speaker_regex)
+    speaker_of = speaker_function(layout, speaker_regex, speaker_level)
+    prefix = check_id_prefix(id_prefix)
     root_path = Path(root)
     if not root_path.exists():
         raise InputError("no such folder", root)
@@ -248,8 +312,9 @@ def scan(
     base = root_path.absolute()
     problems = []
     candidates: list[tuple[str, str, str]] = []  # rel, abs path, speaker
-    for rel in rels:
-        path = str(base / rel)
+    for name in rels:
+        path = str(base / name)
+        rel = f"{prefix}/{name}" if prefix else name
         if not _is_utf8(path):
             problems.append((shown(path), "file name is not valid UTF-8, which a manifest cannot hold; rename it "
                              "(e.g. with convmv)"))
@@ -371,3 +436,38 @@ def roots_collide(per_root: Sequence[tuple[str | Path, list[Utterance]]]) -> boo
             return True
         ids |= these
     return False
+
+
+@dataclass(frozen=True)
+class SpeakerFolderHint:
+    """A first-level folder that ``auto`` took as one speaker, though it looks like a folder of speakers."""
+
+    speaker: str  # the folder taken as the speaker
+    files: int  # its utterances
+    subfolders: int  # distinct folders below it that hold its files
+    example: str  # the utt_id of one of its files
+    level: int  # the folder level (1 = top) of the example's own folder: a --speaker-level that may fit
+
+
+def speaker_folder_hints(utts: Sequence[Utterance]) -> list[SpeakerFolderHint]:
+    """Speakers named by a folder that holds files in many folders below it (at least
+    :data:`HINT_MIN_SUBFOLDERS`) and a large share of all files (:data:`HINT_MIN_SHARE`): with the
+    ``auto`` layout (speaker = first folder) this is the mark of a corpus such as
+    ``audio_data/female/F_0012/1.wav``, where every file gets the speaker ``audio_data``."""
+    below: dict[str, set[str]] = {}
+    files: dict[str, int] = {}
+    example: dict[str, str] = {}
+    for u in utts:
+        dirs, _ = _split(u.utt_id)
+        if u.speaker not in dirs:  # (a LibriSpeech name, a Kaldi utt2spk, ...)
+            continue
+        k = dirs.index(u.speaker)
+        files[u.speaker] = files.get(u.speaker, 0) + 1
+        example.setdefault(u.speaker, u.utt_id)
+        if len(dirs) > k + 1:
+            below.setdefault(u.speaker, set()).add("/".join(dirs[k + 1:]))
+    return [
+        SpeakerFolderHint(spk, files[spk], len(subs), example[spk], example[spk].count("/"))
+        for spk, subs in sorted(below.items())
+        if len(subs) >= HINT_MIN_SUBFOLDERS and files[spk] >= HINT_MIN_SHARE * len(utts)
+    ]

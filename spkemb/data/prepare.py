@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spkemb.errors import InputError
 
 if TYPE_CHECKING:
+    from spkemb.data.layouts import SpeakerFolderHint
     from spkemb.data.manifest import Utterance
     from spkemb.data.trials import Trials
 
@@ -42,11 +43,14 @@ class Source:
 
 @dataclass
 class PrepareResult:
-    """What :func:`prepare_manifest` made: the merged utterances, the files left out, the trials."""
+    """What :func:`prepare_manifest` made: the merged utterances, the files left out, the trials, and
+    the folders the ``auto`` layout probably mistook for speakers (see
+    :func:`~spkemb.data.layouts.speaker_folder_hints`)."""
 
     utterances: list[Utterance]
     problems: list[Problem]
     trials: Trials | None = None
+    speaker_hints: list[SpeakerFolderHint] = field(default_factory=list)
 
     @property
     def speakers(self) -> int:
@@ -71,7 +75,7 @@ def check_arguments(
     if not min_duration >= 0:  # (NaN too)
         raise InputError(f"--min-duration must be >= 0, got {min_duration:g}")
     if workers < 1:
-        raise InputError(f"--workers must be >= 1, got {workers}")
+        raise InputError(f"--threads must be >= 1, got {workers}")
     for name, value in (("--targets", targets), ("--nontargets", nontargets)):
         if value is not None and value < 0:
             raise InputError(f"{name} must be >= 0, got {value}")
@@ -103,15 +107,21 @@ def check_outputs(
         raise InputError("-o and --trials name the same file", output)
 
 
-def check_layout(layout: str, speaker_regex: str | None = None) -> None:
-    """Check ``layout`` (one of :data:`spkemb.data.layouts.LAYOUTS` or ``kaldi``) and the regex."""
-    if layout == "kaldi":
-        if speaker_regex is not None:
-            raise InputError("--speaker-regex goes with --layout regex, not --layout kaldi")
-    else:
-        from spkemb.data import layouts
+def check_layout(
+    layout: str, speaker_regex: str | None = None, speaker_level: str | int | None = None, id_prefix: str | None = None
+) -> None:
+    """Check ``layout`` (one of :data:`spkemb.data.layouts.LAYOUTS` or ``kaldi``), the regex, the
+    speaker level and the id prefix."""
+    from spkemb.data import layouts
 
-        layouts.speaker_function(layout, speaker_regex)  # validates the layout and the regex
+    if layout == "kaldi":
+        for option, value in (("--speaker-regex", speaker_regex), ("--speaker-level", speaker_level),
+                              ("--id-prefix", id_prefix)):
+            if value is not None:
+                raise InputError(f"{option} is for audio folders, not --layout kaldi")
+    else:
+        layouts.speaker_function(layout, speaker_regex, speaker_level)  # validates the layout and the rule
+        layouts.check_id_prefix(id_prefix)
 
 
 def classify_inputs(roots: Iterable[str | Path], layout: str = "auto") -> list[Source]:
@@ -163,19 +173,26 @@ def read_inputs(
     on_progress: ReadProgressFn | None = None,
     verify: bool = False,
     on_verify: ReadProgressFn | None = None,
+    speaker_level: str | int | None = None,
+    id_prefix: str | None = None,
 ) -> tuple[list[tuple[Path, list[Utterance]]], list[Problem]]:
     """Read the sources: ``([(root, its utterances), ...], problems)``.
 
     A manifest is read as it is. For folders and Kaldi folders, ``on_progress(root, done, total)`` is
     called with ``total`` None when a root is started, then while its headers are read. With
     ``verify``, every file is then decoded (:func:`~spkemb.data.layouts.verify_utterances`, also for
-    a manifest), reported through ``on_verify`` in the same way.
+    a manifest), reported through ``on_verify`` in the same way. ``speaker_level`` and ``id_prefix``
+    apply to audio folders (:func:`~spkemb.data.layouts.scan`); with ``id_prefix`` every source must be one.
     """
     from spkemb.data import kaldi, layouts
     from spkemb.data.manifest import read_manifest
 
     per_root: list[tuple[Path, list[Utterance]]] = []
     problems: list[Problem] = []
+    if id_prefix and any(s.kind != "folder" for s in sources):
+        other = next(s for s in sources if s.kind != "folder")
+        what = "a Kaldi folder" if other.kind == "kaldi" else "a manifest"
+        raise InputError(f"--id-prefix is for audio folders; this is {what}, with ids of its own", other.path)
     if sources and sources[0].kind == "manifest":
         per_root.append((sources[0].path, read_manifest(sources[0].path)))
     for source in sources:
@@ -189,8 +206,8 @@ def read_inputs(
         if source.kind == "kaldi":
             utts, probs = kaldi.load_kaldi_dir(root, min_duration=min_duration, workers=workers, progress=report)
         else:
-            utts, probs = layouts.scan(root, layout, speaker_regex, workers=workers,
-                                       min_duration=min_duration, progress=report)
+            utts, probs = layouts.scan(root, layout, speaker_regex, workers=workers, min_duration=min_duration,
+                                       progress=report, speaker_level=speaker_level, id_prefix=id_prefix)
         per_root.append((root, utts))
         problems += probs
     if verify:
@@ -252,6 +269,8 @@ def prepare_manifest(
     trials_format: str = "voxceleb",
     export_kaldi: str | Path | None = None,
     verify: bool = False,
+    speaker_level: str | int | None = None,
+    id_prefix: str | None = None,
     on_progress: ReadProgressFn | None = None,
     on_verify: ReadProgressFn | None = None,
     on_read: ReadFn | None = None,
@@ -268,6 +287,9 @@ def prepare_manifest(
 
     Durations come from the headers; ``verify`` decodes every file instead (slower: it reads all the
     audio), leaving out files that are truncated, corrupt or hold NaN/infinite samples.
+    ``speaker_level`` takes the speaker from that folder level instead of the layout's rule, and
+    ``id_prefix`` is put before every utt_id (see :mod:`spkemb.data.layouts`). With ``auto`` and no
+    ``speaker_level``, the result names folders that were probably mistaken for speakers.
 
     ``on_progress`` and ``on_verify`` are passed to :func:`read_inputs`. ``on_read(problems, prefixed)`` is called once
     the inputs are read, before anything else can fail: the files left out, and whether every
@@ -282,13 +304,14 @@ def prepare_manifest(
     exclude_speakers_of = list(exclude_speakers_of)
     check_arguments(min_duration=min_duration, workers=workers, trials=trials, targets=targets,
                     nontargets=nontargets, exclude_speakers_of=exclude_speakers_of)
-    check_layout(layout, speaker_regex)
+    check_layout(layout, speaker_regex, speaker_level, id_prefix)
     check_outputs(roots, output=output, trials=trials, export_kaldi=export_kaldi,
                   exclude_speakers_of=exclude_speakers_of)
     sources = classify_inputs(roots, layout)
     excluded = speakers_of_manifests(exclude_speakers_of)
-    per_root, problems = read_inputs(sources, layout, speaker_regex, min_duration=min_duration,
-                                     workers=workers, on_progress=on_progress, verify=verify, on_verify=on_verify)
+    per_root, problems = read_inputs(sources, layout, speaker_regex, min_duration=min_duration, workers=workers,
+                                     on_progress=on_progress, verify=verify, on_verify=on_verify,
+                                     speaker_level=speaker_level, id_prefix=id_prefix)
     if on_read:
         on_read(problems, len(per_root) > 1 and layouts.roots_collide(per_root))
     utts = layouts.merge_roots(per_root)
@@ -319,4 +342,5 @@ def prepare_manifest(
             sys.stdout.flush()
         else:
             atomic_write_text(path, text)
-    return PrepareResult(utts, problems, trial_list)
+    hints = layouts.speaker_folder_hints(utts) if layout == "auto" and speaker_level is None else []
+    return PrepareResult(utts, problems, trial_list, hints)

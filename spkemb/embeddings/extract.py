@@ -1,9 +1,11 @@
-"""Batched, resumable extraction of embeddings from a manifest into an HDF5 store."""
+"""Batched, resumable extraction of embeddings from a manifest into an HDF5 store.
+
+The checks that come before any work (:mod:`spkemb.embeddings.plan`, torch-free) are re-exported here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,33 +17,13 @@ from torch.utils.data import DataLoader
 
 from spkemb.data.manifest import Utterance
 from spkemb.data.utterances import ListBatchSampler, UtteranceDataset, bucket_batches, collate
+from spkemb.embeddings.plan import ExtractOptions, check_outputs, parse_shard, shard_rows, utterances_digest
 from spkemb.embeddings.store import StoreWriter
 from spkemb.errors import InputError
 from spkemb.runtime import autocast, resolve_device, tune_cpu_allocator, worker_init
 
-
-@dataclass
-class ExtractOptions:
-    batch_seconds: float = 120.0   # padded audio seconds per batch
-    max_batch: int = 64
-    workers: int | None = None    # None: 0 on the CPU (decoding in a worker steals the model's cores), 4 on CUDA
-    chunk: float | None = None     # seconds; average embeddings of windows of long utterances
-    hop: float | None = None
-    vad: bool = False
-    precision: str = "fp32"
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.chunk is not None and self.chunk <= 0:
-            raise InputError(f"--chunk {self.chunk}: must be a positive number of seconds")
-        if self.hop is not None and (self.hop <= 0 or self.chunk is None):
-            raise InputError(f"--hop {self.hop}: needs --chunk, and must be positive")
-        if self.batch_seconds <= 0 or self.max_batch < 1:
-            raise InputError("--batch-seconds and --max-batch must be positive")
-
-    def identity(self) -> dict:
-        """What changes the embeddings (and so must match to resume)."""
-        return {"chunk": self.chunk, "hop": self.hop, "vad": self.vad, "precision": self.precision}
+__all__ = ["ExtractOptions", "ExtractResult", "check_outputs", "parse_shard", "shard_rows", "extract_embeddings",
+           "embed_batch"]
 
 
 @dataclass
@@ -52,52 +34,6 @@ class ExtractResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
-
-
-def parse_shard(spec: str | None) -> tuple[int, int]:
-    """``I/N`` (0-based I) -> (I, N)."""
-    if not spec:
-        return 0, 1
-    try:
-        i, n = (int(x) for x in spec.split("/"))
-    except ValueError:
-        raise InputError(f"--shard {spec!r}: expected I/N, e.g. 0/4") from None
-    if n < 1 or not 0 <= i < n:
-        raise InputError(f"--shard {spec!r}: need 0 <= I < N")
-    return i, n
-
-
-def check_outputs(
-    output: str | Path,
-    model: str | Path,
-    manifest: str | Path,
-    merge: Sequence[str | Path] = (),
-    export: str | None = None,
-    utts: Sequence[Utterance] = (),
-) -> None:
-    """Refuse (:class:`InputError`) an ``output`` store, or its ``export`` files, that would replace one
-    of the inputs (the encoder file, the manifest, a ``merge`` shard, or any audio file of ``utts``),
-    and an ``output`` that is an existing folder. Call it before any work."""
-    from spkemb.embeddings.export import export_paths
-    from spkemb.fileio import refuse_output_onto_inputs
-    from spkemb.models.io import encoder_path
-
-    inputs: dict[str, str | Path | None] = {"manifest": manifest}
-    if Path(model).exists():
-        inputs["model"] = encoder_path(model)
-    inputs.update({f"--merge {m}": m for m in merge})
-    outputs = [Path(output), *(export_paths(output, export) if export else [])]
-    audio = {os.path.normpath(os.path.abspath(u.path)) for u in utts}
-    for out in outputs:
-        refuse_output_onto_inputs(out, inputs)
-        if os.path.normpath(os.path.abspath(out)) in audio or os.path.realpath(out) in audio:
-            raise InputError("the output is one of the manifest's audio files; choose another -o", out)
-
-
-def shard_rows(n: int, shard: tuple[int, int]) -> list[int]:
-    """Contiguous slice ``I`` of ``N`` of the rows 0..n-1."""
-    i, k = shard
-    return list(range(n * i // k, n * (i + 1) // k))
 
 
 def extract_embeddings(
@@ -112,7 +48,9 @@ def extract_embeddings(
 
     Rows already present in ``out.partial`` from an interrupted run with the same encoder and
     options are kept. ``on_progress(audio_seconds, n_utts)`` is called after each batch. Utterances
-    that fail to decode are reported in the result and left out of the store.
+    that fail to decode are reported in the result and left out of the store. The store records
+    ``manifest_sha256`` (:func:`~spkemb.embeddings.plan.utterances_digest` of ``utts``), by which a
+    rerun can tell it has nothing to do.
     """
     if not utts:
         raise InputError("nothing to extract: no utterances (an empty manifest, or a shard with no rows)")
@@ -127,7 +65,8 @@ def extract_embeddings(
     sample_rate = int(model.sample_rate)  # type: ignore[arg-type]
     ids = [u.utt_id for u in utts]
     speakers = [u.speaker for u in utts]
-    attrs = {**attrs, "options": opts.identity(), "sample_rate": sample_rate}
+    attrs = {**attrs, "options": opts.identity(), "sample_rate": sample_rate,
+             "manifest_sha256": utterances_digest(utts)}
     writer = StoreWriter.open(out, ids, dim, attrs, speakers)
     t0 = time.monotonic()
     failed: list[tuple[int, str]] = []  # (row, problem)

@@ -102,6 +102,23 @@ def read_embeddings(path: str | Path) -> EmbeddingSet:
     return EmbeddingSet(ids, vectors, speakers, attrs)
 
 
+def store_info(path: str | Path) -> tuple[dict[str, Any], int] | None:
+    """``(attributes, rows)`` of the complete store at ``path`` (its attributes only are read), or
+    ``None`` when there is none: no file, an unfinished or foreign one, or one that cannot be read."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        with h5py.File(p, "r") as f:
+            attrs = _attrs_dict(f)
+            rows = int(f["utt_id"].shape[0]) if "utt_id" in f else 0
+    except (OSError, KeyError, ValueError):
+        return None
+    if attrs.get("format") != FORMAT or not attrs.get("complete", False):
+        return None
+    return attrs, rows
+
+
 class StoreWriter:
     """Writes a store row by row, resumably.
 
@@ -479,7 +496,7 @@ def merge_stores(
         idx = np.array([pos[u] for u in order if u in pos])
         ids, vectors = [ids[i] for i in idx], vectors[idx]
         speakers = [speakers[i] for i in idx] if speakers is not None else None
-    drop = ("complete", "format", "format_version", "created", "shard", "failed")
+    drop = ("complete", "format", "format_version", "created", "shard", "failed", "manifest_sha256")
     attrs = {k: v for k, v in first.attrs.items() if k not in drop}
     attrs["merged_from"] = [str(p) for p in inputs]
     if failed:
