@@ -4,7 +4,9 @@ Compute threads that outnumber the cores slow everything down far more than in p
 trainings with 2 threads each on a 2-core machine ran 7x slower than one alone (13 against 95
 crops/s), as the threads of each spin waiting for the others' at every parallel region. So a
 command that starts heavy work first looks at the load average and, when its threads would
-oversubscribe the machine, says so (:func:`oversubscription`).
+oversubscribe the machine, says so (:func:`oversubscription`). The load average remembers the last
+minute, so it is checked against the threads running at this instant: in a pipeline of jobs run one
+after the other, each would otherwise be warned about the one that has just ended.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["Busy", "cpu_cores", "default_threads", "oversubscription"]
+__all__ = ["Busy", "cpu_cores", "default_threads", "oversubscription", "others_running"]
 
 
 @dataclass(frozen=True)
@@ -46,15 +48,32 @@ def default_threads(threads: int | None = None) -> int:
         return cpu_cores()
 
 
-def oversubscription(threads: int | None = None, load: float | None = None, cores: int | None = None) -> Busy | None:
+def others_running() -> int | None:
+    """Threads of other processes that are runnable at this instant (``/proc/loadavg``'s running count,
+    less this one), or ``None`` where that is not known."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            running = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, running - 1)
+
+
+def oversubscription(threads: int | None = None, load: float | None = None, cores: int | None = None,
+                     others: int | None = -1) -> Busy | None:
     """A :class:`Busy` when other work already keeps the cores busy (1-minute load average of at least
-    one) and ``threads`` more (see :func:`default_threads`) would make the runnable threads exceed the
-    cores by a quarter or more; else ``None``. ``load`` and ``cores`` default to the machine's."""
+    one, and other threads running now) and ``threads`` more (see :func:`default_threads`) would make
+    the runnable threads exceed the cores by a quarter or more; else ``None``. ``load``, ``cores`` and
+    ``others`` (:func:`others_running`; ``None``: unknown, trust the load) default to the machine's."""
     if load is None:
         try:
             load = os.getloadavg()[0]
         except (AttributeError, OSError):  # no load average on this platform
             return None
+    if others == -1:
+        others = others_running()
+    if others == 0:  # the load average's memory of work that has ended
+        return None
     cores = cores or cpu_cores()
     want = default_threads(threads)
     if load >= 1.0 and load + want > 1.25 * cores:

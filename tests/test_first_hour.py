@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from spkemb.cli.app import app
 from spkemb.cli.common import LogProgress, console, progress_line
 from spkemb.data.layouts import scan, speaker_folder_hints
-from spkemb.system import Busy, oversubscription
+from spkemb.system import Busy, others_running, oversubscription
 
 ROOT = Path(__file__).parents[1]
 COMMANDS = ("prepare", "augment", "pretrain", "finetune", "extract", "cluster", "score")
@@ -344,15 +344,32 @@ def test_man_page_examples_use_real_options() -> None:
 
 
 def test_oversubscription_is_found_from_the_load_average() -> None:
-    assert oversubscription(threads=2, load=2.1, cores=2) == Busy(2.1, 2, 2)
-    assert oversubscription(threads=2, load=2.1, cores=2).free() == 1  # type: ignore[union-attr]
-    assert oversubscription(threads=2, load=0.3, cores=2) is None  # an idle machine
-    assert oversubscription(threads=4, load=1.5, cores=16) is None  # room to spare
+    assert oversubscription(threads=2, load=2.1, cores=2, others=2) == Busy(2.1, 2, 2)
+    assert oversubscription(threads=2, load=2.1, cores=2, others=2).free() == 1  # type: ignore[union-attr]
+    assert oversubscription(threads=2, load=2.1, cores=2, others=None) == Busy(2.1, 2, 2)  # running count unknown
+    assert oversubscription(threads=2, load=0.3, cores=2, others=2) is None  # an idle machine
+    assert oversubscription(threads=4, load=1.5, cores=16, others=2) is None  # room to spare
+    # The previous job of a pipeline has just ended: its load lingers, but nothing else runs now.
+    assert oversubscription(threads=2, load=2.1, cores=2, others=0) is None
+
+
+def test_others_running_reads_the_running_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+    import io
+
+    real_open = builtins.open
+
+    def fake(path: str, *a: object, **k: object) -> object:
+        return io.StringIO("2.10 1.50 1.00 4/312 12345\n") if path == "/proc/loadavg" else real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake)
+    assert others_running() == 3  # four running, this process one of them
 
 
 def test_a_busy_machine_gets_a_one_line_notice(tmp_path: Path, manifest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 5.0, 4.0))
     monkeypatch.setattr("spkemb.system.cpu_cores", lambda: 4)
+    monkeypatch.setattr("spkemb.system.others_running", lambda: 5)
     res = runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(tmp_path / "e.h5"), "--threads", "2"])
     assert res.exit_code == 0, res.output
     (notice,) = [ln for ln in res.stderr.splitlines() if ln.startswith("notice:")]

@@ -6,6 +6,7 @@ import typer
 
 from spkemb import __version__
 from spkemb.cli import augment, cluster, extract, finetune, prepare, pretrain, score
+from spkemb.cli.examples import EXAMPLES
 from spkemb.cli.usage import SpkembCommand, SpkembGroup
 
 app = typer.Typer(
@@ -35,13 +36,18 @@ def _root(
     """Speaker embeddings, from audio folders to scored trials."""
 
 
-app.command("prepare", cls=SpkembCommand)(prepare.prepare)
-app.command("augment", cls=SpkembCommand)(augment.augment)
-app.command("pretrain", cls=SpkembCommand)(pretrain.pretrain)
-app.command("finetune", cls=SpkembCommand)(finetune.finetune)
-app.command("extract", cls=SpkembCommand)(extract.extract)
-app.command("cluster", cls=SpkembCommand)(cluster.cluster)
-app.command("score", cls=SpkembCommand)(score.score)
+def _epilog(name: str) -> str:
+    """The command's examples (the ones its man page shows), as the end of its --help."""
+    parts = ["**Examples**", ""]
+    for what, command in EXAMPLES.get(name, []):
+        parts.append(f"* {what}" + "".join(f"  \n  `{line}`" for line in command.splitlines()))
+    return "\n".join(parts)
+
+
+for _name, _fn in (("prepare", prepare.prepare), ("augment", augment.augment), ("pretrain", pretrain.pretrain),
+                   ("finetune", finetune.finetune), ("extract", extract.extract), ("cluster", cluster.cluster),
+                   ("score", score.score)):
+    app.command(_name, cls=SpkembCommand, epilog=_epilog(_name))(_fn)
 
 
 def main() -> None:

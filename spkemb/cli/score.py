@@ -40,8 +40,8 @@ def score(
                                         "'enroll test target|nontarget' (Kaldi) or 'enroll test'; '-' for stdin."),
     embeddings: Path | None = typer.Argument(None, metavar="EMB.h5", help="Embedding store whose utt_ids the "
                                              "trial ids name."),
-    output: str | None = typer.Option(None, "-o", "--output", help="Write scores here (atomically) instead of "
-                                      "stdout; '-' for stdout."),
+    output: str | None = typer.Option(None, "-o", "--output", metavar="FILE", help="Write scores here (atomically) "
+                                      "instead of stdout; '-' for stdout."),
     scores_files: list[str] | None = typer.Option(None, "--scores", metavar="FILE", help="An existing scores file "
                                                   "('enroll test score [target|nontarget]', e.g. from another "
                                                   "toolkit): its metrics, and a curve on the plots. Repeatable. "
@@ -109,11 +109,6 @@ def score(
     written only with -o (e.g. calibrated with --calibration). Several --scores files draw as
     several systems on one --det plot. Nothing is written when an input is bad, and a failed run
     leaves an existing -o untouched.
-
-    Examples: spkemb score trials.txt emb.h5 --cohort train.h5 --norm asnorm --det det.png;
-    spkemb score dev.txt emb.h5 --fit-calibration cal.json;
-    spkemb score test.txt emb.h5 --calibration cal.json --json;
-    spkemb score --scores ours.txt --scores theirs.txt --det compare.svg.
     """
     from spkemb.scoring.pipeline import ScoreRequest, run_score
     from spkemb.scoring.trials import ScoreOptions

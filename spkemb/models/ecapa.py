@@ -101,7 +101,11 @@ class _Dense(nn.Module):
             raise ValueError("kernel must be odd")
         self.kernel, self.dilation = kernel, dilation
         # Initialised exactly as nn.Conv1d(cin, cout, kernel) would be (the same random draws).
-        self.linear = nn.utils.skip_init(nn.Linear, kernel * cin, cout)
+        # nn.Linear's own init is undone by restoring the generator (nn.utils.skip_init and
+        # Module.to_empty would avoid it but import sympy: 0.4-0.6 s of every command's start-up).
+        rng = torch.get_rng_state()
+        self.linear = nn.Linear(kernel * cin, cout)
+        torch.set_rng_state(rng)
         with torch.no_grad():
             w = torch.empty(cout, cin, kernel)
             nn.init.kaiming_uniform_(w, a=5**0.5)
