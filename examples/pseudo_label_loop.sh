@@ -58,7 +58,9 @@ score_round() {  # score_round EXP: EER on the test trials (n/a without TRIALS)
   json "$exp/score.json" eer
 }
 
-echo "round 0 ($PRETRAIN_METHOD): EER $(score_round "$out/round0")"
+# The method that made round 0 (a round0 folder may also be an encoder trained elsewhere and copied in).
+made_by=$(awk '$1 == "method:" { print $2; exit }' "$out/round0/config.yaml" 2>/dev/null || true)
+echo "round 0 (${made_by:-$PRETRAIN_METHOD}): EER $(score_round "$out/round0")"
 prev="$out/round0"
 for ((r = 1; r <= ROUNDS; r++)); do
   here="$out/round$r"

@@ -299,3 +299,46 @@ def test_a_random_wavlm_is_initialised_so_its_output_depends_on_its_input() -> N
         emb = enc(wav)
     assert feats.std() > 0.1
     assert torch.nn.functional.cosine_similarity(emb[0], emb[1], dim=0) < 0.99
+
+
+def test_frozen_frontend_warm_up_trains_mhfa_first_then_everything() -> None:
+    """``freeze_frontend_steps``: for the first steps WavLM gets no gradient (and runs without
+    dropout) while MHFA and the head learn; after them the whole model trains."""
+    torch.manual_seed(6)
+    enc = build_encoder("wavlm-mhfa", **TINY, dropout=0.1)
+    method = Supervised(enc, labels=[0, 1], n_classes=2, n_crops=1, freeze_frontend_steps=2).train()
+    batch = {"views": [torch.stack([_speech(8000, 0), _speech(8000, 1)]).unsqueeze(1)], "index": torch.tensor([0, 1])}
+    for step, frozen in ((0, True), (1, True), (2, False)):
+        method.zero_grad(set_to_none=True)
+        method.on_step_start(step)
+        assert enc.frontend_frozen is frozen and enc.wavlm.training is not frozen
+        loss, _ = method(batch)
+        loss.backward()
+        wavlm_grads = [p.grad for p in enc.wavlm.parameters() if p.requires_grad]
+        assert all((g is None) is frozen for g in wavlm_grads), step
+        assert enc.mhfa.proj.weight.grad is not None and all(p.requires_grad for p in enc.wavlm.encoder.parameters())
+    with pytest.raises(ValueError, match="pretrained frontend"):
+        Supervised(build_encoder("ecapa", channels=16, mfa_channels=48, attention_channels=8, se_channels=8,
+                                 embed_dim=16), labels=[0, 1], n_classes=2, freeze_frontend_steps=2)
+    with pytest.raises(ValueError, match="stays frozen"):
+        build_encoder("wavlm-mhfa", **TINY, freeze_frontend=True).set_frontend_frozen(False)
+
+
+def test_init_and_frontend_weights_together_are_refused(tmp_path: Path, manifest: Path,
+                                                         weights: dict[str, Path]) -> None:
+    pre = tmp_path / "pre"
+    assert runner.invoke(app, ["pretrain", str(manifest), "-o", str(pre), "--method", "none", "--encoder",
+                               "wavlm-mhfa", *TINY_CLI]).exit_code == 0
+    out = tmp_path / "ft"
+    res = runner.invoke(app, ["finetune", str(manifest), "-o", str(out), "--init", str(pre), "--frontend-weights",
+                              str(weights["hf"]), "--max-steps", "1"])
+    assert res.exit_code == 2 and "would be overwritten" in res.output and not out.exists(), res.output
+    assert len(res.output.strip().splitlines()) == 1
+    # Without --frontend-weights, the same run trains, through a frozen-frontend warm-up.
+    res = runner.invoke(app, ["finetune", str(manifest), "-o", str(out), "--init", str(pre), "--freeze-frontend-steps",
+                              "1", "--max-steps", "2", "--batch-size", "4", "--method-opt", "items_per_speaker=2",
+                              "--method-opt", "crop_seconds=0.5"])
+    assert res.exit_code == 0, res.output
+    trained, start = load_encoder(out), load_encoder(pre)
+    assert not torch.equal(trained.wavlm.encoder.feature_projection.projection.weight,
+                           start.wavlm.encoder.feature_projection.projection.weight)  # unfrozen at step 1

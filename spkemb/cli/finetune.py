@@ -33,6 +33,9 @@ def finetune(
                                                  help="Relabel items confidently predicted as another speaker."),
     freeze_encoder_steps: int | None = typer.Option(None, metavar="N", help="Train only the head for the first "
                                                     "N steps."),
+    freeze_frontend_steps: int | None = typer.Option(None, metavar="N", help="Run the encoder's pretrained frontend "
+                                                     "(WavLM) frozen for the first N steps: its pooling and the "
+                                                     "head learn first."),
     encoder_lr_scale: float | None = typer.Option(None, metavar="X", help="The encoder's lr relative to the "
                                                   "head's (e.g. 0.1 for a pretrained encoder). [default: 1]"),
     encoder: str | None = typer.Option(None, metavar="NAME", autocompletion=complete_encoders,
@@ -79,7 +82,8 @@ def finetune(
     file_cfg = load_config(config) if config else {}
     method_over = parse_key_values(method_opt, "--method-opt")
     for key, value in (("loss", loss), ("loss_gate", loss_gate), ("label_correction", label_correction),
-                       ("freeze_encoder_steps", freeze_encoder_steps), ("encoder_lr_scale", encoder_lr_scale)):
+                       ("freeze_encoder_steps", freeze_encoder_steps), ("freeze_frontend_steps", freeze_frontend_steps),
+                       ("encoder_lr_scale", encoder_lr_scale)):
         if value is not None:
             method_over[key] = value
     data_over: dict[str, object] = {}

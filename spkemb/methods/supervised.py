@@ -65,6 +65,9 @@ class SupervisedOptions(Options):
     crop_seconds: float = opt(2.0, "length of each crop")
     items_per_speaker: int = opt(1, "K of the P x K batches (P = batch_size // K)")
     freeze_encoder_steps: int = opt(0, "train only the classifier head for this many first steps")
+    freeze_frontend_steps: int = opt(0, "run the encoder's pretrained frontend frozen (no gradients, no dropout) "
+                                        "for this many first steps, so its pooling and the head learn first "
+                                        "(wavlm-mhfa)")
     encoder_lr_scale: float = opt(1.0, "the encoder's learning rate relative to the head's (e.g. 0.1)")
     layer_decay: float = opt(1.0, "layer-wise lr decay for encoders with `layers()` (deep frontends)")
     loss_gate: bool = opt(False, "train each epoch only on the low-loss items of the previous one")
@@ -123,7 +126,11 @@ class Supervised(Method):
         self.crops_per_item = o.n_crops
         self.current_margin = self.schedule(0)
         self.last_gate: dict[str, float] = {}
-        self.ddp_find_unused_parameters = o.freeze_encoder_steps > 0 or o.loss == "subcenter-aam"
+        if o.freeze_frontend_steps and not callable(getattr(encoder, "set_frontend_frozen", None)):
+            raise ValueError(f"freeze_frontend_steps needs an encoder with a pretrained frontend (wavlm-mhfa), not "
+                             f"{type(encoder).__name__}; freeze_encoder_steps holds the whole encoder")
+        self.ddp_find_unused_parameters = (o.freeze_encoder_steps > 0 or o.freeze_frontend_steps > 0
+                                           or o.loss == "subcenter-aam")
 
     @staticmethod
     def _make_head(o: SupervisedOptions, dim: int) -> nn.Module:
@@ -175,6 +182,10 @@ class Supervised(Method):
 
     def on_step_start(self, step: int) -> None:
         self.current_margin = self.schedule.apply(self.head, step)  # type: ignore[arg-type]
+        if self.options.freeze_frontend_steps:
+            frozen = step < self.options.freeze_frontend_steps
+            if getattr(self.encoder, "frontend_frozen", None) != frozen:
+                self.encoder.set_frontend_frozen(frozen)  # type: ignore[operator]
         if isinstance(self.head, SubCenterAAM) and self.options.drop_outliers_after is not None:
             self.head.drop_outliers = step >= self.options.drop_outliers_after
 

@@ -203,10 +203,22 @@ class WavLMMHFA(nn.Module):
             self.wavlm.requires_grad_(False)
         elif o.freeze_cnn:
             self.wavlm.feature_extractor.requires_grad_(False)
+        #: WavLM runs without gradients and dropout (``freeze_frontend``, or a warm-up: :meth:`set_frontend_frozen`)
+        self.frontend_frozen = bool(o.freeze_frontend)
+
+    def set_frontend_frozen(self, frozen: bool) -> None:
+        """Run WavLM without gradients and dropout, or not: a frozen warm-up in which MHFA and the head
+        learn first (``finetune``'s ``freeze_frontend_steps``). Unlike the ``freeze_frontend`` option,
+        the parameters keep ``requires_grad`` and simply get no gradient, so the optimiser and DDP see
+        the same parameters before and after."""
+        if self.options.freeze_frontend and not frozen:
+            raise ValueError("this encoder was built with freeze_frontend=true: its frontend stays frozen")
+        self.frontend_frozen = bool(frozen)
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> WavLMMHFA:
         super().train(mode)
-        if self.options.freeze_frontend:
+        if self.frontend_frozen:
             self.wavlm.eval()  # a frozen frontend runs without dropout
         return self
 
@@ -266,7 +278,7 @@ class WavLMMHFA(nn.Module):
         layer's output; (B, T, hidden)) to ``visit`` as it is made; return the (B, T) padding mask (True
         on padded frames; ``None`` without padding). A frozen frontend runs without gradients, while
         ``visit`` (MHFA's layer weights) keeps them."""
-        frozen = self.options.freeze_frontend
+        frozen = self.frontend_frozen
         grad_mode = torch.no_grad if frozen else contextlib.nullcontext
         cnn_grad_mode = torch.no_grad if frozen or self.options.freeze_cnn else contextlib.nullcontext
 

@@ -129,6 +129,9 @@ def run_finetune(
     k = int(opts.get("items_per_speaker", 1))
     if cfg.batch_size // k < 2:
         raise InputError(f"batch_size {cfg.batch_size} holds fewer than 2 speakers of {k} items each")
+    if init is not None and (cfg.encoder_kwargs or {}).get("frontend_weights"):
+        raise InputError("--init gives every weight of the encoder, its WavLM frontend's too, so --frontend-weights "
+                         "(or frontend_weights in the config) would be overwritten: give one of them", init)
     seed_everything(cfg.seed)
     prepare_cpu(cfg)
     encoder = build_encoder_from(cfg, reporter)
