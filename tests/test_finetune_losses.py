@@ -348,3 +348,16 @@ def test_bf16_autocast_on_cpu(case: tuple) -> None:
     assert loss.item() == pytest.approx(ref.item(), rel=0.05, abs=0.05)
     loss.backward()
     assert proj.weight.grad is not None and torch.isfinite(proj.weight.grad).all()
+
+
+def test_supcon_scale_sets_the_supcon_temperature_apart_from_the_aam_scale() -> None:
+    from spkemb.methods.supervised import Supervised
+
+    enc = torch.nn.Linear(4, 8)
+    enc.embed_dim = 8  # type: ignore[assignment]
+    m = Supervised(enc, labels=[0, 1, 2], loss="aam+supcon-aam", scale=30.0, supcon_scale=10.0)
+    assert m.head.aam.scale == 30.0 and m.head.supcon.scale == 10.0  # type: ignore[union-attr]
+    default = Supervised(enc, labels=[0, 1, 2], loss="supcon-aam", scale=30.0)
+    assert default.head.scale == 30.0  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="supcon_scale"):
+        Supervised(enc, labels=[0, 1], loss="supcon-aam", supcon_scale=0.0)
