@@ -57,6 +57,8 @@ fi
 # 3. Embeddings into HDF5 (a store already complete is not recomputed), 4. cosine scoring with EER and minDCF.
 for model in $ENCODERS; do
   src=$model; [ "$model" != mfcc-stats ] && src="$D/exp/$model"
+  # (a store older than its encoder was made by an earlier training: extract refuses to replace it unasked)
+  [ "$model" = mfcc-stats ] || [ ! -f "$D/$model.h5" ] || [ "$D/$model.h5" -nt "$src/encoder.pt" ] || rm -f "$D/$model.h5"
   spkemb extract "$src" "$D/manifest.tsv" -o "$D/$model.h5"
   if [ ! "$D/$model.std.json" -nt "$D/$model.h5" ]; then
     spkemb score "$D/trials.txt" "$D/$model.h5" -o "$D/$model.scores" --json > "$D/$model.json.tmp"

@@ -73,7 +73,7 @@ def cluster(
     options = ClusterOptions(method=method.value, n_clusters=n_clusters, threshold=threshold,
                              n_init_clusters=n_init_clusters, max_clusters=max_clusters, p_neighbours=p_neighbours,
                              norm=norm.value, seed=seed)
-    with progress(transient=True, disable=not console.is_terminal) as bar:
+    with progress(transient=True) as bar:
         task = bar.add_task("cluster", total=None, info=f"{len(emb)} embeddings")
 
         def on_progress(stage: str, done: int, total: int) -> None:

@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 
 from spkemb.cli.common import Precision, busy_notice, complete_device, console, guarded, print_json, progress
+from spkemb.errors import InputError
 
 
 class ExportFormat(StrEnum):
@@ -51,7 +52,7 @@ def extract(
     export: ExportFormat | None = typer.Option(None, help="Also write the store as .npy (+ .ids.txt) or "
                                                "Kaldi text .ark/.scp beside -o."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Extract again even when -o is already complete for "
-                                   "this encoder, manifest and options."),
+                                   "this encoder, manifest and options; replace a complete -o made otherwise."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Embed every utterance of MANIFEST with MODEL into an HDF5 store.
@@ -60,15 +61,17 @@ def extract(
     beside it for a name too long to take the suffix), and the same command finishes it. A store at
     OUTPUT is always complete, every row finite; a failed run leaves an existing OUTPUT untouched.
     When OUTPUT is already complete for the same encoder, utterances and options, the command says
-    so and returns at once (--overwrite extracts again; --export still exports). Audio that cannot
+    so and returns at once (--overwrite extracts again; --export still exports); a complete OUTPUT
+    made with another encoder, utterances or options is refused (exit 2) unless --overwrite, so that
+    hours of embedding are never replaced by a slip of -o. Audio that cannot
     be read, or that holds NaN or infinite samples, is skipped and reported. One run at a time
     writes OUTPUT: a second is refused (exit 2), naming the first one's pid. On a machine that other
     jobs keep busy a notice suggests fewer threads (--threads N or OMP_NUM_THREADS=N): jobs that
     share cores run many times slower together.
     """
     from spkemb.data.manifest import read_manifest
-    from spkemb.embeddings.plan import check_outputs, encoder_checksum
-    from spkemb.errors import InputError
+    from spkemb.embeddings.plan import check_outputs
+    from spkemb.encoder_files import encoder_checksum
     from spkemb.locking import output_lock
 
     fmt = export.value if export else None
@@ -98,9 +101,13 @@ def extract(
 
 
 def _merge(merge: list[Path], output: Path, utts: list[Any], sha: str) -> dict[str, Any]:
+    from spkemb.embeddings.plan import utterances_digest
     from spkemb.embeddings.store import merge_stores, read_embeddings
 
-    out = merge_stores(merge, output, order=[u.utt_id for u in utts], expect_sha256=sha)
+    # The merged store records the whole manifest's digest, as one extraction of it would: a later
+    # `extract` (e.g. --export) onto it then finds it complete instead of embedding again.
+    out = merge_stores(merge, output, order=[u.utt_id for u in utts], expect_sha256=sha,
+                       manifest_sha256=utterances_digest(utts))
     n = len(read_embeddings(out))
     console.print(f"merged {len(merge)} shards into {out} ({n} embeddings)", highlight=False, soft_wrap=True)
     return {"output": str(out), "embeddings": n, "merged": [str(m) for m in merge]}
@@ -109,11 +116,15 @@ def _merge(merge: list[Path], output: Path, utts: list[Any], sha: str) -> dict[s
 def _extract(model: str, manifest: str, utts: list[Any], output: Path, opts: Any, sha: str, shard: str | None,
              threads: int | None, overwrite: bool) -> dict[str, Any]:
     """Embed shard ``shard`` of ``utts`` into ``output``, unless it is already complete (and not ``overwrite``)."""
-    from spkemb.embeddings.plan import finished_store, parse_shard, shard_rows
+    from spkemb.embeddings.plan import existing_store, parse_shard, shard_rows
 
     part = [utts[i] for i in shard_rows(len(utts), parse_shard(shard))]
-    done = None if overwrite else finished_store(output, sha, part, opts)
-    if done is not None:
+    existing = None if overwrite else existing_store(output, sha, part, opts)
+    if existing is not None and existing[1]:
+        raise InputError(f"holds a complete store of {existing[0]['embeddings']} embeddings made with "
+                         f"{' and '.join(existing[1])}; --overwrite replaces it (or choose another -o)", output)
+    if existing is not None:
+        done = existing[0]
         left_out = f", {done['failed']} unreadable utterances left out" if done["failed"] else ""
         console.print(f"{output} is already complete for this encoder, manifest and options ({done['embeddings']} "
                       f"embeddings{left_out}); nothing to do (--overwrite extracts again)",

@@ -137,3 +137,11 @@ class SpkembCommand(TyperCommand):
         params = super().get_params(ctx)  # (with --help, made on first use)
         tidy_params(params)
         return params
+
+    def parse_args(self, ctx: _click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except _click.exceptions.UsageError as err:
+            if err.ctx is None:  # click's parser raises some (a missing option value) without one
+                err.ctx = ctx  # so that the line names this command, not `spkemb`
+            raise

@@ -3,8 +3,8 @@
 ``spkemb extract`` checks its inputs and outputs and whether the store at ``-o`` is already
 complete for the same encoder, utterances and options here, so that bad usage and an extraction
 with nothing to do return in a fraction of a second, not after the seconds torch takes to load.
-The encoder file rules mirror :mod:`spkemb.models.io` (``encoder_path``, ``encoder_checksum``),
-which stays the authority once torch is loaded; a test keeps the two in step.
+The encoder file rules (``encoder_path``, ``encoder_checksum``) come from :mod:`spkemb.encoder_files`,
+which :mod:`spkemb.models.io` uses too.
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spkemb.encoder_files import encoder_path
 from spkemb.errors import InputError
 
 if TYPE_CHECKING:
     from spkemb.data.manifest import Utterance
-
-ENCODER_FILE = "encoder.pt"  # as spkemb.models.io.ENCODER_FILE
-
 
 @dataclass
 class ExtractOptions:
@@ -68,36 +66,6 @@ def shard_rows(n: int, shard: tuple[int, int]) -> list[int]:
     return list(range(n * i // k, n * (i + 1) // k))
 
 
-def encoder_path(spec: str | Path) -> Path | None:
-    """The encoder file that ``spec`` names (an experiment folder names its ``encoder.pt``), or
-    ``None`` when it names no file or folder (a built-in encoder's name)."""
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        f = p / ENCODER_FILE
-        if not f.is_file():
-            raise InputError(f"no {ENCODER_FILE} in this folder (not an experiment folder?)", p)
-        return f
-    if p.exists():
-        return p
-    return None
-
-
-def encoder_checksum(spec: str | Path) -> str:
-    """The SHA-256 of the encoder file behind ``spec``, or ``builtin:NAME`` for a built-in baseline
-    (recorded in stores; shards must agree on it)."""
-    path = encoder_path(spec)
-    if path is None:
-        return "builtin:" + str(spec).strip().lower().replace("_", "-")
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as err:
-        raise InputError(f"cannot read file ({err.strerror or type(err).__name__})", path) from None
-    return h.hexdigest()
-
-
 def utterances_digest(utts: Sequence[Utterance]) -> str:
     """SHA-256 of what an extraction reads from each utterance (id, audio, segment, speaker), in
     order: recorded in a store as ``manifest_sha256``, so a rerun can tell it has nothing to do."""
@@ -133,13 +101,14 @@ def check_outputs(
             raise InputError("the output is one of the manifest's audio files; choose another -o", out)
 
 
-def finished_store(
+def existing_store(
     output: str | Path, checksum: str, utts: Sequence[Utterance], opts: ExtractOptions
-) -> dict[str, Any] | None:
-    """The complete store at ``output`` when it was made from the same encoder (``checksum``, see
-    :func:`encoder_checksum`), the same utterances ``utts`` (by :func:`utterances_digest`) and options
-    that give the same embeddings: ``{"embeddings": rows, "failed": utterances left out}``. ``None``
-    when there is no such store (none, unfinished, or made otherwise), so the extraction must run."""
+) -> tuple[dict[str, Any], list[str]] | None:
+    """The complete store at ``output`` (``None`` when there is none: no file, or an unfinished or
+    foreign one), as ``({"embeddings": rows, "failed": utterances left out}, differences)``:
+    ``differences`` says what this extraction would do otherwise than the one that made it (another
+    encoder by :func:`~spkemb.encoder_files.encoder_checksum`, other utterances by
+    :func:`utterances_digest`, other options); empty when it is already this extraction's result."""
     from spkemb.embeddings.store import store_info
 
     info = store_info(output)
@@ -150,7 +119,10 @@ def finished_store(
     try:
         options = json.loads(options) if isinstance(options, str) else options
     except json.JSONDecodeError:
-        return None
-    same = (have.get("checkpoint_sha256") == checksum and options == opts.identity()
-            and have.get("manifest_sha256") == utterances_digest(utts))
-    return {"embeddings": rows, "failed": int(have.get("failed", 0))} if same else None
+        options = None
+    differences = [what for what, same in (
+        ("another encoder", have.get("checkpoint_sha256") == checksum),
+        ("other utterances (manifest or --shard)", have.get("manifest_sha256") == utterances_digest(utts)),
+        ("other extraction options", options == opts.identity()),
+    ) if not same]  # fmt: skip
+    return {"embeddings": rows, "failed": int(have.get("failed", 0))}, differences

@@ -453,8 +453,11 @@ def merge_stores(
     out: str | Path,
     order: Sequence[str] | None = None,
     expect_sha256: str | None = None,
+    manifest_sha256: str | None = None,
 ) -> Path:
     """Merge complete stores (e.g. shards) into one, checked before anything is written.
+    ``manifest_sha256`` (with ``order``): the digest of the whole manifest, recorded as one
+    extraction of it would record it.
 
     Shards must come from the same encoder checkpoint (``expect_sha256`` when given) and the same
     extraction options, and must not share ids. ``order`` (the manifest's ids) fixes the row order:
@@ -501,4 +504,6 @@ def merge_stores(
     attrs["merged_from"] = [str(p) for p in inputs]
     if failed:
         attrs["failed"] = failed
+    if manifest_sha256 is not None and order is not None:
+        attrs["manifest_sha256"] = manifest_sha256
     return write_embeddings(out, ids, vectors, speakers, attrs)

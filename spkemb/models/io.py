@@ -10,7 +10,6 @@ Layout (a plain dict, written by ``torch.save``)::
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,16 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from spkemb.encoder_files import ENCODER_FILE, encoder_checksum, encoder_path, file_sha256
 from spkemb.errors import InputError
 from spkemb.fileio import atomic_torch_save
 from spkemb.models.registry import build_encoder, encoder_class, is_parameter_free, list_encoders
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ENCODER_FILE", "save_encoder", "load_encoder", "file_sha256",
-           "describe_encoder", "unwrap", "encoder_path"]  # fmt: skip
+           "describe_encoder", "unwrap", "encoder_path", "encoder_checksum"]  # fmt: skip
 
 FORMAT = "spkemb-encoder"
 FORMAT_VERSION = 1
-ENCODER_FILE = "encoder.pt"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -80,20 +79,6 @@ def save_encoder(model: nn.Module, path: str | Path, extra: Mapping[str, Any] | 
 def _short(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return text[:200]
-
-
-def encoder_path(spec: str | Path) -> Path | None:
-    """The encoder file that ``spec`` names (an experiment folder names its ``encoder.pt``), or
-    ``None`` when it names no file or folder (a built-in encoder's name)."""
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        f = p / ENCODER_FILE
-        if not f.is_file():
-            raise InputError(f"no {ENCODER_FILE} in this folder (not an experiment folder?)", p)
-        return f
-    if p.exists():
-        return p
-    return None
 
 
 def _load_payload(path: Path) -> Any:
@@ -179,27 +164,6 @@ def load_encoder(spec: str | Path, map_location: str | torch.device = "cpu") -> 
     model.extra = extra if isinstance(extra, dict) else {}  # type: ignore[assignment]
     model.source = str(path)  # type: ignore[assignment]
     return model.to(map_location).eval()
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (the encoder checksum recorded next to embeddings)."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as err:
-        raise InputError(f"cannot read file ({_short(err)})", path) from None
-    return h.hexdigest()
-
-
-def encoder_checksum(spec: str | Path) -> str:
-    """What identifies the weights behind ``spec``: the SHA-256 of its encoder file, or
-    ``builtin:NAME`` for a parameter-free baseline (recorded in stores; shards must agree on it)."""
-    path = encoder_path(spec)
-    if path is None:
-        return "builtin:" + str(spec).strip().lower().replace("_", "-")
-    return file_sha256(path)
 
 
 def describe_encoder(model: nn.Module) -> dict[str, Any]:
