@@ -190,6 +190,34 @@ def test_nested_speaker_folders_are_warned_about_in_one_line(tmp_path: Path) -> 
     assert {u.speaker for u in utts} == {"audio_data"}
 
 
+def test_the_warning_names_the_right_level_when_roots_collide(tmp_path: Path) -> None:
+    """Two ROOTs with the same relative paths: ids get each ROOT's name in front, but --speaker-level
+    counts folders below the ROOT, and so does the warning."""
+    a, b = _nested(tmp_path / "a"), _nested(tmp_path / "b")
+    res = runner.invoke(app, ["prepare", str(a), str(b), "-o", str(tmp_path / "m.tsv")])
+    assert res.exit_code == 0, res.output
+    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+    assert warnings and all("3 for S_01" in w for w in warnings), warnings
+    res = runner.invoke(app, ["prepare", str(a), str(b), "-o", str(tmp_path / "m.tsv"), "--json",
+                              "--speaker-level", "3"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["speakers"] == 12, res.output
+
+
+def test_naming_options_are_refused_for_a_manifest_and_several_roots(tmp_path: Path) -> None:
+    root = _nested(tmp_path / "corpus", n=2)
+    manifest = tmp_path / "m.tsv"
+    assert runner.invoke(app, ["prepare", str(root), "-o", str(manifest)]).exit_code == 0
+    res = runner.invoke(app, ["prepare", str(manifest), "-o", str(tmp_path / "n.tsv")])
+    assert res.exit_code == 0 and "warning:" not in res.stderr  # no advice that the manifest cannot take
+    for args, message in ((["--speaker-level", "parent"], "--speaker-level is for audio folders; this is a manifest"),
+                          (["--id-prefix", "x"], "--id-prefix is for audio folders; this is a manifest")):
+        res = runner.invoke(app, ["prepare", str(manifest), "-o", str(tmp_path / "o.tsv"), *args])
+        assert res.exit_code == 2 and message in res.stderr and not (tmp_path / "o.tsv").exists(), res.output
+    res = runner.invoke(app, ["prepare", str(root / "audio_data" / "female"), str(root / "audio_data" / "male"),
+                              "-o", str(tmp_path / "o.tsv"), "--id-prefix", "x"])
+    assert res.exit_code == 2 and "takes one ROOT, not 2" in res.stderr and not (tmp_path / "o.tsv").exists()
+
+
 def test_no_warning_for_a_voxceleb_layout(tiny_corpus: Path) -> None:
     utts, _ = scan(tiny_corpus)
     assert len({u.speaker for u in utts}) == 6 and speaker_folder_hints(utts) == []
@@ -212,6 +240,8 @@ def test_id_prefix_keeps_the_full_corpus_ids(tmp_path: Path) -> None:
     (["--speaker-level", "parent", "--layout", "voxceleb"], "without --layout voxceleb"),
     (["--id-prefix", "../up"], "--id-prefix '../up': give a relative folder path"),
     (["--threads", "0"], "--threads must be >= 1"),
+    (["--id-prefix", "my corpus"], "--id-prefix 'my corpus': give a relative folder path without spaces"),
+    (["--threads", "2", "--workers", "2"], "--workers is the old name of --threads: give one of them"),
 ])
 def test_bad_naming_options_are_one_line_and_write_nothing(tmp_path: Path, args: list[str], message: str) -> None:
     root = _nested(tmp_path / "corpus", n=2)

@@ -73,8 +73,8 @@ def prepare(
     min_duration: float = typer.Option(
         0.0, "--min-duration", metavar="S", help="Leave out (and report) files shorter than S seconds."
     ),
-    threads: int = typer.Option(8, "--threads", metavar="N", help="Threads reading audio headers (or decoding, "
-                                "with --verify)."),
+    threads: int | None = typer.Option(None, "--threads", metavar="N", help="Threads reading audio headers (or "
+                                       "decoding, with --verify). [default: 8]"),
     workers: int | None = typer.Option(None, "--workers", hidden=True, help="Old name of --threads."),
     verify: bool = typer.Option(
         False, "--verify/--no-verify",
@@ -128,6 +128,8 @@ def prepare(
                                          ("--json", json_out)) if used]
     if len(on_stdout) > 1:
         raise InputError(f"{' and '.join(on_stdout)} would all write to stdout; send all but one to files")
+    if threads is not None and workers is not None:
+        raise InputError("--workers is the old name of --threads: give one of them")
     if output is None and trials is None and export_kaldi is None:
         raise InputError("nothing to write: give -o MANIFEST ('-' for stdout), --trials OUT or --export-kaldi DIR")
 
@@ -158,7 +160,8 @@ def prepare(
     try:
         result = prepare_manifest(
             roots, layout=layout.value, speaker_regex=speaker_regex, min_duration=min_duration,
-            workers=threads if workers is None else workers, speaker_level=speaker_level, id_prefix=id_prefix,
+            workers=threads if threads is not None else workers if workers is not None else 8,
+            speaker_level=speaker_level, id_prefix=id_prefix,
             output=output, trials=trials, targets=targets, nontargets=nontargets, seed=seed,
             exclude_speakers_of=exclude_speakers_of or (), trials_format=trials_format.value,
             export_kaldi=export_kaldi, verify=verify, on_progress=on_progress, on_read=on_read,

@@ -160,8 +160,9 @@ def check_id_prefix(prefix: str | None) -> str:
         return ""
     clean = prefix.strip("/")
     parts = clean.split("/")
-    if not clean or any(c in prefix for c in "\t\n\r") or any(p in ("", ".", "..") for p in parts):
-        raise InputError(f"--id-prefix {prefix!r}: give a relative folder path such as 'id10270' or 'wav/id10270'")
+    if not clean or any(c.isspace() for c in prefix) or any(p in ("", ".", "..") for p in parts):
+        raise InputError(f"--id-prefix {prefix!r}: give a relative folder path without spaces (trial lists are "
+                         "space-separated), such as 'id10270' or 'wav/id10270'")
     return clean
 
 

@@ -189,10 +189,15 @@ def read_inputs(
 
     per_root: list[tuple[Path, list[Utterance]]] = []
     problems: list[Problem] = []
-    if id_prefix and any(s.kind != "folder" for s in sources):
-        other = next(s for s in sources if s.kind != "folder")
-        what = "a Kaldi folder" if other.kind == "kaldi" else "a manifest"
-        raise InputError(f"--id-prefix is for audio folders; this is {what}, with ids of its own", other.path)
+    for option, value in (("--id-prefix", id_prefix), ("--speaker-level", speaker_level)):
+        if value and any(s.kind != "folder" for s in sources):
+            other = next(s for s in sources if s.kind != "folder")
+            what = "a Kaldi folder" if other.kind == "kaldi" else "a manifest"
+            raise InputError(f"{option} is for audio folders; this is {what}, with ids and speakers of its own",
+                             other.path)
+    if id_prefix and len(sources) > 1:
+        raise InputError(f"--id-prefix puts one prefix before every id, so it takes one ROOT, not {len(sources)}: "
+                         "prepare each with its own prefix, then merge the manifests")
     if sources and sources[0].kind == "manifest":
         per_root.append((sources[0].path, read_manifest(sources[0].path)))
     for source in sources:
@@ -342,5 +347,8 @@ def prepare_manifest(
             sys.stdout.flush()
         else:
             atomic_write_text(path, text)
-    hints = layouts.speaker_folder_hints(utts) if layout == "auto" and speaker_level is None else []
+    # Per folder ROOT, on its own ids: a manifest's or a Kaldi folder's speakers are its own, and ids
+    # prefixed with the ROOT's name (colliding roots) would name the wrong folder level.
+    hints = [h for source, (_, root_utts) in zip(sources, per_root, strict=False) if source.kind == "folder"
+             for h in layouts.speaker_folder_hints(root_utts)] if layout == "auto" and speaker_level is None else []
     return PrepareResult(utts, problems, trial_list, hints)
