@@ -301,3 +301,14 @@ def test_a_prefix_on_one_side_is_named_with_its_fix(tmp_path: Path, side: str) -
         assert "--id-prefix" not in line
     assert out.read_text() == "precious\n"
 
+
+def test_the_top_k_note_says_whose_top_k_exceeds_the_cohort(setup: dict[str, Path]) -> None:
+    base = ["score", str(setup["vox"]), str(setup["emb"]), "--cohort", str(setup["cohort"]), "--norm", "asnorm",
+            "--json"]
+    tail = "exceeds the cohort's 20 embeddings; all of them are used"
+    for extra, note in (([], f"note: the default --top-k 300 {tail}"), (["--top-k", "25"], f"note: --top-k 25 {tail}"),
+                        (["--top-k", "20"], None)):
+        r = runner.invoke(app, [*base, *extra])
+        assert r.exit_code == 0, r.output
+        notes = [line for line in r.stderr.splitlines() if "top-k" in line]
+        assert notes == ([] if note is None else [note]), r.stderr

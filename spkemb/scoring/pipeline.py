@@ -18,6 +18,7 @@ import numpy as np
 
 from spkemb.errors import InputError
 from spkemb.scoring.calibration import QUALITY_MEASURES, Calibration, duration_features
+from spkemb.scoring.norm import DEFAULT_TOP_K
 from spkemb.scoring.plda import Plda
 from spkemb.scoring.trials import ScoredTrials, ScoreOptions, read_scores, score_trials
 
@@ -201,9 +202,12 @@ def _primary(r: ScoreRequest, say: Callable[[str], None]) -> tuple[ScoredTrials,
     elif r.plda is not None:
         plda = Plda.load(r.plda)
     st = score_trials(table, store, r.options, cohort=cohort, plda=plda, source=r.embeddings, cohort_source=r.cohort)
-    top_k = 300 if r.options.top_k is None else r.options.top_k
-    if cohort is not None and r.options.norm == "asnorm" and top_k > len(cohort.ids):
-        say(f"note: --top-k {top_k} exceeds the cohort's {len(cohort.ids)} embeddings; all of them are used")
+    if cohort is not None and r.options.norm == "asnorm":
+        given = r.options.top_k
+        top_k = DEFAULT_TOP_K if given is None else given
+        if top_k > len(cohort.ids):
+            what = f"the default --top-k {top_k}" if given is None else f"--top-k {top_k}"
+            say(f"note: {what} exceeds the cohort's {len(cohort.ids)} embeddings; all of them are used")
     return st, plda
 
 
