@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from spkemb.cli.app import app
@@ -138,3 +139,53 @@ def test_cli_plda_bad_inputs_write_nothing(stores: dict[str, Path], tmp_path: Pa
         assert out.read_text() == "precious\n" and not model.exists()
     r = runner.invoke(app, ["score", str(stores["trials"]), str(stores["test"]), "--train", str(stores["train"])])
     assert r.exit_code == 2 and "--backend plda" in r.stderr
+
+
+def test_a_plda_model_of_another_encoder_is_refused_unless_allowed(tmp_path: Path) -> None:
+    """--save-plda keeps the training store's encoder (plain strings); --plda checks it as --train does."""
+    encoder_a = {"checkpoint_sha256": "a" * 64, "encoder_config": {"model": "ecapa", "channels": 512}}
+    encoder_b = {"checkpoint_sha256": "b" * 64, "encoder_config": {"model": "resnet", "channels": 32}}
+    train, spk = _speakers(40, 5, seed=8)
+    test, _ = _speakers(6, 4, seed=9)
+    ids = [f"t{i // 4}/u{i}.wav" for i in range(len(test))]
+    write_embeddings(tmp_path / "train_a.h5", [f"tr{i}" for i in range(len(train))], train, speakers=spk,
+                     attrs=encoder_a)
+    write_embeddings(tmp_path / "test_a.h5", ids, test, attrs=encoder_a)
+    write_embeddings(tmp_path / "test_b.h5", ids, test, attrs=encoder_b)
+    write_embeddings(tmp_path / "test_c.h5", ids, test, attrs={"encoder_config": encoder_b["encoder_config"]})
+    trials, model, out = tmp_path / "trials.txt", tmp_path / "plda.npz", tmp_path / "scores.txt"
+    e, t, labels = _all_pairs(len(ids), 4)
+    trials.write_text("".join(f"{lab} {ids[a]} {ids[b]}\n" for a, b, lab in zip(e, t, labels, strict=True)))
+    r = runner.invoke(app, ["score", str(trials), str(tmp_path / "test_a.h5"), "--backend", "plda", "--train",
+                            str(tmp_path / "train_a.h5"), "--save-plda", str(model), "--json"])
+    assert r.exit_code == 0, r.output
+    with np.load(model, allow_pickle=False) as z:
+        assert str(z["checkpoint_sha256"]) == "a" * 64 and z["encoder_config"].dtype.kind == "U"
+        assert json.loads(str(z["encoder_config"])) == encoder_a["encoder_config"]
+    assert Plda.load(model).encoder == encoder_a
+
+    def score(store: str, *extra: str) -> Result:
+        return runner.invoke(app, ["score", str(trials), str(tmp_path / store), "--backend", "plda", "--plda",
+                                   str(model), "-o", str(out), *extra])
+
+    r = score("test_a.h5")  # the same encoder: accepted (encoder_config survives the round trip)
+    assert r.exit_code == 0, r.output
+    out.write_text("precious\n")
+    for store, key in (("test_b.h5", "checkpoint_sha256"), ("test_c.h5", "encoder_config")):
+        r = score(store)
+        assert r.exit_code == 2, r.output
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"{model}: this PLDA model comes from another encoder than {tmp_path / store} " in lines[0]
+        assert f"({key} differs)" in lines[0] and "--allow-mixed-encoders" in lines[0]
+        assert out.read_text() == "precious\n"
+    r = score("test_b.h5", "--allow-mixed-encoders")
+    assert r.exit_code == 0, r.output
+    assert out.read_text() != "precious\n"
+    # A model saved before the encoder was kept is accepted as it is.
+    with np.load(model, allow_pickle=False) as z:
+        old = {k: z[k] for k in z.files if k not in ("checkpoint_sha256", "encoder_config")}
+    np.savez(model, **old)
+    assert Plda.load(model).encoder == {}
+    r = score("test_b.h5")
+    assert r.exit_code == 0, r.output

@@ -252,10 +252,63 @@ def test_a_cohort_of_another_encoder_is_refused_unless_allowed(tmp_path: Path) -
     assert "exceeds the cohort's 5 embeddings" in res.output
 
 
-def test_missing_trial_ids_name_a_store_id_and_the_fix(tmp_path: Path) -> None:
+def _vox_ids() -> list[str]:
+    """VoxCeleb-like ids: the same session and file names under every speaker."""
+    return [f"id1000{s}/sess{k}/{u:05d}.wav" for s in range(5) for k in range(3) for u in range(4)]
+
+
+def test_missing_trial_ids_name_a_store_id_and_the_fix() -> None:
     from spkemb.scoring.scores_io import id_hint
 
-    ids = ["id10270/x6uYqmx31kE/00001.wav", "id10270/x6uYqmx31kE/00002.wav"]
-    assert "prefix 'wav/'" in id_hint("wav/id10270/x6uYqmx31kE/00001.wav", ids)
-    assert "prefix 'id10270/'" in id_hint("x6uYqmx31kE/00001.wav", ids)
-    assert "store ids look like" in id_hint("other.wav", ids)
+    ids = _vox_ids()
+    # The trial ids carry a prefix (the store's first id with the same file name is another speaker's).
+    hint = id_hint([f"vox1/wav/{u}" for u in ids[40:50]], ids)
+    assert hint.startswith("the trial ids carry the prefix 'vox1/wav/' that the store's ids lack"), hint
+    assert "'vox1/wav/id10003/sess1/00000.wav' is 'id10003/sess1/00000.wav' there" in hint
+    assert "strip it from the trial list, or prepare the audio with --id-prefix vox1/wav " in hint
+    # The store's ids carry a prefix: the fix is the deeper folder (or the trial ids), never --id-prefix.
+    for prefix in ("wav/", "vox1/wav/"):
+        hint = id_hint(ids[40:50], [prefix + u for u in ids])
+        assert hint.startswith(f"the store's ids carry the prefix {prefix!r} that the trial ids lack"), hint
+        assert f"'id10003/sess1/00000.wav' is '{prefix}id10003/sess1/00000.wav' there" in hint
+        assert f"prepare the folder ROOT/{prefix.rstrip('/')} instead of ROOT" in hint
+        assert f"put {prefix!r} before the trial list's ids" in hint and "--id-prefix" not in hint
+    # A prefix explains the missing ids only when it is common to them.
+    assert "prefix 'vox1/'" in id_hint(["vox1/" + ids[0], "vox1/" + ids[1], "ghost.wav"], ids)
+    for missing, store in ((["vox1/" + ids[0], "ghost1.wav", "ghost2.wav"], ids),
+                           (["sess0/00000.wav"], ids),  # every speaker has one: no single store id
+                           (["id10009/sess0/00000.wav"], ids), (["other.wav"], ids)):
+        hint = id_hint(missing, store)
+        assert hint.startswith("no prefix common to the missing ids explains them; store ids look like"), hint
+        assert "carry the prefix" not in hint and "--skip-missing" in hint
+
+
+@pytest.mark.parametrize("side", ["trial", "store"])
+def test_a_prefix_on_one_side_is_named_with_its_fix(tmp_path: Path, side: str) -> None:
+    ids = _vox_ids()
+    store_ids = ids if side == "trial" else [f"wav/{u}" for u in ids]
+    trial_ids = [f"vox1/wav/{u}" for u in ids] if side == "trial" else ids
+    emb, trials, out = tmp_path / "emb.h5", tmp_path / "trials.txt", tmp_path / "scores.txt"
+    write_embeddings(emb, store_ids, np.random.default_rng(0).normal(size=(len(ids), DIM)))
+    trials.write_text("".join(f"{a} {b}\n" for a, b in zip(trial_ids[::-1], trial_ids, strict=True)))
+    out.write_text("precious\n")
+    line = _one_error_line(runner.invoke(app, ["score", str(trials), str(emb), "-o", str(out)]))
+    assert f"{len(ids)} trial ids are not in the embedding store" in line
+    if side == "trial":
+        assert "the trial ids carry the prefix 'vox1/wav/'" in line and "--id-prefix vox1/wav " in line
+    else:
+        assert "the store's ids carry the prefix 'wav/'" in line and "ROOT/wav instead of ROOT" in line
+        assert "--id-prefix" not in line
+    assert out.read_text() == "precious\n"
+
+
+def test_the_top_k_note_says_whose_top_k_exceeds_the_cohort(setup: dict[str, Path]) -> None:
+    base = ["score", str(setup["vox"]), str(setup["emb"]), "--cohort", str(setup["cohort"]), "--norm", "asnorm",
+            "--json"]
+    tail = "exceeds the cohort's 20 embeddings; all of them are used"
+    for extra, note in (([], f"note: the default --top-k 300 {tail}"), (["--top-k", "25"], f"note: --top-k 25 {tail}"),
+                        (["--top-k", "20"], None)):
+        r = runner.invoke(app, [*base, *extra])
+        assert r.exit_code == 0, r.output
+        notes = [line for line in r.stderr.splitlines() if "top-k" in line]
+        assert notes == ([] if note is None else [note]), r.stderr

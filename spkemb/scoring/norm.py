@@ -20,9 +20,10 @@ import numpy as np
 from spkemb.errors import InputError
 from spkemb.scoring.backends import ScoreSpace
 
-__all__ = ["SCORE_NORMS", "cohort_stats", "normalize_scores"]
+__all__ = ["DEFAULT_TOP_K", "SCORE_NORMS", "cohort_stats", "normalize_scores"]
 
 SCORE_NORMS = ("znorm", "tnorm", "snorm", "asnorm")
+DEFAULT_TOP_K = 300  # asnorm: best cohort scores kept per embedding when --top-k is not given
 _EPS = 1e-12
 _MATRIX_ELEMS = 1 << 24  # embeddings x cohort scores per block (64 MB of float32)
 
@@ -66,12 +67,12 @@ def normalize_scores(
 ) -> np.ndarray:
     """Normalise trial ``scores`` (rows ``enroll_idx``/``test_idx`` of ``space``) against ``cohort``.
 
-    ``mode`` is one of :data:`SCORE_NORMS`; ``top_k`` is used by ``asnorm`` only (default 300).
+    ``mode`` is one of :data:`SCORE_NORMS`; ``top_k`` is used by ``asnorm`` only (default :data:`DEFAULT_TOP_K`).
     """
     if mode not in SCORE_NORMS:
         raise InputError(f"unknown score normalisation {mode!r} (one of {', '.join(SCORE_NORMS)})")
     if mode == "asnorm":
-        top_k = 300 if top_k is None else top_k
+        top_k = DEFAULT_TOP_K if top_k is None else top_k
         if top_k < 1:
             raise InputError(f"--top-k must be at least 1, got {top_k}")
     else:

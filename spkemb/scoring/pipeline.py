@@ -18,7 +18,8 @@ import numpy as np
 
 from spkemb.errors import InputError
 from spkemb.scoring.calibration import QUALITY_MEASURES, Calibration, duration_features
-from spkemb.scoring.plda import Plda
+from spkemb.scoring.norm import DEFAULT_TOP_K
+from spkemb.scoring.plda import ENCODER_KEYS, Plda
 from spkemb.scoring.trials import ScoredTrials, ScoreOptions, read_scores, score_trials
 
 __all__ = ["ScoreRequest", "ScoreResult", "run_score"]
@@ -169,14 +170,15 @@ def _durations(r: ScoreRequest, st: ScoredTrials) -> dict[str, np.ndarray]:
     return {"duration": duration_features(d_e, d_t)}
 
 
-def _same_encoder(store: Any, other: Any, path: str | None, what: str, r: ScoreRequest) -> None:
-    """Refuse a cohort or training store embedded by another encoder than the scored store."""
+def _same_encoder(store: Any, other: dict[str, Any], path: str | None, what: str, r: ScoreRequest) -> None:
+    """Refuse a cohort, PLDA training store or PLDA model (``other``: its encoder attributes) that comes
+    from another encoder than the scored store; a side without an attribute is not compared on it."""
     if r.allow_mixed_encoders or path is None:
         return
-    a, b = store.attrs, other.attrs
-    for key in ("checkpoint_sha256", "encoder_config"):
-        if a.get(key) and b.get(key) and a[key] != b[key]:
-            raise InputError(f"this {what} was made by another encoder than {r.embeddings} ({key} differs); scores "
+    for key in ENCODER_KEYS:
+        mine, theirs = store.attrs.get(key), other.get(key)
+        if mine and theirs and mine != theirs:
+            raise InputError(f"this {what} comes from another encoder than {r.embeddings} ({key} differs); scores "
                              "across encoders mean nothing (--allow-mixed-encoders if you mean it)", path)
 
 
@@ -192,18 +194,23 @@ def _primary(r: ScoreRequest, say: Callable[[str], None]) -> tuple[ScoredTrials,
     store = read_embeddings(r.embeddings)
     cohort = read_embeddings(r.cohort) if r.cohort is not None else None
     if cohort is not None:
-        _same_encoder(store, cohort, r.cohort, "cohort", r)
+        _same_encoder(store, cohort.attrs, r.cohort, "cohort", r)
     plda = None
     if r.train is not None:
         train = read_embeddings(r.train)
-        _same_encoder(store, train, r.train, "PLDA training store", r)
+        _same_encoder(store, train.attrs, r.train, "PLDA training store", r)
         plda = Plda.fit(train.vectors, train.speakers, PldaOptions(lda_dim=r.lda_dim), source=r.train)
+        plda.encoder = {k: train.attrs[k] for k in ENCODER_KEYS if train.attrs.get(k)}
     elif r.plda is not None:
         plda = Plda.load(r.plda)
+        _same_encoder(store, plda.encoder, r.plda, "PLDA model", r)
     st = score_trials(table, store, r.options, cohort=cohort, plda=plda, source=r.embeddings, cohort_source=r.cohort)
-    top_k = 300 if r.options.top_k is None else r.options.top_k
-    if cohort is not None and r.options.norm == "asnorm" and top_k > len(cohort.ids):
-        say(f"note: --top-k {top_k} exceeds the cohort's {len(cohort.ids)} embeddings; all of them are used")
+    if cohort is not None and r.options.norm == "asnorm":
+        given = r.options.top_k
+        top_k = DEFAULT_TOP_K if given is None else given
+        if top_k > len(cohort.ids):
+            what = f"the default --top-k {top_k}" if given is None else f"--top-k {top_k}"
+            say(f"note: {what} exceeds the cohort's {len(cohort.ids)} embeddings; all of them are used")
     return st, plda
 
 

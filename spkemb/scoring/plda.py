@@ -9,13 +9,16 @@ noise ``e ~ N(0, W)``, fitted by EM. The verification score is the log-likelihoo
 diagonalisation of ``B`` and ``W`` it is ``z_a . z_b + bias_a + bias_b``, so it plugs into
 :class:`~spkemb.scoring.backends.ScoreSpace` and is as cheap as cosine.
 
-A model is saved as ``.npz`` (plain arrays, loaded with ``allow_pickle=False``), never pickled.
+A model is saved as ``.npz`` (plain arrays, loaded with ``allow_pickle=False``), never pickled,
+with the training store's ``checkpoint_sha256`` and ``encoder_config`` (strings) when it had them,
+so that a model is not applied to another encoder's embeddings unnoticed.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, fields
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,11 @@ import numpy as np
 from spkemb.errors import InputError
 from spkemb.scoring.backends import ScoreSpace
 
-__all__ = ["Plda", "PldaOptions"]
+__all__ = ["ENCODER_KEYS", "Plda", "PldaOptions"]
 
 FORMAT = "spkemb-plda-v1"
+ENCODER_KEYS = ("checkpoint_sha256", "encoder_config")  # store attributes that name the encoder
+_ARRAYS = ("lda_mean", "lda", "whiten", "center", "mu", "between", "within")
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class Plda:
     mu: np.ndarray        # (d,) speaker mean
     between: np.ndarray   # (d, d) speaker covariance B
     within: np.ndarray    # (d, d) noise covariance W
+    encoder: dict[str, Any] = field(default_factory=dict)  # ENCODER_KEYS of the training store, when known
 
     @property
     def dim(self) -> int:
@@ -108,7 +114,10 @@ class Plda:
         from spkemb.fileio import atomic_write_bytes
 
         buf = io.BytesIO()
-        np.savez(buf, format=np.array(FORMAT), **{f.name: getattr(self, f.name) for f in fields(self)})
+        arrays: dict[str, Any] = {"format": np.array(FORMAT), **{k: getattr(self, k) for k in _ARRAYS}}
+        arrays.update({k: np.array(v if isinstance(v, str) else json.dumps(v, sort_keys=True))
+                       for k, v in self.encoder.items() if k in ENCODER_KEYS and v})
+        np.savez(buf, **arrays)
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -120,12 +129,24 @@ class Plda:
             with np.load(p, allow_pickle=False) as z:
                 if "format" not in z.files or str(z["format"]) != FORMAT:
                     raise InputError("not a spkemb PLDA model (.npz without format 'spkemb-plda-v1')", path)
-                model = cls(**{f.name: np.asarray(z[f.name], dtype=np.float64) for f in fields(cls)})
+                arrays: dict[str, Any] = {k: np.asarray(z[k], dtype=np.float64) for k in _ARRAYS}
+                model = cls(**arrays, encoder={k: _attr(k, str(z[k])) for k in ENCODER_KEYS if k in z.files})
         except InputError:
             raise
         except (OSError, ValueError, KeyError) as err:
             raise InputError(f"cannot read PLDA model ({str(err).splitlines()[0][:160]})", path) from None
         return model
+
+
+def _attr(key: str, text: str) -> Any:
+    """A saved encoder attribute as :func:`~spkemb.embeddings.store.read_embeddings` gives it (the
+    ``encoder_config`` JSON parsed), so that the two compare equal."""
+    if key != "encoder_config":
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _one_blas_thread() -> Any:

@@ -11,6 +11,7 @@ the same table.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ __all__ = ["TrialTable", "read_trial_table", "resolve_rows", "format_scores", "w
 _LABEL_NAMES = ("nontarget", "target")
 # Bytes that make pyarrow's single-space split differ from str.split() (or start a comment).
 _SLOW_BYTES = (b"\t", b"\r", b"\x0b", b"\x0c", b"#")
+_HINT_DROP = 4      # leading folders tried off either side's ids to explain a missing trial id
+_HINT_SAMPLE = 100  # missing ids that vote for a common prefix
 
 
 @dataclass
@@ -146,21 +149,74 @@ def _fast_table(data: bytes) -> TrialTable | None:
     return None
 
 
-def id_hint(missing: str, ids: list[str]) -> str:
-    """Why ``missing`` may not be among a store's ``ids``: a store id beside it and the likely fix."""
+def _drop(u: str, n: int) -> str | None:
+    """``u`` without its ``n`` leading folders; None when it has no more than ``n`` folders."""
+    parts = u.split("/", n)
+    return parts[n] if len(parts) > n and parts[n] else None
+
+
+def _prefix_votes(missing: list[str], ids: list[str]) -> tuple[Counter[tuple[str, str]], dict[tuple[str, str], str]]:
+    """``(side, prefix)`` -> how many ``missing`` ids it explains, and one of them: side ``trial`` when
+    the trial id is ``prefix + store id``, ``store`` when a store id is ``prefix + trial id``. Tries
+    1..:data:`_HINT_DROP` leading folders off each side; a suffix that store ids share behind different
+    prefixes explains nothing."""
+    known = set(ids)
+    votes: Counter[tuple[str, str]] = Counter()
+    example: dict[tuple[str, str], str] = {}
+
+    def vote(key: tuple[str, str], u: str) -> None:
+        votes[key] += 1
+        example.setdefault(key, u)
+
+    left = []
+    for u in missing:
+        rests = (_drop(u, n) for n in range(1, _HINT_DROP + 1))
+        rest = next((r for r in rests if r is None or r in known), None)
+        if rest is None:
+            left.append(u)
+        else:
+            vote(("trial", u[: len(u) - len(rest)]), u)
+    for n in range(1, _HINT_DROP + 1):
+        if not left:
+            break
+        index: dict[str, str] = {}  # suffix -> the prefix before it; "" when store ids differ there
+        for v in ids:
+            rest = _drop(v, n)
+            if rest is not None:
+                prefix = v[: len(v) - len(rest)]
+                if index.setdefault(rest, prefix) != prefix:
+                    index[rest] = ""
+        if not index:
+            break
+        for u in left:
+            if index.get(u):
+                vote(("store", index[u]), u)
+        left = [u for u in left if not index.get(u)]
+    return votes, example
+
+
+def id_hint(missing: list[str], ids: list[str]) -> str:
+    """Why the ``missing`` trial ids may not be among a store's ``ids``: a prefix that one side's ids
+    carry and the other's lack (with the fix), or else a store id to compare with."""
     if not ids:
         return "the store is empty"
-    tail = missing.split("/")[-1]
+    sample = missing[:_HINT_SAMPLE]
+    votes, example = _prefix_votes(sample, ids)
+    if votes:
+        (side, prefix), count = votes.most_common(1)[0]
+        if 2 * count >= len(sample):  # a prefix common to (at least) half the missing ids
+            u, folder = example[side, prefix], prefix.strip("/")
+            if side == "trial":
+                return (f"the trial ids carry the prefix {prefix!r} that the store's ids lack ({u!r} is "
+                        f"{u[len(prefix):]!r} there): strip it from the trial list, or prepare the audio with "
+                        f"--id-prefix {folder} (and extract again)")
+            return (f"the store's ids carry the prefix {prefix!r} that the trial ids lack ({u!r} is {prefix + u!r} "
+                    f"there): prepare the folder ROOT/{folder} instead of ROOT (and extract again), or put "
+                    f"{prefix!r} before the trial list's ids")
+    tail = missing[0].split("/")[-1]
     near = next((u for u in ids if u.endswith("/" + tail) or u == tail), ids[0])
-    hint = f"store ids look like {near!r}"
-    if near != missing and near.endswith(missing):
-        prefix = near[: len(near) - len(missing)]
-        return f"{hint}: the store's ids carry the prefix {prefix!r} (prepare with --id-prefix, or the trials' root)"
-    if near != missing and missing.endswith(near):
-        prefix = missing[: len(missing) - len(near)]
-        return (f"{hint}: the trial ids carry the prefix {prefix!r} (prepare the corpus root, or with "
-                f"--id-prefix {prefix!r})")
-    return f"{hint} (use --skip-missing to score the trials that are there)"
+    return (f"no prefix common to the missing ids explains them; store ids look like {near!r} (use --skip-missing "
+            "to score the trials that are there)")
 
 
 def resolve_rows(
@@ -196,7 +252,7 @@ def resolve_rows(
         if not skip_missing:
             shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
             noun = "trial id is" if len(missing) == 1 else "trial ids are"
-            raise InputError(f"{len(missing)} {noun} not in the embedding store: {shown}; {id_hint(missing[0], ids)}",
+            raise InputError(f"{len(missing)} {noun} not in the embedding store: {shown}; {id_hint(missing, ids)}",
                              source)
         if not keep.any():
             raise InputError(f"none of the {len(table)} trials has both ids in the embedding store "

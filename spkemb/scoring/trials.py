@@ -14,7 +14,7 @@ from spkemb.embeddings.store import EmbeddingSet
 from spkemb.errors import InputError
 from spkemb.scoring.backends import Normalizer, ScoreSpace
 from spkemb.scoring.metrics import summarize
-from spkemb.scoring.norm import SCORE_NORMS, check_cohort, normalize_scores
+from spkemb.scoring.norm import DEFAULT_TOP_K, SCORE_NORMS, check_cohort, normalize_scores
 from spkemb.scoring.plda import Plda
 from spkemb.scoring.scores_io import TrialTable, format_scores, read_trial_table, resolve_rows, write_scores
 
@@ -26,7 +26,8 @@ NORMS = ("none", *EMBEDDING_NORMS, *SCORE_NORMS)
 @dataclass(frozen=True)
 class ScoreOptions:
     """``backend`` cosine or plda; ``norm`` one of :data:`NORMS` (mean/standardize act on the embeddings
-    before the back-end, the others on the scores); ``top_k`` for asnorm (default 300)."""
+    before the back-end, the others on the scores); ``top_k`` for asnorm (None:
+    :data:`~spkemb.scoring.norm.DEFAULT_TOP_K`)."""
 
     backend: str = "cosine"
     norm: str = "none"
@@ -130,7 +131,7 @@ def score_trials(
     kept = table.take(keep)
     system: dict[str, Any] = {"backend": options.backend, "norm": options.norm, "calibrated": False}
     if options.norm == "asnorm":
-        system["top_k"] = 300 if options.top_k is None else options.top_k
+        system["top_k"] = DEFAULT_TOP_K if options.top_k is None else options.top_k
     return ScoredTrials(kept, scores, kept.labels, len(table), list(missing), system)
 
 
