@@ -94,9 +94,9 @@ def score(
                                      "non-target score histograms.", rich_help_panel="Report"),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Drop trials whose ids are not in the store "
                                       "instead of failing."),
-    allow_mixed_encoders: bool = typer.Option(False, "--allow-mixed-encoders", help="Accept a cohort or PLDA "
-                                              "training store made by another encoder than EMB.h5 (refused by "
-                                              "default: their scores do not mix)."),
+    allow_mixed_encoders: bool = typer.Option(False, "--allow-mixed-encoders", help="Accept a cohort, PLDA "
+                                              "training store or PLDA model made by another encoder than EMB.h5 "
+                                              "(refused by default: their scores do not mix)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout; scores then go only "
                                   "to -o.", rich_help_panel="Report"),
 ) -> None:

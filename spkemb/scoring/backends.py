@@ -23,6 +23,8 @@ import numpy as np
 from spkemb.data.trials import Trials
 from spkemb.errors import InputError
 
+DEFAULT_TOP_K = 300  # asnorm: best cohort scores kept per embedding when --top-k is not given
+
 __all__ = ["NORM_MODES", "Normalizer", "ScoreSpace", "as_norm", "cosine_scores", "l2_normalize", "resolve_ids"]
 
 NORM_MODES = ("mean", "standardize")
@@ -190,7 +192,7 @@ def as_norm(
     enroll_idx: np.ndarray,
     test_idx: np.ndarray,
     cohort: np.ndarray,
-    top_k: int = 300,
+    top_k: int = DEFAULT_TOP_K,
 ) -> np.ndarray:
     """Adaptive symmetric score normalisation (AS-norm 1) of cosine ``scores`` against the raw
     ``cohort`` embeddings; see :func:`spkemb.scoring.norm.normalize_scores`."""
