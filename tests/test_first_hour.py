@@ -438,3 +438,14 @@ def test_help_usage_errors_and_finished_extractions_never_import_torch(tmp_path:
     lines = res.stdout.strip().splitlines()
     assert "NoSuchOption" in lines  # the usage error did happen
     assert lines[-1] == "[]"
+
+
+@pytest.mark.parametrize("name", ["spkemb", "prepare", "extract", "score"])
+def test_help_ends_with_the_man_pages_examples(name: str) -> None:
+    from spkemb.cli.examples import EXAMPLES
+
+    res = runner.invoke(app, ([] if name == "spkemb" else [name]) + ["--help"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0
+    text = " ".join(res.stdout.split())
+    for what, command in EXAMPLES[name]:
+        assert " ".join(what.split()) in text and " ".join(command.splitlines()[0].split()) in text

@@ -9,6 +9,15 @@ from spkemb.cli import augment, cluster, extract, finetune, prepare, pretrain, s
 from spkemb.cli.examples import EXAMPLES
 from spkemb.cli.usage import SpkembCommand, SpkembGroup
 
+
+def _epilog(name: str) -> str:
+    """The command's examples (the ones its man page shows), as the end of its --help."""
+    parts = ["**Examples**", ""]
+    for what, command in EXAMPLES.get(name, []):
+        parts.append(f"* {what}" + "".join(f"  \n  `{line}`" for line in command.splitlines()))
+    return "\n".join(parts)
+
+
 app = typer.Typer(
     name="spkemb",
     cls=SpkembGroup,
@@ -19,6 +28,7 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
+    epilog=_epilog("spkemb"),
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -34,14 +44,6 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """Speaker embeddings, from audio folders to scored trials."""
-
-
-def _epilog(name: str) -> str:
-    """The command's examples (the ones its man page shows), as the end of its --help."""
-    parts = ["**Examples**", ""]
-    for what, command in EXAMPLES.get(name, []):
-        parts.append(f"* {what}" + "".join(f"  \n  `{line}`" for line in command.splitlines()))
-    return "\n".join(parts)
 
 
 for _name, _fn in (("prepare", prepare.prepare), ("augment", augment.augment), ("pretrain", pretrain.pretrain),
