@@ -225,3 +225,19 @@ def test_random_encoder_does_not_replace_an_experiment(manifest: Path, tmp_path:
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "refusing" in res.output
     assert (exp / "encoder.pt").read_bytes() == before
+
+
+def test_a_batch_is_pinned_by_the_dataloader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pin_memory=True (CUDA) the DataLoader pins a batch through its pin_memory method; a plain
+    dataclass would be passed through unpinned. (No GPU here: pinning itself is faked.)"""
+    import torch
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from spkemb.data.utterances import Batch
+
+    pinned: list[int] = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: pinned.append(t.numel()) or t.clone())
+    b = Batch([3], torch.zeros(2, 5), torch.tensor([5, 4]), torch.tensor([0, 0]), [(1, "bad")])
+    out = pin_memory(b)
+    assert isinstance(out, Batch) and pinned == [10, 2, 2]
+    assert out.rows == [3] and out.errors == [(1, "bad")] and torch.equal(out.lengths, b.lengths)
