@@ -78,8 +78,11 @@ def test_degenerate_epochs_keep_everything() -> None:
     assert gate_losses(rng.exponential(size=20), opts)[:2][1] is False  # too few
     keep, gated, means = gate_losses(np.full(100, 2.5), opts)  # all equal
     assert keep.all() and not gated and np.isnan(means[0])
-    keep, gated, _ = gate_losses(rng.normal(3.0, 0.2, size=2000), opts)  # one mode: BIC prefers 1
+    one_mode = rng.normal(3.0, 0.2, size=2000)
+    keep, gated, _ = gate_losses(one_mode, opts)  # one mode: BIC prefers 1
     assert keep.all() and not gated
+    keep, gated, (low, high) = gate_losses(one_mode, GateOptions(bic_check=False))  # DivideMix: split anyway
+    assert gated and 0.2 < keep.mean() < 0.95 and low < 3.0 < high
     bad = rng.exponential(size=100)
     bad[3] = np.nan
     assert gate_losses(bad, opts)[0].all()

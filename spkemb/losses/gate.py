@@ -11,7 +11,8 @@ for the next epoch, keeps only the samples that the low-mean component explains 
 Rules:
 
 - Degenerate epochs keep everything: fewer than ``min_samples`` samples seen, losses all (nearly)
-  equal, or one Gaussian explaining the losses better than two (lower BIC).
+  equal, or one Gaussian explaining the losses better than two (lower BIC; ``bic_check=False``
+  leaves this test out).
 - The mask is monotone in the loss: a sample whose loss is at most the low component's mean is
   always kept, one at or above the high component's mean always dropped (a 2-Gaussian posterior
   alone can flip at the far tails when the two variances differ).
@@ -50,14 +51,17 @@ class GateOptions:
     fewer samples seen in an epoch keep everything. ``seed``: the mixture's ``random_state``;
     ``reg_covar``: its variance floor, on losses scaled to [0, 1] (DivideMix's 5e-4).
     ``warmup_epochs``: the first fits keep everything and correct nothing (a fresh classifier's
-    first epoch has high losses everywhere). ``correct``, ``confidence``, ``patience``: label
-    correction (see the module docstring)."""
+    first epoch has high losses everywhere). ``bic_check``: keep everything when one Gaussian
+    explains the losses better than two (BIC); ``False`` always splits, as DivideMix does (for
+    small data, where a network fits the wrong labels too and their losses never form a mode).
+    ``correct``, ``confidence``, ``patience``: label correction (see the module docstring)."""
 
     threshold: float = 0.5
     min_samples: int = 32
     seed: int = 0
     reg_covar: float = 5e-4
     warmup_epochs: int = 1
+    bic_check: bool = True
     correct: bool = False
     confidence: float = 0.9
     patience: int = 2
@@ -237,7 +241,7 @@ def gate_losses(losses: np.ndarray, options: GateOptions) -> tuple[np.ndarray, b
         warnings.simplefilter("ignore", ConvergenceWarning)
         one = GaussianMixture(1, reg_covar=options.reg_covar, random_state=options.seed).fit(z)
         two = GaussianMixture(2, reg_covar=options.reg_covar, random_state=options.seed).fit(z)
-    if two.bic(z) >= one.bic(z):
+    if options.bic_check and two.bic(z) >= one.bic(z):
         return keep_all, False, nan
     means = two.means_.ravel()
     low, high = int(np.argmin(means)), int(np.argmax(means))

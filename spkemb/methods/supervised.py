@@ -74,6 +74,8 @@ class SupervisedOptions(Options):
     loss_gate: bool = opt(False, "train each epoch only on the low-loss items of the previous one")
     gate_threshold: float = opt(0.5, "keep an item when P(low-loss component) exceeds this")
     gate_warmup_epochs: int = opt(1, "epochs before the gate starts dropping")
+    gate_bic_check: bool = opt(True, "keep everything in an epoch whose losses one Gaussian explains better than "
+                                     "two (false: always split, as DivideMix)")
     label_correction: bool = opt(False, "relabel items confidently predicted as another speaker")
     correction_confidence: float = opt(0.9, "the probability a correcting prediction must exceed")
     correction_patience: int = opt(2, "epochs running a prediction must disagree before relabelling")
@@ -123,7 +125,8 @@ class Supervised(Method):
         self.head = self._make_head(o, dim)
         self.schedule = MarginScheduler(final=o.margin, hold=o.margin_hold_steps, ramp=o.margin_ramp_steps)
         self.gate = LossGate(lab, GateOptions(
-            threshold=o.gate_threshold, warmup_epochs=o.gate_warmup_epochs, correct=o.label_correction,
+            threshold=o.gate_threshold, warmup_epochs=o.gate_warmup_epochs, bic_check=o.gate_bic_check,
+            correct=o.label_correction,
             confidence=o.correction_confidence, patience=o.correction_patience, seed=o.seed,
         )) if o.loss_gate or o.label_correction else None  # fmt: skip
         self.crops_per_item = o.n_crops
