@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # SupCon+AAM against AAM from the CEL encoder (issue 9): does a lighter or cooler SupCon term, or a
-# lower encoder lr, let SupCon+AAM beat AAM at equal budget? Each variant finetunes the CEL encoder of
+# lower encoder lr, let SupCon+AAM beat AAM at equal budget? (SupCon's scale was the AAM's 30 then; 10
+# is the default since.) Each variant finetunes the CEL encoder of
 # benchmarks/finetune.sh (run that first) for FT_STEPS steps of FT_BATCH segments, then scores
 # trials-test-other.txt (cosine). One JSON line per variant on stdout.
 #   FT_STEPS=100 FT_BATCH=32 bash benchmarks/supcon_sweep.sh > sweep.jsonl
@@ -14,7 +15,7 @@ noise=(--noise "$C/noise/speech-commands-background")
 # name | finetune options
 variants=(
   "aam-enc0.1|--loss aam --encoder-lr-scale 0.1"
-  "supcon-w0.2|--loss aam+supcon-aam --method-opt supcon_weight=0.2"
+  "supcon-w0.2|--loss aam+supcon-aam --method-opt supcon_weight=0.2 --method-opt supcon_scale=30"
   "supcon-s10|--loss aam+supcon-aam --method-opt supcon_scale=10"
   "supcon-w0.2-s10|--loss aam+supcon-aam --method-opt supcon_weight=0.2 --method-opt supcon_scale=10"
   "supcon-w0.2-s10-enc0.1|--loss aam+supcon-aam --method-opt supcon_weight=0.2 --method-opt supcon_scale=10 --encoder-lr-scale 0.1"

@@ -358,6 +358,6 @@ def test_supcon_scale_sets_the_supcon_temperature_apart_from_the_aam_scale() -> 
     m = Supervised(enc, labels=[0, 1, 2], loss="aam+supcon-aam", scale=30.0, supcon_scale=10.0)
     assert m.head.aam.scale == 30.0 and m.head.supcon.scale == 10.0  # type: ignore[union-attr]
     default = Supervised(enc, labels=[0, 1, 2], loss="supcon-aam", scale=30.0)
-    assert default.head.scale == 30.0  # type: ignore[union-attr]
+    assert default.head.scale == 10.0  # type: ignore[union-attr]  # SupCon's temperature 0.1, not the AAM's 1/30
     with pytest.raises(ValueError, match="supcon_scale"):
         Supervised(enc, labels=[0, 1], loss="supcon-aam", supcon_scale=0.0)

@@ -61,7 +61,8 @@ class SupervisedOptions(Options):
     topk: int = opt(0, "inter-top-k penalty: hardest negative classes given an extra margin (0: off; 5)")
     topk_margin: float = opt(0.06, "the extra margin of the inter-top-k penalty")
     supcon_weight: float = opt(1.0, "weight of SupCon-AAM in aam+supcon-aam")
-    supcon_scale: float | None = opt(None, "SupCon-AAM's scale (1 / temperature) [default: the AAM's scale]")
+    supcon_scale: float = opt(10.0, "SupCon-AAM's scale, 1 / temperature (SupCon's usual 0.1; the AAM's 30 "
+                                    "gave 18.0 % EER against 4.7 % on LibriSpeech)")
     n_crops: int = opt(2, "augmented crops per utterance (SupCon views; AAM sees each)")
     crop_seconds: float = opt(2.0, "length of each crop")
     items_per_speaker: int = opt(1, "K of the P x K batches (P = batch_size // K)")
@@ -91,7 +92,7 @@ class SupervisedOptions(Options):
             raise ValueError("items_per_speaker must be >= 1 and crop_seconds > 0")
         if self.loss_gate and self.loss == "supcon-aam":
             raise ValueError("the loss gate needs a classifier loss (aam, subcenter-aam or aam+supcon-aam)")
-        if self.supcon_scale is not None and self.supcon_scale <= 0:
+        if self.supcon_scale <= 0:
             raise ValueError(f"supcon_scale must be > 0, got {self.supcon_scale}")
         if not 0 < self.encoder_lr_scale or not 0 < self.layer_decay <= 1:
             raise ValueError("encoder_lr_scale must be > 0 and layer_decay in (0, 1]")
@@ -141,7 +142,7 @@ class Supervised(Method):
     @staticmethod
     def _make_head(o: SupervisedOptions, dim: int) -> nn.Module:
         if o.loss == "supcon-aam":
-            return SupConAAM(scale=o.supcon_scale or o.scale, margin=o.margin)
+            return SupConAAM(scale=o.supcon_scale, margin=o.margin)
         if o.loss == "subcenter-aam":
             sub = SubCenterAAM(dim, o.n_classes, margin=o.margin, scale=o.scale,
                                subcenters=o.subcenters, topk=o.topk, topk_margin=o.topk_margin)
@@ -154,7 +155,7 @@ class Supervised(Method):
         else:
             aam = AAMSoftmax(dim, o.n_classes, margin=o.margin, scale=o.scale)
         if o.loss == "aam+supcon-aam":
-            return AAMPlusSupCon(aam, SupConAAM(scale=o.supcon_scale or o.scale, margin=o.margin), o.supcon_weight)
+            return AAMPlusSupCon(aam, SupConAAM(scale=o.supcon_scale, margin=o.margin), o.supcon_weight)
         return aam
 
     @staticmethod
