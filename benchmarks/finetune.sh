@@ -6,6 +6,9 @@
 # all at the same budget (FT_STEPS steps, same batch). Scores trials-test-other.txt (cosine).
 # One JSON line per system on stdout.
 #   PT_STEPS=150 FT_STEPS=150 FT_BATCH=64 INITS="scratch cel simclr moco dino" bash benchmarks/finetune.sh
+# SEED (0) seeds the finetuning; FT_TAG ("") is appended to each finetuning folder's name, so runs with
+# other FT_STEPS, SEED or defaults (e.g. SupCon's scale, 30 before 2026-11-30 and 10 since) do not
+# collide with earlier ones, which a rerun otherwise reuses.
 set -euo pipefail
 source "$(dirname "$0")/libri.sh"
 PT_STEPS=${PT_STEPS:-200}
@@ -13,6 +16,8 @@ FT_STEPS=${FT_STEPS:-150}
 FT_BATCH=${FT_BATCH:-64}
 INITS=${INITS:-scratch cel simclr moco dino}
 LOSSES=${LOSSES:-aam aam+supcon-aam}
+SEED=${SEED:-0}
+FT_TAG=${FT_TAG:-}
 B="$W/finetune"
 mkdir -p "$B"
 [ -f "$W/train-seg.tsv" ] || python benchmarks/segments.py "$W/train.tsv" -o "$W/train-seg.tsv" --seconds 3
@@ -35,10 +40,11 @@ for init in $INITS; do
 done
 for loss in $LOSSES; do
   for init in $INITS; do
-    exp="$B/ft-$init-${loss//+/-}"
+    exp="$B/ft-$init-${loss//+/-}$FT_TAG"
     from=(); [ "$init" != scratch ] && from=(--init "$B/pre-$init")
     [ -f "$exp/encoder.pt" ] || spkemb finetune "$W/train-seg.tsv" -o "$exp" --config examples/configs/finetune-cpu.yaml \
-      --loss "$loss" --max-steps "$FT_STEPS" --batch-size "$FT_BATCH" "${from[@]}" "${noise[@]}" --resume 2>/dev/null
-    report "finetune $loss from $init ($FT_STEPS steps)" "$exp"
+      --loss "$loss" --max-steps "$FT_STEPS" --batch-size "$FT_BATCH" --seed "$SEED" "${from[@]}" "${noise[@]}" \
+      --resume 2>/dev/null
+    report "finetune $loss from $init ($FT_STEPS steps, seed $SEED$FT_TAG)" "$exp"
   done
 done
