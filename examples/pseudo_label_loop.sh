@@ -17,6 +17,7 @@
 # CONFIG (a pretrain config file, optional), FT_ARGS / PT_ARGS (extra options), TRIALS + TEST
 # (a trial list and the manifest of its utterances, to score each round), PRECISION (fp32).
 set -euo pipefail
+shopt -s inherit_errexit 2>/dev/null || true  # a failure inside $(...) stops the script too (bash >= 4.4)
 
 train=${1:?usage: pseudo_label_loop.sh TRAIN.tsv OUT_DIR}
 out=${2:?usage: pseudo_label_loop.sh TRAIN.tsv OUT_DIR}
@@ -58,24 +59,32 @@ score_round() {  # score_round EXP: EER on the test trials (n/a without TRIALS)
   local exp=$1
   if [[ -z "${TRIALS:-}" || -z "${TEST:-}" ]]; then echo "n/a"; return; fi
   [[ -f "$exp/test.h5" ]] || spkemb extract "$exp" "$TEST" -o "$exp/test.h5" --precision "$PRECISION"
-  [[ -f "$exp/score.json" ]] || spkemb score "$TRIALS" "$exp/test.h5" -o "$exp/scores.txt" --json > "$exp/score.json"
+  # (through a .tmp and a rename: an interrupted or failed run leaves no score.json a rerun would trust)
+  if [[ ! -f "$exp/score.json" ]]; then
+    spkemb score "$TRIALS" "$exp/test.h5" -o "$exp/scores.txt" --json > "$exp/score.json.tmp" || return 1
+    mv "$exp/score.json.tmp" "$exp/score.json"
+  fi
   json "$exp/score.json" eer
 }
 
 # The method that made round 0 (a round0 folder may also be an encoder trained elsewhere and copied in).
 made_by=$(awk '$1 == "method:" { print $2; exit }' "$out/round0/config.yaml" 2>/dev/null || true)
-echo "round 0 (${made_by:-$PRETRAIN_METHOD}): EER $(score_round "$out/round0")"
+# (Each value is assigned before it is printed: a failure inside $(...) in echo's arguments would
+# not stop the script.)
+eer=$(score_round "$out/round0")
+echo "round 0 (${made_by:-$PRETRAIN_METHOD}): EER $eer"
 prev="$out/round0"
 for ((r = 1; r <= ROUNDS; r++)); do
   here="$out/round$r"
   mkdir -p "$here"
   [[ -f "$here/train.h5" ]] || spkemb extract "$prev" "$train" -o "$here/train.h5" --precision "$PRECISION"
-  if [[ ! -f "$here/labels.txt" ]]; then
+  if [[ ! -f "$here/cluster.json" ]]; then  # (written last, through a rename: the step's mark of completion)
     method=(--method two-stage --n-init-clusters "$INIT_CLUSTERS")
     n=$(python3 -c 'import h5py, sys; print(len(h5py.File(sys.argv[1])["utt_id"]))' "$here/train.h5")
     if (( INIT_CLUSTERS >= n )); then method=(--method ahc); fi
     spkemb cluster "$here/train.h5" -o "$here/labels.txt" "${method[@]}" --n-clusters "$CLUSTERS" --json \
-      > "$here/cluster.json"
+      > "$here/cluster.json.tmp"
+    mv "$here/cluster.json.tmp" "$here/cluster.json"
   fi
   # shellcheck disable=SC2086
   train "$here/exp" finetune "$train" --init "$prev" --labels "$here/labels.txt" --loss-gate \
@@ -84,7 +93,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
   kept=$(python3 -c 'import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if "gate_kept_fraction" in line]
 print("%.3f" % rows[-1]["gate_kept_fraction"] if rows else "n/a")' "$here/exp/metrics.jsonl")
-  echo "round $r: $(json "$here/cluster.json" n_clusters) clusters, NMI $(json "$here/cluster.json" nmi)," \
-       "kept $kept, EER $(score_round "$here/exp")"
+  clusters=$(json "$here/cluster.json" n_clusters)
+  nmi=$(json "$here/cluster.json" nmi)
+  eer=$(score_round "$here/exp")
+  echo "round $r: $clusters clusters, NMI $nmi, kept $kept, EER $eer"
   prev="$here/exp"
 done

@@ -37,3 +37,12 @@ def test_pseudo_label_loop_runs_and_resumes(tmp_path: Path) -> None:
                            capture_output=True, text=True)
     assert again.returncode == 0 and "round 1: 4 clusters" in again.stdout
     assert (tmp_path / "loop" / "round1" / "exp" / "encoder.pt").stat().st_mtime_ns == stamp  # not redone
+    # A failed scoring step (a malformed trial list) stops the script and leaves no score.json that a
+    # rerun would take for a finished step.
+    (tmp_path / "bad-trials.txt").write_text("1 only-two-fields\n")
+    bad = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "m.tsv"), str(tmp_path / "loop")],
+                         env={**env, "TRIALS": str(tmp_path / "bad-trials.txt"), "TEST": str(tmp_path / "m.tsv")},
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "not in the embedding store" in bad.stderr, bad.stderr[-2000:]
+    assert "Traceback" not in bad.stderr  # it stops at the failed step
+    assert not (tmp_path / "loop" / "round0" / "score.json").exists()
