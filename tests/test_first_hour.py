@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from spkemb.cli.app import app
 from spkemb.cli.common import LogProgress, console, progress_line
 from spkemb.data.layouts import scan, speaker_folder_hints
+from spkemb.embeddings.store import read_embeddings
 from spkemb.system import Busy, others_running, oversubscription
 
 ROOT = Path(__file__).parents[1]
@@ -118,7 +119,6 @@ def test_extract_onto_a_complete_store_returns_at_once(tmp_path: Path, manifest:
     assert summary["up_to_date"] is True and summary["embeddings"] == 24
     assert "already complete" in again.stderr and "--overwrite" in again.stderr
     assert (out.stat().st_ino, out.stat().st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)  # not rewritten
-    from spkemb.embeddings.store import read_embeddings
 
     store = read_embeddings(out)  # --export worked from the existing store
     np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), store.vectors)
@@ -152,7 +152,13 @@ def test_export_from_a_merged_store_does_not_embed_again(tmp_path: Path, manifes
                                    f"{i}/2"]).exit_code == 0
     out = tmp_path / "e.h5"
     merge = [x for s in shards for x in ("--merge", str(s))]
-    assert runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(out), *merge]).exit_code == 0
+    fewer = tmp_path / "fewer.tsv"  # a complete store of other utterances at -o: not replaced unasked
+    fewer.write_text("".join(manifest.read_text().splitlines(keepends=True)[:-1]))
+    assert runner.invoke(app, ["extract", "mfcc-stats", str(fewer), "-o", str(out)]).exit_code == 0
+    res = runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(out), *merge])
+    assert res.exit_code == 2 and "made with other utterances" in res.stderr and len(read_embeddings(out)) == 23
+    assert runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(out), *merge,
+                               "--overwrite"]).exit_code == 0
     res = runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(out), "--export", "npy", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["up_to_date"] is True, res.output
     assert (tmp_path / "e.npy").is_file()

@@ -83,7 +83,7 @@ def extract(
     with output_lock(output, "embedding store"):
         sha = encoder_checksum(model)
         if merge:
-            summary = _merge(merge, output, utts, sha)
+            summary = _merge(merge, output, utts, sha, overwrite)
         else:
             from spkemb.embeddings.plan import ExtractOptions
 
@@ -100,9 +100,13 @@ def extract(
         print_json(summary)
 
 
-def _merge(merge: list[Path], output: Path, utts: list[Any], sha: str) -> dict[str, Any]:
-    from spkemb.embeddings.plan import utterances_digest
+def _merge(merge: list[Path], output: Path, utts: list[Any], sha: str, overwrite: bool) -> dict[str, Any]:
+    from spkemb.embeddings.plan import ExtractOptions, existing_store, refuse_replacing, utterances_digest
     from spkemb.embeddings.store import merge_stores, read_embeddings
+
+    existing = None if overwrite else existing_store(output, sha, utts, ExtractOptions())
+    if existing is not None:  # (the shards' options are the merge's: only encoder and utterances compare)
+        refuse_replacing(output, existing[0]["embeddings"], [d for d in existing[1] if d != "options"])
 
     # The merged store records the whole manifest's digest, as one extraction of it would: a later
     # `extract` (e.g. --export) onto it then finds it complete instead of embedding again.
@@ -116,14 +120,12 @@ def _merge(merge: list[Path], output: Path, utts: list[Any], sha: str) -> dict[s
 def _extract(model: str, manifest: str, utts: list[Any], output: Path, opts: Any, sha: str, shard: str | None,
              threads: int | None, overwrite: bool) -> dict[str, Any]:
     """Embed shard ``shard`` of ``utts`` into ``output``, unless it is already complete (and not ``overwrite``)."""
-    from spkemb.embeddings.plan import existing_store, parse_shard, shard_rows
+    from spkemb.embeddings.plan import existing_store, parse_shard, refuse_replacing, shard_rows
 
     part = [utts[i] for i in shard_rows(len(utts), parse_shard(shard))]
     existing = None if overwrite else existing_store(output, sha, part, opts)
-    if existing is not None and existing[1]:
-        raise InputError(f"holds a complete store of {existing[0]['embeddings']} embeddings made with "
-                         f"{' and '.join(existing[1])}; --overwrite replaces it (or choose another -o)", output)
     if existing is not None:
+        refuse_replacing(output, existing[0]["embeddings"], existing[1])
         done = existing[0]
         left_out = f", {done['failed']} unreadable utterances left out" if done["failed"] else ""
         console.print(f"{output} is already complete for this encoder, manifest and options ({done['embeddings']} "

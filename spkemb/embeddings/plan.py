@@ -101,14 +101,27 @@ def check_outputs(
             raise InputError("the output is one of the manifest's audio files; choose another -o", out)
 
 
+DIFFERENCES = {"encoder": "another encoder", "utterances": "other utterances (manifest or --shard)",
+               "options": "other extraction options"}
+
+
+def refuse_replacing(output: str | Path, rows: int, differences: Sequence[str]) -> None:
+    """Refuse (:class:`InputError`) to replace the complete store of ``rows`` embeddings at ``output``
+    that was made otherwise (``differences``, keys of :data:`DIFFERENCES`; nothing when empty)."""
+    if differences:
+        made = " and ".join(DIFFERENCES[d] for d in differences)
+        raise InputError(f"holds a complete store of {rows} embeddings made with {made}; --overwrite replaces it "
+                         "(or choose another -o)", output)
+
+
 def existing_store(
     output: str | Path, checksum: str, utts: Sequence[Utterance], opts: ExtractOptions
 ) -> tuple[dict[str, Any], list[str]] | None:
     """The complete store at ``output`` (``None`` when there is none: no file, or an unfinished or
     foreign one), as ``({"embeddings": rows, "failed": utterances left out}, differences)``:
-    ``differences`` says what this extraction would do otherwise than the one that made it (another
-    encoder by :func:`~spkemb.encoder_files.encoder_checksum`, other utterances by
-    :func:`utterances_digest`, other options); empty when it is already this extraction's result."""
+    ``differences`` names what this extraction would do otherwise than the one that made it (keys of
+    :data:`DIFFERENCES`: the encoder by :func:`~spkemb.encoder_files.encoder_checksum`, the utterances
+    by :func:`utterances_digest`, the options); empty when it is already this extraction's result."""
     from spkemb.embeddings.store import store_info
 
     info = store_info(output)
@@ -120,9 +133,9 @@ def existing_store(
         options = json.loads(options) if isinstance(options, str) else options
     except json.JSONDecodeError:
         options = None
-    differences = [what for what, same in (
-        ("another encoder", have.get("checkpoint_sha256") == checksum),
-        ("other utterances (manifest or --shard)", have.get("manifest_sha256") == utterances_digest(utts)),
-        ("other extraction options", options == opts.identity()),
+    differences = [key for key, same in (
+        ("encoder", have.get("checkpoint_sha256") == checksum),
+        ("utterances", have.get("manifest_sha256") == utterances_digest(utts)),
+        ("options", options == opts.identity()),
     ) if not same]  # fmt: skip
     return {"embeddings": rows, "failed": int(have.get("failed", 0))}, differences
