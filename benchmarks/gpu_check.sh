@@ -379,28 +379,25 @@ CHECK=check_train run_step torchrun-finetune-aam-supcon-aam-bf16 "$MAN:$INIT" "$
 # -- 4. extraction speed ---------------------------------------------------------------------------
 XPRECS=(fp32 bf16)
 [ "$ON_CPU" = 0 ] && XPRECS+=(fp16)
-CEL=$D/exp/pretrain-cel-bf16
-for prec in "${XPRECS[@]}"; do
-  XENC=ecapa-cel XPREC=$prec CHECK=check_extract run_step "extract-ecapa-$prec" "$XMAN:$CEL/encoder.pt" \
-    "${SPK[@]}" extract "$CEL" "$XMAN" -o "$D/ecapa-$prec.h5" --device "$DEVICE" --precision "$prec" --json
-done
-for prec in "${XPRECS[@]:1}"; do
-  CHECK=check_stdout run_step "compare-ecapa-$prec-fp32" "$D/ecapa-fp32.h5:$D/ecapa-$prec.h5" \
-    "${H[@]}" compare "$D/ecapa-fp32.h5" "$D/ecapa-$prec.h5"
-done
+# extract_all NAME ENCODER EXP MANIFEST: extract at each precision, then compare each low one with fp32.
+extract_all() {
+  local name=$1 enc=$2 exp=$3 man=$4 prec
+  for prec in "${XPRECS[@]}"; do
+    XENC=$enc XPREC=$prec CHECK=check_extract run_step "extract-$name-$prec" "$man:$exp/encoder.pt" \
+      "${SPK[@]}" extract "$exp" "$man" -o "$D/$name-$prec.h5" --device "$DEVICE" --precision "$prec" --json
+  done
+  for prec in "${XPRECS[@]:1}"; do
+    CHECK=check_stdout run_step "compare-$name-$prec-fp32" "$D/$name-fp32.h5:$D/$name-$prec.h5" \
+      "${H[@]}" compare "$D/$name-fp32.h5" "$D/$name-$prec.h5"
+  done
+}
+extract_all ecapa ecapa-cel "$D/exp/pretrain-cel-bf16" "$XMAN"
 
 # WavLM Base+ (94 M parameters) + MHFA with random weights, as benchmarks/bench_wavlm.py builds it.
 WAV=$D/exp/wavlm-base-plus-random
 CHECK=check_train run_step wavlm-random "$MAN" "${SPK[@]}" pretrain "$MAN" -o "$WAV" --method none \
   --encoder wavlm-mhfa --encoder-opt size=base-plus --seed 0 --json
-for prec in "${XPRECS[@]}"; do
-  XENC=wavlm-base-plus-mhfa XPREC=$prec CHECK=check_extract run_step "extract-wavlm-$prec" "$WMAN:$WAV/encoder.pt" \
-    "${SPK[@]}" extract "$WAV" "$WMAN" -o "$D/wavlm-$prec.h5" --device "$DEVICE" --precision "$prec" --json
-done
-for prec in "${XPRECS[@]:1}"; do
-  CHECK=check_stdout run_step "compare-wavlm-$prec-fp32" "$D/wavlm-fp32.h5:$D/wavlm-$prec.h5" \
-    "${H[@]}" compare "$D/wavlm-fp32.h5" "$D/wavlm-$prec.h5"
-done
+extract_all wavlm wavlm-base-plus-mhfa "$WAV" "$WMAN"
 
 if [ "$COMPILE" = 1 ]; then
   CHECK=check_train run_step pretrain-cel-bf16-compile "$MAN" "${SPK[@]}" pretrain "$MAN" \
