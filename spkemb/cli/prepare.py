@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from spkemb.cli.common import console, guarded, print_json, progress
-from spkemb.data.prepare import DEFAULT_MAX_TARGETS, NONTARGETS_PER_TARGET
+from spkemb.data.prepare import DEFAULT_MAX_TARGETS, DEFAULT_WORKERS, NONTARGETS_PER_TARGET
 from spkemb.errors import InputError
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def prepare(
         0.0, "--min-duration", metavar="S", help="Leave out (and report) files shorter than S seconds."
     ),
     threads: int | None = typer.Option(None, "--threads", metavar="N", help="Threads reading audio headers (or "
-                                       "decoding, with --verify). [default: 8]"),
+                                       f"decoding, with --verify). [default: {DEFAULT_WORKERS}]"),
     workers: int | None = typer.Option(None, "--workers", hidden=True, help="Old name of --threads."),
     verify: bool = typer.Option(
         False, "--verify/--no-verify",
@@ -160,7 +160,7 @@ def prepare(
     try:
         result = prepare_manifest(
             roots, layout=layout.value, speaker_regex=speaker_regex, min_duration=min_duration,
-            workers=threads if threads is not None else workers if workers is not None else 8,
+            workers=threads if threads is not None else workers if workers is not None else DEFAULT_WORKERS,
             speaker_level=speaker_level, id_prefix=id_prefix,
             output=output, trials=trials, targets=targets, nontargets=nontargets, seed=seed,
             exclude_speakers_of=exclude_speakers_of or (), trials_format=trials_format.value,
