@@ -69,9 +69,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
-    """Leave the process group (call once, at the very end of a command)."""
+def cleanup(wait: bool = True) -> None:
+    """Leave the process group (call once, at the very end of a command). ``wait``: first wait for
+    every rank, as a rank that tears the group down while another is still in a collective makes gloo
+    abort that one (SIGABRT, "terminate called without an active exception"); ``False`` on an error
+    path, where another rank may never arrive."""
     if is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -297,7 +297,9 @@ def _ddp_worker(rank: int, world: int, port: int, data: dict[str, torch.Tensor],
         torch.save({"queue": moco.queue, "index": moco.queue_index, "fill": moco.queue_fill,
                     "loss": loss.detach(), "grad": grad / world}, Path(out) / f"rank{rank}.pt")  # fmt: skip
     finally:
-        dist.destroy_process_group()
+        from spkemb.distributed import cleanup
+
+        cleanup()  # (waits for both ranks: a rank leaving mid-collective made gloo abort the other)
 
 
 def _free_port() -> int:

@@ -258,14 +258,16 @@ def run_training(job: Callable[[Any], dict[str, Any]]) -> dict[str, Any] | None:
     from spkemb.cli.report import CliReporter
     from spkemb.train.trainer import TrainingInterrupted
 
+    finished = False
     try:
         summary = job(CliReporter())
         main_rank = distributed.is_main()
+        finished = True
     except TrainingInterrupted as err:
         if distributed.is_main():
             under = "your torchrun command, with " if distributed.world_size() > 1 else ""
             console.print(f"[bold]{err}[/]; resume with: {under}{resume_command()}", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     finally:
-        distributed.cleanup()
+        distributed.cleanup(wait=finished)
     return summary if main_rank else None
