@@ -41,8 +41,9 @@ def run_cli(args: list[str]) -> dict:
     """Run `spkemb cluster ARGS --json` in a child; its summary plus wall time and the child's peak RSS."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-m", "spkemb", "cluster", *args, "--json"], stdout=out,
-                                 stderr=err, text=True, cwd=ROOT)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "spkemb", "cluster", *args, "--json"], stdout=out, stderr=err, text=True, cwd=ROOT
+        )
         _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage (ru_maxrss in KiB on Linux)
         child.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t0
@@ -51,8 +52,11 @@ def run_cli(args: list[str]) -> dict:
         if child.returncode:
             raise SystemExit(f"spkemb cluster {' '.join(args)} failed:\n{err.read()}")
         summary = json.loads(out.read())
-    summary.update(wall_seconds=round(wall, 2), peak_rss_mib=round(usage.ru_maxrss / 1024),
-                   command="spkemb cluster " + " ".join(args))
+    summary.update(
+        wall_seconds=round(wall, 2),
+        peak_rss_mib=round(usage.ru_maxrss / 1024),
+        command="spkemb cluster " + " ".join(args),
+    )
     return summary
 
 
@@ -66,33 +70,86 @@ def scale(a: argparse.Namespace) -> None:
         store = write_embeddings(Path(tmp) / "synthetic.h5", [f"u{i:07d}" for i in range(a.n)], x, speakers=spk)
         for args in runs:
             s = run_cli([str(store), "-o", str(Path(tmp) / "labels.tsv"), *args])
-            keep = ("method", "n_embeddings", "dim", "n_clusters", "kmeans", "kmeans_init", "kmeans_clusters",
-                    "nmi", "ari", "purity", "sizes", "stage_seconds", "seconds", "wall_seconds", "peak_rss_mib")
-            print(json.dumps({"part": "scale", "data_mib": round(x.nbytes / 2**20),
-                              **{k: s.get(k) for k in keep}, "command": s["command"].replace(tmp, "$TMP")}),
-                  flush=True)
+            keep = (
+                "method",
+                "n_embeddings",
+                "dim",
+                "n_clusters",
+                "kmeans",
+                "kmeans_init",
+                "kmeans_clusters",
+                "nmi",
+                "ari",
+                "purity",
+                "sizes",
+                "stage_seconds",
+                "seconds",
+                "wall_seconds",
+                "peak_rss_mib",
+            )
+            print(
+                json.dumps(
+                    {
+                        "part": "scale",
+                        "data_mib": round(x.nbytes / 2**20),
+                        **{k: s.get(k) for k in keep},
+                        "command": s["command"].replace(tmp, "$TMP"),
+                    }
+                ),
+                flush=True,
+            )
 
 
 def real(a: argparse.Namespace) -> None:
     store = ROOT / "benchmarks/out/mfcc-stats.test.h5"
     if not store.is_file():
-        subprocess.run(["bash", "-c", "source benchmarks/libri.sh && spkemb extract mfcc-stats "
-                        "$W/test-other.tsv -o $W/mfcc-stats.test.h5"], check=True, cwd=ROOT)
+        subprocess.run(
+            [
+                "bash",
+                "-c",
+                "source benchmarks/libri.sh && spkemb extract mfcc-stats $W/test-other.tsv -o $W/mfcc-stats.test.h5",
+            ],
+            check=True,
+            cwd=ROOT,
+        )
     if not store.is_file():
         print("real: skipped (no corpora; set SPKEMB_CORPORA)", file=sys.stderr)
         return
-    methods = [["--method", "kmeans", "--n-clusters", "10"], ["--method", "ahc", "--n-clusters", "10"],
-               ["--method", "two-stage", "--n-clusters", "10", "--n-init-clusters", "30"],
-               ["--method", "spectral", "--n-clusters", "10"], ["--method", "spectral"]]
-    keep = ("method", "n_clusters", "nmi", "ari", "purity", "p_neighbours", "estimated_clusters", "sizes",
-            "seconds", "wall_seconds", "peak_rss_mib")
+    methods = [
+        ["--method", "kmeans", "--n-clusters", "10"],
+        ["--method", "ahc", "--n-clusters", "10"],
+        ["--method", "two-stage", "--n-clusters", "10", "--n-init-clusters", "30"],
+        ["--method", "spectral", "--n-clusters", "10"],
+        ["--method", "spectral"],
+    ]
+    keep = (
+        "method",
+        "n_clusters",
+        "nmi",
+        "ari",
+        "purity",
+        "p_neighbours",
+        "estimated_clusters",
+        "sizes",
+        "seconds",
+        "wall_seconds",
+        "peak_rss_mib",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for norm in ("none", "standardize"):
             for args in methods:
-                s = run_cli([str(store.relative_to(ROOT)), "-o", str(Path(tmp) / "labels.tsv"), *args,
-                             "--norm", norm])
-                print(json.dumps({"part": "real", "norm": norm, **{k: s.get(k) for k in keep},
-                                  "command": s["command"].replace(tmp, "$TMP")}), flush=True)
+                s = run_cli([str(store.relative_to(ROOT)), "-o", str(Path(tmp) / "labels.tsv"), *args, "--norm", norm])
+                print(
+                    json.dumps(
+                        {
+                            "part": "real",
+                            "norm": norm,
+                            **{k: s.get(k) for k in keep},
+                            "command": s["command"].replace(tmp, "$TMP"),
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 def main() -> None:

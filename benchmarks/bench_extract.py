@@ -51,8 +51,11 @@ def main() -> None:
     results: dict[str, float] = {}
     vecs: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, model, prec in (("mfcc-stats", mfcc, "fp32"), (f"ecapa{a.channels}-fp32", ecapa, "fp32"),
-                                  (f"ecapa{a.channels}-bf16", ecapa, "bf16")):
+        for name, model, prec in (
+            ("mfcc-stats", mfcc, "fp32"),
+            (f"ecapa{a.channels}-fp32", ecapa, "fp32"),
+            (f"ecapa{a.channels}-bf16", ecapa, "bf16"),
+        ):
             opts = ExtractOptions(workers=a.workers, precision=prec, device="cpu")
             best = 0.0
             for _ in range(a.repeats):
@@ -63,10 +66,19 @@ def main() -> None:
             print(f"{name:18s} {best:7.1f} audio-s/s", file=sys.stderr)
     f, b = vecs[f"ecapa{a.channels}-fp32"], vecs[f"ecapa{a.channels}-bf16"]
     cos = (f * b).sum(1) / np.linalg.norm(f, axis=1) / np.linalg.norm(b, axis=1)
-    print(json.dumps({"utterances": len(utts), "hours": round(hours, 3), "threads": a.threads,
-                      "workers": a.workers, "audio_s_per_s": results,
-                      "bf16_vs_fp32_cosine_min": round(float(cos.min()), 5),
-                      "bf16_vs_fp32_cosine_mean": round(float(cos.mean()), 5)}))
+    print(
+        json.dumps(
+            {
+                "utterances": len(utts),
+                "hours": round(hours, 3),
+                "threads": a.threads,
+                "workers": a.workers,
+                "audio_s_per_s": results,
+                "bf16_vs_fp32_cosine_min": round(float(cos.min()), 5),
+                "bf16_vs_fp32_cosine_mean": round(float(cos.mean()), 5),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,13 @@ def _cli(args: list[str], pythonpath: str | None = None) -> tuple[float, float]:
     env = dict(os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {}))
     t0 = time.perf_counter()
     # `python -m` puts the working folder first on sys.path: run the baseline from its own root.
-    proc = subprocess.Popen([sys.executable, "-m", "spkemb", "score", *args], env=env, cwd=pythonpath,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spkemb", "score", *args],
+        env=env,
+        cwd=pythonpath,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -76,8 +81,9 @@ def _best_cli(args: list[str], repeats: int, baseline: str | None = None) -> dic
     out: dict[str, float] = {}
     for prefix, rs in runs.items():
         if rs:
-            out.update({f"{prefix}wall_s": round(min(r[0] for r in rs), 3),
-                        f"{prefix}cpu_s": round(min(r[1] for r in rs), 3)})
+            out.update(
+                {f"{prefix}wall_s": round(min(r[0] for r in rs), 3), f"{prefix}cpu_s": round(min(r[1] for r in rs), 3)}
+            )
     return out
 
 
@@ -109,8 +115,14 @@ def main() -> None:
         ei, ti, _, _ = resolve_rows(table, store.ids)
         summarize(ScoreSpace.cosine(store.vectors).pairs(ei, ti), labels)
 
-    result: dict[str, object] = {"trials": a.trials, "ids": a.ids, "dim": a.dim, "cohort": a.cohort,
-                                 "repeats": a.repeats, "load_before": os.getloadavg()[0]}
+    result: dict[str, object] = {
+        "trials": a.trials,
+        "ids": a.ids,
+        "dim": a.dim,
+        "cohort": a.cohort,
+        "repeats": a.repeats,
+        "load_before": os.getloadavg()[0],
+    }
     result["core_s"] = _best(core, a.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)

@@ -46,14 +46,22 @@ def main() -> None:
     a = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory() as tmp:
-        setup = ("import sys; from spkemb.models import build_encoder, save_encoder; "
-                 "from spkemb.data.synthetic import make_corpus; from spkemb.data.prepare import prepare_manifest; "
-                 "save_encoder(build_encoder('ecapa', channels=128), sys.argv[1] + '/encoder.pt'); "
-                 "make_corpus(sys.argv[1] + '/c', n_speakers=2, utts_per_speaker=2, seconds=(1.0, 1.5)); "
-                 "prepare_manifest([sys.argv[1] + '/c'], output=sys.argv[1] + '/m.tsv')")
+        setup = (
+            "import sys; from spkemb.models import build_encoder, save_encoder; "
+            "from spkemb.data.synthetic import make_corpus; from spkemb.data.prepare import prepare_manifest; "
+            "save_encoder(build_encoder('ecapa', channels=128), sys.argv[1] + '/encoder.pt'); "
+            "make_corpus(sys.argv[1] + '/c', n_speakers=2, utts_per_speaker=2, seconds=(1.0, 1.5)); "
+            "prepare_manifest([sys.argv[1] + '/c'], output=sys.argv[1] + '/m.tsv')"
+        )
         subprocess.run([sys.executable, "-c", setup, tmp], check=True, env=env)
-        runs = [json.loads(subprocess.run([sys.executable, "-c", PHASES, tmp], check=True, env=env,
-                                          capture_output=True, text=True).stdout) for _ in range(a.repeats)]
+        runs = [
+            json.loads(
+                subprocess.run(
+                    [sys.executable, "-c", PHASES, tmp], check=True, env=env, capture_output=True, text=True
+                ).stdout
+            )
+            for _ in range(a.repeats)
+        ]
         extract = [sys.executable, "-m", "spkemb", "extract", tmp, f"{tmp}/m.tsv", "-o", f"{tmp}/e.h5"]
         subprocess.run(extract, check=True, env=env, capture_output=True)
         walls = []
@@ -64,8 +72,10 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; medians of {a.repeats} runs")
     for k, name in enumerate(NAMES):
         print(f"  {name:34s} {statistics.median(r[k] for r in runs):5.2f} CPU-s")
-    print(f"  {'total before the first file':34s} {statistics.median(sum(r[:4]) for r in runs):5.2f} CPU-s"
-          f"  (scipy.signal, sympy loaded: {runs[0][4]} of 2)")
+    print(
+        f"  {'total before the first file':34s} {statistics.median(sum(r[:4]) for r in runs):5.2f} CPU-s"
+        f"  (scipy.signal, sympy loaded: {runs[0][4]} of 2)"
+    )
     print(f"  {'extract onto a complete store':34s} {statistics.median(walls):5.2f} s wall")
 
 

@@ -36,8 +36,9 @@ from spkemb.train.pretrain import run_pretrain  # noqa: E402
 def train_speed(utts: list, overrides: dict, steps: int, skip: int = 2) -> float:
     """Mean crops/s of the real Trainer over steps ``skip+1..steps`` (start-up and first batches skipped)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = merge_config({}, {"encoder": "ecapa", "max_steps": steps, "checkpoint_every": 10_000,
-                                "log_every": 1, **overrides})
+        cfg = merge_config(
+            {}, {"encoder": "ecapa", "max_steps": steps, "checkpoint_every": 10_000, "log_every": 1, **overrides}
+        )
         run_pretrain(utts, cfg, tmp)
         lines = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     return sum(x["crops_per_s"] for x in lines[skip:]) / max(1, len(lines[skip:]))
@@ -45,8 +46,14 @@ def train_speed(utts: list, overrides: dict, steps: int, skip: int = 2) -> float
 
 # One lever changed at a time from the CPU configs' CEL setting (C=256, batch 64, two 2-s crops, bf16,
 # 2 threads, loading in the main process, glibc allocator tuned, eager).
-BASE = {"method": "cel", "encoder_kwargs": {"channels": 256}, "batch_size": 64, "precision": "bf16",
-        "num_workers": 0, "method_options": {"crop_seconds": 2.0}}
+BASE = {
+    "method": "cel",
+    "encoder_kwargs": {"channels": 256},
+    "batch_size": 64,
+    "precision": "bf16",
+    "num_workers": 0,
+    "method_options": {"crop_seconds": 2.0},
+}
 LEVERS: dict[str, dict] = {
     "base": {},
     "fp32": {"precision": "fp32"},
@@ -84,11 +91,18 @@ def levers(utts: list, steps: int, names: list[str]) -> dict[str, float]:
     out = {}
     for name in names:
         t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, __file__, "--lever", name, "--steps", str(steps)],
-                             capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            [sys.executable, __file__, "--lever", name, "--steps", str(steps)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out[name] = json.loads(res.stdout.splitlines()[-1])["crops_per_s"]
-        print(f"lever {name:18s} {out[name]:7.1f} crops/s  x{out[name] / out.get('base', out[name]):.2f} "
-              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        print(
+            f"lever {name:18s} {out[name]:7.1f} crops/s  x{out[name] / out.get('base', out[name]):.2f} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -100,8 +114,12 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=256)
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--levers", nargs="*", metavar="NAME", help=f"instead: one-at-a-time levers on CEL "
-                    f"({', '.join(LEVERS)}; none named = all)")
+    ap.add_argument(
+        "--levers",
+        nargs="*",
+        metavar="NAME",
+        help=f"instead: one-at-a-time levers on CEL ({', '.join(LEVERS)}; none named = all)",
+    )
     ap.add_argument("--lever", help=argparse.SUPPRESS)  # one lever, in a child process
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -114,17 +132,32 @@ def main() -> None:
         print(json.dumps({"steps": a.steps, "levers_crops_per_s": levers(utts, a.steps, a.levers or list(LEVERS))}))
         return
     noise = [str(root / "noise" / "speech-commands-background")]
-    out: dict = {"channels": a.channels, "batch": a.batch, "precision": a.precision, "train_crops_per_s": {},
-                 "loader_crops_per_s": {}}
+    out: dict = {
+        "channels": a.channels,
+        "batch": a.batch,
+        "precision": a.precision,
+        "train_crops_per_s": {},
+        "loader_crops_per_s": {},
+    }
     for m in a.methods:
         for aug in (False, True):
             t0 = time.perf_counter()
-            speed = train_speed(utts, {"method": m, "encoder_kwargs": {"channels": a.channels},
-                                       "batch_size": a.batch, "precision": a.precision, "num_workers": 1,
-                                       "data_options": {"noise": noise} if aug else {}}, a.steps)
+            speed = train_speed(
+                utts,
+                {
+                    "method": m,
+                    "encoder_kwargs": {"channels": a.channels},
+                    "batch_size": a.batch,
+                    "precision": a.precision,
+                    "num_workers": 1,
+                    "data_options": {"noise": noise} if aug else {},
+                },
+                a.steps,
+            )
             out["train_crops_per_s"][f"{m}{'+noise' if aug else ''}"] = round(speed, 1)
-            print(f"train {m:7s} aug={aug!s:5s} {speed:7.1f} crops/s ({time.perf_counter() - t0:.0f} s)",
-                  file=sys.stderr)
+            print(
+                f"train {m:7s} aug={aug!s:5s} {speed:7.1f} crops/s ({time.perf_counter() - t0:.0f} s)", file=sys.stderr
+            )
     aug = from_options(noise_dirs=noise, sample_rate=16000)
     for name, augmenter in (("plain", None), ("noise", aug)):
         ds = CropDataset(utts, 16000, method_views("simclr"), augmenter=augmenter, seed=0)

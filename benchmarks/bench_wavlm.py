@@ -53,11 +53,19 @@ def one(name: str, precision: str, n_utts: int, threads: int, out: Path) -> dict
     wall = time.perf_counter() - t0
     audio = sum(u.duration for u in utts)
     params = describe_encoder(model)["parameters"]
-    return {"encoder": name, "precision": precision, "parameters_M": round(params / 1e6, 1),
-            "utterances": len(utts), "audio_s": round(audio, 1), "longest_s": round(max(u.duration for u in utts), 1),
-            "wall_s": round(wall, 1), "audio_s_per_s": round(audio / wall, 2), "written": res.written,
-            "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "rss_before_model_MiB": round(base_rss)}
+    return {
+        "encoder": name,
+        "precision": precision,
+        "parameters_M": round(params / 1e6, 1),
+        "utterances": len(utts),
+        "audio_s": round(audio, 1),
+        "longest_s": round(max(u.duration for u in utts), 1),
+        "wall_s": round(wall, 1),
+        "audio_s_per_s": round(audio / wall, 2),
+        "written": res.written,
+        "peak_rss_MiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "rss_before_model_MiB": round(base_rss),
+    }
 
 
 def load() -> str:
@@ -78,19 +86,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, prec in RUNS:
             out = Path(tmp) / f"{name}-{prec}.h5"
-            cmd = [sys.executable, __file__, "--threads", str(a.threads), "--utterances", str(a.utterances),
-                   "--one", name, prec, str(out)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--threads",
+                str(a.threads),
+                "--utterances",
+                str(a.utterances),
+                "--one",
+                name,
+                prec,
+                str(out),
+            ]
             row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-            print(f"{name:22s} {prec}: {row['audio_s_per_s']:7.2f} audio-s/s, peak {row['peak_rss_MiB']} MiB",
-                  file=sys.stderr)
+            print(
+                f"{name:22s} {prec}: {row['audio_s_per_s']:7.2f} audio-s/s, peak {row['peak_rss_MiB']} MiB",
+                file=sys.stderr,
+            )
             rows.append(row)
         f, b = (read_embeddings(Path(tmp) / f"wavlm-base-plus-mhfa-{p}.h5").vectors for p in ("fp32", "bf16"))
     # A random network's embeddings share a large common part; the centred cosine (the fp32 mean over
     # the utterances removed from both) shows whether bf16 keeps what tells utterances apart.
     centred = [f - f.mean(0), b - f.mean(0)]
-    print(json.dumps({"threads": a.threads, "load_before": before, "load_after": load(), "runs": rows,
-                      "wavlm_bf16_vs_fp32_cosine_min": round(float(_cos(f, b).min()), 4),
-                      "wavlm_bf16_vs_fp32_centred_cosine_min": round(float(_cos(*centred).min()), 4)}))
+    print(
+        json.dumps(
+            {
+                "threads": a.threads,
+                "load_before": before,
+                "load_after": load(),
+                "runs": rows,
+                "wavlm_bf16_vs_fp32_cosine_min": round(float(_cos(f, b).min()), 4),
+                "wavlm_bf16_vs_fp32_centred_cosine_min": round(float(_cos(*centred).min()), 4),
+            }
+        )
+    )
 
 
 def _cos(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -26,8 +26,17 @@ RUNS = {
 
 def cluster(store: str, args: list[str], k: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "spkemb", "cluster", store, "-o", str(Path(tmp) / "labels.tsv"), "--json",
-               *(a.format(k=k) for a in args)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "spkemb",
+            "cluster",
+            store,
+            "-o",
+            str(Path(tmp) / "labels.tsv"),
+            "--json",
+            *(a.format(k=k) for a in args),
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 

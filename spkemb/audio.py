@@ -107,8 +107,9 @@ def verify_audio(path: str | Path, block: int = 1 << 18) -> AudioInfo:
     if frames == 0:
         raise InputError("empty audio (0 samples)", path)
     if head.frames - frames > max(1, head.frames // 100):  # (compressed formats' headers may be estimates)
-        raise InputError(f"truncated: the header says {head.duration:.3f} s, only {frames / head.sample_rate:.3f} s "
-                         "decode", path)
+        raise InputError(
+            f"truncated: the header says {head.duration:.3f} s, only {frames / head.sample_rate:.3f} s decode", path
+        )
     return AudioInfo(str(path), head.sample_rate, frames, head.channels)
 
 
@@ -189,9 +190,7 @@ def resample(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return resample_poly(x, target_sr // g, orig_sr // g).astype(np.float32)
 
 
-def crop_or_pad(
-    x: np.ndarray, length: int, rng: np.random.Generator | None = None, mode: str = "random"
-) -> np.ndarray:
+def crop_or_pad(x: np.ndarray, length: int, rng: np.random.Generator | None = None, mode: str = "random") -> np.ndarray:
     """Return exactly ``length`` samples: a crop (random, or from the start) or a wrap-around pad.
 
     Padding repeats the signal rather than adding silence, the usual choice in speaker recipes,

@@ -28,8 +28,13 @@ def declared(package: str, decorator: str) -> tuple[tuple[str, dict[str, str]], 
             if not isinstance(node, ast.ClassDef):
                 continue
             for dec in node.decorator_list:
-                if (isinstance(dec, ast.Call) and isinstance(dec.func, ast.Name) and dec.func.id == decorator
-                        and dec.args and isinstance(dec.args[0], ast.Constant)):
+                if (
+                    isinstance(dec, ast.Call)
+                    and isinstance(dec.func, ast.Name)
+                    and dec.func.id == decorator
+                    and dec.args
+                    and isinstance(dec.args[0], ast.Constant)
+                ):
                     kw = {k.arg: str(k.value.value) for k in dec.keywords
                           if k.arg and isinstance(k.value, ast.Constant)}  # fmt: skip
                     found.append((str(dec.args[0].value), kw))

@@ -84,8 +84,11 @@ def _acquire(lock: Path, path: Path, what: str) -> int | None:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise InputError(f"another spkemb process ({holder}) is writing this {what}; wait for it to "
-                             "finish, or stop it and run again", path) from None
+            raise InputError(
+                f"another spkemb process ({holder}) is writing this {what}; wait for it to "
+                "finish, or stop it and run again",
+                path,
+            ) from None
         except OSError as err:
             os.close(fd)
             if err.errno in _UNSUPPORTED:

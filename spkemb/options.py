@@ -71,8 +71,9 @@ class Options:
         for raw_key, value in (values or {}).items():
             key = str(raw_key).replace("-", "_")
             if key not in hints:
-                raise InputError(f"{prefix}unknown key {raw_key!r}: no option of that name "
-                                 f"(options: {', '.join(known)})", source)
+                raise InputError(
+                    f"{prefix}unknown key {raw_key!r}: no option of that name (options: {', '.join(known)})", source
+                )
             out[key] = coerce(value, hints[key], f"{prefix}{key}", source)
         try:
             return cls(**out)

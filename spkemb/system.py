@@ -59,8 +59,9 @@ def others_running() -> int | None:
     return max(0, running - 1)
 
 
-def oversubscription(threads: int | None = None, load: float | None = None, cores: int | None = None,
-                     others: int | None = -1) -> Busy | None:
+def oversubscription(
+    threads: int | None = None, load: float | None = None, cores: int | None = None, others: int | None = -1
+) -> Busy | None:
     """A :class:`Busy` when other work already keeps the cores busy (1-minute load average of at least
     one, and other threads running now) and ``threads`` more (see :func:`default_threads`) would make
     the runnable threads exceed the cores by a quarter or more; else ``None``. ``load``, ``cores`` and

@@ -51,8 +51,9 @@ class ToyMethod(Method):
 
     crops_per_item = 2
 
-    def __init__(self, dim: int = 8, out: int = 4, queue: int = 12, crash_at: int | None = None,
-                 nan_at: int | None = None) -> None:
+    def __init__(
+        self, dim: int = 8, out: int = 4, queue: int = 12, crash_at: int | None = None, nan_at: int | None = None
+    ) -> None:
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(dim, out), nn.Dropout(0.2))
         self.teacher = freeze(nn.Sequential(nn.Linear(dim, out), nn.Dropout(0.0)))
@@ -99,8 +100,15 @@ def state_digest(module: nn.Module) -> str:
 def run_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     """What torchrun would do for one process: set its environment, then run :func:`main`
     (for ``multiprocessing`` with the fork start method, which spares re-importing torch)."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     torch.set_num_threads(1)
     main(out_dir)
 
@@ -120,8 +128,17 @@ def main(out_dir: str) -> None:
         return save(state, ckpt_dir, step, keep)
 
     trainer_mod.save_checkpoint = recording_save
-    cfg = TrainConfig(method="toy", device="cpu", batch_size=4, lr=0.05, max_steps=5, warmup_steps=1,
-                      checkpoint_every=2, log_every=1, seed=3)
+    cfg = TrainConfig(
+        method="toy",
+        device="cpu",
+        batch_size=4,
+        lr=0.05,
+        max_steps=5,
+        warmup_steps=1,
+        checkpoint_every=2,
+        log_every=1,
+        seed=3,
+    )
     # item 5 is unreadable: the ranks' batches differ in size once, as with real corrupt audio
     summary = Trainer(method, ToyData(n=32, bad=(5,)), None, cfg, out / "exp").fit()
     (out / f"hash-{distributed.rank()}.txt").write_text(

@@ -362,8 +362,14 @@ def test_run_offline_same_result_with_any_workers_and_reports_progress(corpus: P
     options = OfflineOptions(speed=True, gain=True, seed=5, sample_rate=SR)
     plans: list[tuple[int, int]] = []
     steps: list[tuple[int, int, str]] = []
-    one = run_offline(utts, corpus / "w1", options, copies=2, on_plan=lambda *a: plans.append(a),
-                      on_progress=lambda *a: steps.append(a))
+    one = run_offline(
+        utts,
+        corpus / "w1",
+        options,
+        copies=2,
+        on_plan=lambda *a: plans.append(a),
+        on_progress=lambda *a: steps.append(a),
+    )
     assert (one.utterances, one.files, one.written, one.skipped) == (3, 6, 6, 0)
     assert plans == [(6, 0)] and steps[0] == (0, 6, "") and [s[0] for s in steps] == list(range(7))
     two = run_offline(corpus / "manifest.tsv", corpus / "w2", options, copies=2, workers=2)
@@ -373,8 +379,14 @@ def test_run_offline_same_result_with_any_workers_and_reports_progress(corpus: P
     assert one.records.read_text() == two.records.read_text()
     # A rerun writes nothing and calls on_progress not at all; other options are refused.
     steps.clear()
-    again = run_offline(utts, corpus / "w1", options, copies=2, on_plan=lambda *a: plans.append(a),
-                        on_progress=lambda *a: steps.append(a))
+    again = run_offline(
+        utts,
+        corpus / "w1",
+        options,
+        copies=2,
+        on_plan=lambda *a: plans.append(a),
+        on_progress=lambda *a: steps.append(a),
+    )
     assert (again.written, again.skipped, plans[-1], steps) == (0, 6, (6, 6), [])
     with pytest.raises(InputError, match=r"different options \(gain\)"):
         run_offline(utts, corpus / "w1", OfflineOptions(speed=True, seed=5, sample_rate=SR), copies=2)

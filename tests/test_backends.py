@@ -44,8 +44,10 @@ def test_cosine_norms_equal_a_per_trial_loop(mode: str) -> None:
     raw = space.pairs(e, t)
     for k in (2, 4, 11, 50):
         got = normalize_scores(raw, space, e, t, coh, mode, top_k=k if mode == "asnorm" else None)
-        want = [_reference_norm(_cos(v[i], v[j]), [_cos(v[i], c) for c in cohort], [_cos(v[j], c) for c in cohort],
-                                mode, k) for i, j in zip(e, t, strict=True)]
+        want = [
+            _reference_norm(_cos(v[i], v[j]), [_cos(v[i], c) for c in cohort], [_cos(v[j], c) for c in cohort], mode, k)
+            for i, j in zip(e, t, strict=True)
+        ]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -60,8 +62,12 @@ def test_plda_norms_equal_a_per_trial_loop(mode: str) -> None:
     e, t = np.array([0, 1, 2, 3, 4]), np.array([5, 4, 3, 2, 0])
     space, coh = plda.space(v), plda.space(cohort)
     got = normalize_scores(space.pairs(e, t), space, e, t, coh, mode, top_k=4 if mode == "asnorm" else None)
-    want = [_reference_norm(plda.llr(v[i], v[j]), [plda.llr(v[i], c) for c in cohort],
-                            [plda.llr(v[j], c) for c in cohort], mode, 4) for i, j in zip(e, t, strict=True)]
+    want = [
+        _reference_norm(
+            plda.llr(v[i], v[j]), [plda.llr(v[i], c) for c in cohort], [plda.llr(v[j], c) for c in cohort], mode, 4
+        )
+        for i, j in zip(e, t, strict=True)
+    ]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -85,16 +91,19 @@ def test_norm_rejects_bad_cohorts() -> None:
         normalize_scores(space.pairs(e, t), space, e, t, space, "xnorm")
 
 
-@pytest.mark.parametrize("text", [
-    "1 a b\n0 a c\n1 b c\n",                              # VoxCeleb
-    "a b target\na c nontarget\n",                        # Kaldi
-    "a b 0.5 target\na c -0.25 nontarget\n",              # scores with labels
-    "a b 0.5\na c 1e-3\n",                                # scores without labels
-    "a b\na c\n",                                         # unlabelled
-    "1\ta b\n0 a  c\n",                                   # tabs and double blanks: the line parser
-    "# comment\n1 a b\n\n0 a c\n",                        # comments and blank lines: the line parser
-    "1 a b\na c nontarget\n",                             # mixed labelled formats: the line parser
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1 a b\n0 a c\n1 b c\n",  # VoxCeleb
+        "a b target\na c nontarget\n",  # Kaldi
+        "a b 0.5 target\na c -0.25 nontarget\n",  # scores with labels
+        "a b 0.5\na c 1e-3\n",  # scores without labels
+        "a b\na c\n",  # unlabelled
+        "1\ta b\n0 a  c\n",  # tabs and double blanks: the line parser
+        "# comment\n1 a b\n\n0 a c\n",  # comments and blank lines: the line parser
+        "1 a b\na c nontarget\n",  # mixed labelled formats: the line parser
+    ],
+)
 def test_fast_reader_agrees_with_the_line_parser(tmp_path: Path, text: str) -> None:
     f = tmp_path / "t.txt"
     f.write_text(text)

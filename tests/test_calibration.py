@@ -99,17 +99,24 @@ def lists(tmp_path: Path) -> dict[str, Path]:
     centres = rng.normal(size=(8, 10)) * 1.2
     ids = [f"s{s}/u{u}.wav" for s in range(8) for u in range(4)]
     vecs = np.repeat(centres, 4, axis=0) + rng.normal(size=(32, 10))
-    paths = {"emb": tmp_path / "emb.h5", "dev": tmp_path / "dev.txt", "test": tmp_path / "test.txt",
-             "onlytarget": tmp_path / "onlytarget.txt", "cohort": tmp_path / "cohort.h5",
-             "manifest": tmp_path / "m.tsv"}
+    paths = {
+        "emb": tmp_path / "emb.h5",
+        "dev": tmp_path / "dev.txt",
+        "test": tmp_path / "test.txt",
+        "onlytarget": tmp_path / "onlytarget.txt",
+        "cohort": tmp_path / "cohort.h5",
+        "manifest": tmp_path / "m.tsv",
+    }
     write_embeddings(paths["emb"], ids, vecs)
     write_embeddings(paths["cohort"], [f"c{i}" for i in range(20)], rng.normal(size=(20, 10)))
     for name, rng_ids in (("dev", ids[:16]), ("test", ids[16:])):
-        rows = [f"{int(a[:2] == b[:2])} {a} {b}" for i, a in enumerate(rng_ids) for b in rng_ids[i + 1:]]
+        rows = [f"{int(a[:2] == b[:2])} {a} {b}" for i, a in enumerate(rng_ids) for b in rng_ids[i + 1 :]]
         paths[name].write_text("\n".join(rows) + "\n")
     paths["onlytarget"].write_text(f"1 {ids[0]} {ids[1]}\n1 {ids[2]} {ids[3]}\n")
-    paths["manifest"].write_text("utt_id\tpath\tspeaker\tduration\tsample_rate\n"
-                                 + "".join(f"{u}\t{u}\t{u[:2]}\t{3 + i % 5}\t16000\n" for i, u in enumerate(ids)))
+    paths["manifest"].write_text(
+        "utt_id\tpath\tspeaker\tduration\tsample_rate\n"
+        + "".join(f"{u}\t{u}\t{u[:2]}\t{3 + i % 5}\t16000\n" for i, u in enumerate(ids))
+    )
     return paths
 
 
@@ -120,16 +127,29 @@ def test_cli_fits_on_dev_and_applies_to_test(lists: dict[str, Path], tmp_path: P
     fitted = json.loads(r.stdout)["calibration"]
     assert fitted["cllr_after"] < fitted["cllr_before"] and cal.is_file()
     raw = json.loads(runner.invoke(app, ["score", str(lists["test"]), str(lists["emb"]), "--json"]).stdout)
-    r = runner.invoke(app, ["score", str(lists["test"]), str(lists["emb"]), "--calibration", str(cal), "--json",
-                            "--p-target", "0.1"])
+    r = runner.invoke(
+        app, ["score", str(lists["test"]), str(lists["emb"]), "--calibration", str(cal), "--json", "--p-target", "0.1"]
+    )
     assert r.exit_code == 0, r.output
     calibrated = json.loads(r.stdout)
     assert calibrated["calibrated"] is True and calibrated["cllr"] < raw["cllr"]
     assert calibrated["eer"] == pytest.approx(raw["eer"])
     assert "actdcf_p0.1" in calibrated and "actdcf_p0.01" not in calibrated
     # With the duration quality measure, from a manifest.
-    r = runner.invoke(app, ["score", str(lists["dev"]), str(lists["emb"]), "--fit-calibration", str(cal),
-                            "--quality", "duration", "--manifest", str(lists["manifest"])])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            str(lists["dev"]),
+            str(lists["emb"]),
+            "--fit-calibration",
+            str(cal),
+            "--quality",
+            "duration",
+            "--manifest",
+            str(lists["manifest"]),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(cal.read_text())["quality"] == ["duration"]
     r = runner.invoke(app, ["score", str(lists["test"]), str(lists["emb"]), "--calibration", str(cal)])
@@ -139,18 +159,42 @@ def test_cli_fits_on_dev_and_applies_to_test(lists: dict[str, Path], tmp_path: P
 def test_cli_calibration_bad_inputs_write_nothing(lists: dict[str, Path], tmp_path: Path) -> None:
     cal, out = tmp_path / "cal.json", tmp_path / "scores.txt"
     out.write_text("precious\n")
-    r = runner.invoke(app, ["score", str(lists["onlytarget"]), str(lists["emb"]), "--fit-calibration", str(cal),
-                            "-o", str(out)])
+    r = runner.invoke(
+        app, ["score", str(lists["onlytarget"]), str(lists["emb"]), "--fit-calibration", str(cal), "-o", str(out)]
+    )
     assert r.exit_code == 2, r.output
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "needs target and non-target" in lines[0] and str(lists["onlytarget"]) in lines[0]
     assert not cal.exists() and out.read_text() == "precious\n"
     # A calibration fitted on AS-normed scores does not apply to raw cosine scores.
-    r = runner.invoke(app, ["score", str(lists["dev"]), str(lists["emb"]), "--cohort", str(lists["cohort"]), "--norm",
-                            "asnorm", "--fit-calibration", str(cal), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            str(lists["dev"]),
+            str(lists["emb"]),
+            "--cohort",
+            str(lists["cohort"]),
+            "--norm",
+            "asnorm",
+            "--fit-calibration",
+            str(cal),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["score", str(lists["test"]), str(lists["emb"]), "--calibration", str(cal), "-o", str(out)])
     assert r.exit_code == 2 and "asnorm" in r.stderr and out.read_text() == "precious\n"
-    r = runner.invoke(app, ["score", str(lists["dev"]), str(lists["emb"]), "--calibration", str(cal),
-                            "--fit-calibration", str(tmp_path / "c2.json")])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            str(lists["dev"]),
+            str(lists["emb"]),
+            "--calibration",
+            str(cal),
+            "--fit-calibration",
+            str(tmp_path / "c2.json"),
+        ],
+    )
     assert r.exit_code == 2 and "not both" in r.stderr

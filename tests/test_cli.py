@@ -51,9 +51,25 @@ def test_pretrain_data_flags_reach_the_config(tmp_path: Path, tiny_corpus: Path)
     manifest = tmp_path / "m.tsv"
     assert runner.invoke(app, ["prepare", str(tiny_corpus), "-o", str(manifest)]).exit_code == 0
     exp = tmp_path / "exp"
-    args = ["pretrain", str(manifest), "-o", str(exp), "--method", "cel", "--encoder-opt", "channels=16",
-            "--max-steps", "1", "--batch-size", "4", "--speed", "--disjoint-crops", "--no-gain",
-            "--method-opt", "crop_seconds=0.5"]
+    args = [
+        "pretrain",
+        str(manifest),
+        "-o",
+        str(exp),
+        "--method",
+        "cel",
+        "--encoder-opt",
+        "channels=16",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--speed",
+        "--disjoint-crops",
+        "--no-gain",
+        "--method-opt",
+        "crop_seconds=0.5",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     data = yaml.safe_load((exp / "config.yaml").read_text())["data_options"]

@@ -34,8 +34,13 @@ from spkemb.errors import InputError
 runner = CliRunner()
 
 
-def speakers(n_spk: int = 5, per: int = 12, dim: int = 16, noise: float = 0.1, seed: int = 0,
-             ) -> tuple[np.ndarray, np.ndarray]:
+def speakers(
+    n_spk: int = 5,
+    per: int = 12,
+    dim: int = 16,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Utterances of ``n_spk`` speakers: random unit centres plus isotropic noise, rows shuffled."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(n_spk, dim))
@@ -93,8 +98,10 @@ def test_two_stage_is_plain_ahc_when_the_first_stage_keeps_every_point(cut: dict
 @pytest.mark.parametrize("n_spk", [3, 7])
 def test_threshold_and_eigengap_find_the_count(n_spk: int) -> None:
     x, truth = speakers(n_spk=n_spk, per=10, dim=24, noise=0.08, seed=n_spk)
-    for options in (ClusterOptions("ahc", threshold=0.5), ClusterOptions("two-stage", threshold=0.5,
-                                                                         n_init_clusters=4 * n_spk)):
+    for options in (
+        ClusterOptions("ahc", threshold=0.5),
+        ClusterOptions("two-stage", threshold=0.5, n_init_clusters=4 * n_spk),
+    ):
         assert len(np.unique(cluster_embeddings(x, options))) == n_spk
     run = run_clustering(x, ClusterOptions("spectral"))
     assert run.details["estimated_clusters"] == n_spk and run.n_clusters == n_spk
@@ -150,8 +157,7 @@ def test_metrics_and_sizes() -> None:
     perfect = cluster_metrics(truth, np.array([5, 5, 5, 0, 0, 9]))
     assert perfect == {"nmi": pytest.approx(1.0), "ari": pytest.approx(1.0), "purity": pytest.approx(1.0)}
     assert cluster_metrics(truth, np.zeros(6, int))["nmi"] == pytest.approx(0.0)
-    assert size_stats(np.array([0, 0, 0, 1, 2, 2])) == {"min": 1, "median": 2.0, "max": 3, "mean": 2.0,
-                                                        "singletons": 1}
+    assert size_stats(np.array([0, 0, 0, 1, 2, 2])) == {"min": 1, "median": 2.0, "max": 3, "mean": 2.0, "singletons": 1}
 
 
 def test_option_and_data_errors() -> None:
@@ -223,8 +229,18 @@ def test_cli_writes_label_file_and_metrics(store: Path, tmp_path: Path) -> None:
 
 def test_cli_json_stdout_and_determinism(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "a.tsv"
-    args = ["cluster", str(store), "--method", "two-stage", "--n-clusters", "4", "--n-init-clusters", "12",
-            "--seed", "5"]
+    args = [
+        "cluster",
+        str(store),
+        "--method",
+        "two-stage",
+        "--n-clusters",
+        "4",
+        "--n-init-clusters",
+        "12",
+        "--seed",
+        "5",
+    ]
     r = runner.invoke(app, [*args, "-o", str(out), "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
@@ -242,8 +258,10 @@ def test_cli_json_stdout_and_determinism(store: Path, tmp_path: Path) -> None:
 def test_cli_store_without_speakers(tmp_path: Path) -> None:
     x, _ = speakers(n_spk=3, per=5)
     store = write_embeddings(tmp_path / "nospk.h5", [f"u{i}" for i in range(len(x))], x)
-    r = runner.invoke(app, ["cluster", str(store), "--method", "spectral", "--p-neighbours", "3", "-o",
-                            str(tmp_path / "l.tsv"), "--json"])
+    r = runner.invoke(
+        app,
+        ["cluster", str(store), "--method", "spectral", "--p-neighbours", "3", "-o", str(tmp_path / "l.tsv"), "--json"],
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["nmi"] is None and summary["ari"] is None and summary["purity"] is None
@@ -274,8 +292,9 @@ def _empty_store(path: Path) -> Path:
         (["MISSING", "--method", "kmeans", "--n-clusters", "2"], "no such embedding store"),
     ],
 )
-def test_cli_bad_input_is_one_line_and_writes_nothing(store: Path, tmp_path: Path, args: list[str],
-                                                      message: str) -> None:
+def test_cli_bad_input_is_one_line_and_writes_nothing(
+    store: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
     out = tmp_path / "labels.tsv"
     out.write_text("precious\n")
     src, target, extra = store, out, []

@@ -52,8 +52,9 @@ def test_cli_extract_writes_a_row_per_utterance(manifest: Path, encoder_file: Pa
 
 def test_mfcc_baseline_by_name_and_export(manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "mfcc.h5"
-    res = runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(out), "--workers", "0",
-                              "--export", "npy"])
+    res = runner.invoke(
+        app, ["extract", "mfcc-stats", str(manifest), "-o", str(out), "--workers", "0", "--export", "npy"]
+    )
     assert res.exit_code == 0, res.output
     emb = read_embeddings(out)
     assert np.array_equal(np.load(tmp_path / "mfcc.npy"), emb.vectors)
@@ -72,8 +73,9 @@ def test_batched_equals_one_at_a_time(manifest: Path, encoder_file: Path, tmp_pa
     assert cos.min() > 0.99
 
 
-def test_interrupted_extraction_resumes(manifest: Path, encoder_file: Path, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_extraction_resumes(
+    manifest: Path, encoder_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from spkemb.embeddings import extract as ex
     from spkemb.models import load_encoder
 
@@ -107,12 +109,13 @@ def test_chunked_long_audio(tmp_path: Path) -> None:
     utts = [Utterance("long.wav", str(tmp_path / "long.wav"), "s", 7.0, 16000)]
     torch.manual_seed(0)
     model = build_encoder("ecapa", channels=32).eval()
-    res = extract_embeddings(model, utts, tmp_path / "c.h5", {}, ExtractOptions(workers=0, chunk=3, hop=2,
-                                                                                device="cpu"))
+    res = extract_embeddings(
+        model, utts, tmp_path / "c.h5", {}, ExtractOptions(workers=0, chunk=3, hop=2, device="cpu")
+    )
     got = read_embeddings(res.path).vectors[0]
     x = torch.from_numpy(sf.read(tmp_path / "long.wav", dtype="float32")[0])
     with torch.inference_mode():
-        pieces = torch.stack([x[s:s + 48000] for s in (0, 32000, 64000)])  # the last window ends at the end
+        pieces = torch.stack([x[s : s + 48000] for s in (0, 32000, 64000)])  # the last window ends at the end
         emb = model(pieces).mean(0).numpy()  # raw pieces averaged: same scale as unchunked rows
     np.testing.assert_allclose(got, emb, atol=1e-4)
 
@@ -123,8 +126,9 @@ def test_bf16_close_to_fp32(manifest: Path, encoder_file: Path, tmp_path: Path) 
     utts = read_manifest(manifest)[:6]
     model = load_encoder(encoder_file)
     a = extract_embeddings(model, utts, tmp_path / "a.h5", {}, ExtractOptions(workers=0, device="cpu"))
-    b = extract_embeddings(model, utts, tmp_path / "b.h5", {}, ExtractOptions(workers=0, device="cpu",
-                                                                              precision="bf16"))
+    b = extract_embeddings(
+        model, utts, tmp_path / "b.h5", {}, ExtractOptions(workers=0, device="cpu", precision="bf16")
+    )
     va, vb = read_embeddings(a.path).vectors, read_embeddings(b.path).vectors
     cos = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
     assert cos.min() > 0.99
@@ -137,8 +141,9 @@ def test_shards_merge_into_the_full_store(manifest: Path, tmp_path: Path) -> Non
     shards = []
     for i in range(3):
         s = tmp_path / f"s{i}.h5"
-        res = runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(s), "--workers", "0",
-                                  "--shard", f"{i}/3"])
+        res = runner.invoke(
+            app, ["extract", "mfcc-stats", str(manifest), "-o", str(s), "--workers", "0", "--shard", f"{i}/3"]
+        )
         assert res.exit_code == 0, res.output
         shards += ["--merge", str(s)]
     merged = tmp_path / "merged.h5"
@@ -147,8 +152,9 @@ def test_shards_merge_into_the_full_store(manifest: Path, tmp_path: Path) -> Non
     a, b = read_embeddings(full), read_embeddings(merged)
     assert a.ids == b.ids
     np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-5)
-    res = runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(tmp_path / "m2.h5"),
-                              "--merge", str(tmp_path / "s0.h5")])
+    res = runner.invoke(
+        app, ["extract", "mfcc-stats", str(manifest), "-o", str(tmp_path / "m2.h5"), "--merge", str(tmp_path / "s0.h5")]
+    )
     assert res.exit_code == 2 and "do not cover" in res.output
 
 
@@ -158,8 +164,9 @@ def test_bad_files_are_skipped_and_reported(tmp_path: Path, tiny_corpus: Path) -
     bad.write_bytes(b"RIFF....WAVEnot really audio")
     utts.append(Utterance("bad.wav", str(bad), "x", 1.0, 16000))
     write_manifest(utts, tmp_path / "m.tsv")
-    res = runner.invoke(app, ["extract", "mfcc-stats", str(tmp_path / "m.tsv"), "-o", str(tmp_path / "e.h5"),
-                              "--workers", "0"])
+    res = runner.invoke(
+        app, ["extract", "mfcc-stats", str(tmp_path / "m.tsv"), "-o", str(tmp_path / "e.h5"), "--workers", "0"]
+    )
     assert res.exit_code == 0, res.output
     assert "bad.wav" in res.output
     assert len(read_embeddings(tmp_path / "e.h5")) == 3
@@ -175,8 +182,9 @@ def test_failed_run_leaves_existing_output(manifest: Path, tmp_path: Path) -> No
     out = tmp_path / "keep.h5"
     out.write_bytes(b"precious")
     for args in (["no-such-model", str(manifest)], ["mfcc-stats", str(tmp_path / "missing.tsv")]):
-        res = subprocess.run([sys.executable, "-m", "spkemb", "extract", *args, "-o", str(out)],
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-m", "spkemb", "extract", *args, "-o", str(out)], capture_output=True, text=True
+        )
         assert res.returncode == 2
         assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert out.read_bytes() == b"precious"
@@ -195,8 +203,13 @@ def test_short_clip_and_stereo_44k_are_embedded(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     sf.write(tmp_path / "short.wav", 0.1 * rng.standard_normal(1600).astype(np.float32), 16000)  # 0.1 s
     sf.write(tmp_path / "st.flac", 0.1 * rng.standard_normal((44100 * 2, 2)).astype(np.float32), 44100)
-    write_manifest([Utterance("short.wav", str(tmp_path / "short.wav"), "a", 0.1, 16000),
-                    Utterance("st.flac", str(tmp_path / "st.flac"), "b", 2.0, 44100)], tmp_path / "m.tsv")
+    write_manifest(
+        [
+            Utterance("short.wav", str(tmp_path / "short.wav"), "a", 0.1, 16000),
+            Utterance("st.flac", str(tmp_path / "st.flac"), "b", 2.0, 44100),
+        ],
+        tmp_path / "m.tsv",
+    )
     res = runner.invoke(app, ["extract", "mfcc-stats", str(tmp_path / "m.tsv"), "-o", str(tmp_path / "e.h5")])
     assert res.exit_code == 0, res.output
     emb = read_embeddings(tmp_path / "e.h5")

@@ -79,18 +79,27 @@ def _fail_on_call(real, n: int, exc: BaseException, counted=lambda *a: True):  #
     return fake
 
 
-ENOSPC_H5 = RuntimeError("Unable to synchronously flush file (file write failed: errno = 28, error message = "
-                         "'No space left on device')")
+ENOSPC_H5 = RuntimeError(
+    "Unable to synchronously flush file (file write failed: errno = 28, error message = 'No space left on device')"
+)
 
 
-@pytest.mark.parametrize(("where", "call", "kept"), [
-    ("flush", 6, 8),   # the 3rd batch's data flush fails: batches 1-2 (8 rows) were durable and marked
-    ("flush", 5, 4),   # the 2nd batch's mark flush fails: its data is there but unmarked, so it is redone
-    ("write", 3, 8),   # writing the 3rd batch's rows fails
-])
+@pytest.mark.parametrize(
+    ("where", "call", "kept"),
+    [
+        ("flush", 6, 8),  # the 3rd batch's data flush fails: batches 1-2 (8 rows) were durable and marked
+        ("flush", 5, 4),  # the 2nd batch's mark flush fails: its data is there but unmarked, so it is redone
+        ("write", 3, 8),  # writing the 3rd batch's rows fails
+    ],
+)
 def test_full_disk_during_extract_is_one_line_and_a_rerun_gives_the_right_store(
-    manifest: Path, reference: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    where: str, call: int, kept: int,
+    manifest: Path,
+    reference: np.ndarray,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+    call: int,
+    kept: int,
 ) -> None:
     out = tmp_path / "emb.h5"
     args = ["extract", "mfcc-stats", manifest, "-o", out, "--max-batch", "4"]
@@ -99,9 +108,16 @@ def test_full_disk_during_extract_is_one_line_and_a_rerun_gives_the_right_store(
         if where == "flush":
             m.setattr(h5py.File, "flush", _fail_on_call(h5py.File.flush, call, ENOSPC_H5))
         else:
-            m.setattr(h5py.Dataset, "__setitem__", _fail_on_call(
-                h5py.Dataset.__setitem__, call, OSError(errno.ENOSPC, "No space left on device"),
-                counted=lambda d, *a: d.name == "/embedding"))
+            m.setattr(
+                h5py.Dataset,
+                "__setitem__",
+                _fail_on_call(
+                    h5py.Dataset.__setitem__,
+                    call,
+                    OSError(errno.ENOSPC, "No space left on device"),
+                    counted=lambda d, *a: d.name == "/embedding",
+                ),
+            )
         res = cli(*args)
     assert res.exit_code == 1, res.output
     [line] = error_lines(res.output)
@@ -206,9 +222,16 @@ def test_a_lock_held_elsewhere_refuses_augment_and_a_dead_holders_lock_is_taken_
 ) -> None:
     out = tmp_path / "aug"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom spkemb.locking import output_lock\n"
-         "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n", str(out)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom spkemb.locking import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         args = ["augment", manifest, "-o", out, "--gain"]
@@ -356,8 +379,12 @@ def test_missing_file_permission_and_link_loop_say_which(tmp_path: Path, monkeyp
     (tmp_path / "loop2.wav").symlink_to("loop1.wav")
     (tmp_path / "dangling.wav").symlink_to("nowhere.wav")
     (tmp_path / "folder.wav").mkdir()
-    cases = {"missing.wav": "no such file", "loop1.wav": "symbolic link loop",
-             "dangling.wav": "broken symbolic link", "folder.wav": "is a folder"}
+    cases = {
+        "missing.wav": "no such file",
+        "loop1.wav": "symbolic link loop",
+        "dangling.wav": "broken symbolic link",
+        "folder.wav": "is a folder",
+    }
     for name, words in cases.items():
         for read in (audio_info, load_audio):
             with pytest.raises(InputError, match=words):
@@ -366,6 +393,7 @@ def test_missing_file_permission_and_link_loop_say_which(tmp_path: Path, monkeyp
     sf.write(locked, np.zeros(SR, dtype=np.float32), SR)
     locked.chmod(0)
     if os.geteuid() == 0:  # root reads anything: make the OS refuse as it would refuse a user
+
         def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             raise PermissionError(errno.EACCES, "Permission denied")
 
@@ -381,8 +409,10 @@ def test_missing_file_permission_and_link_loop_say_which(tmp_path: Path, monkeyp
 def test_os_errors_reach_the_extract_report(manifest: Path, tmp_path: Path) -> None:
     (tmp_path / "loop1.wav").symlink_to("loop2.wav")
     (tmp_path / "loop2.wav").symlink_to("loop1.wav")
-    bad = [Utterance("gone", str(tmp_path / "gone.wav"), "x", 1.0, SR),
-           Utterance("loop", str(tmp_path / "loop1.wav"), "x", 1.0, SR)]
+    bad = [
+        Utterance("gone", str(tmp_path / "gone.wav"), "x", 1.0, SR),
+        Utterance("loop", str(tmp_path / "loop1.wav"), "x", 1.0, SR),
+    ]
     write_manifest(read_manifest(manifest)[:2] + bad, tmp_path / "m.tsv")
     res = cli("extract", "mfcc-stats", tmp_path / "m.tsv", "-o", tmp_path / "e.h5")
     assert res.exit_code == 0, res.output
@@ -455,7 +485,8 @@ def test_output_names_near_the_255_byte_limit_work_and_resume(manifest: Path, tm
     long_manifest = tmp_path / ("m" * 251 + ".tsv")
     assert cli("prepare", manifest, "-o", long_manifest).exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [out.name, long_out.name, long_out.with_suffix(".npy").name, "f" * 247 + ".ids.txt", long_manifest.name])
+        [out.name, long_out.name, long_out.with_suffix(".npy").name, "f" * 247 + ".ids.txt", long_manifest.name]
+    )
 
 
 def test_prepare_verify_decodes_every_file_and_leaves_out_truncated_or_poisoned_ones(

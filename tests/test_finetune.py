@@ -16,8 +16,18 @@ from spkemb.models import build_encoder, load_encoder, save_encoder
 from spkemb.train.finetune import assign_labels, load_init
 
 runner = CliRunner()
-TINY = ["--encoder-opt", "channels=16", "--encoder-opt", "mfa_channels=48", "--encoder-opt",
-        "attention_channels=8", "--encoder-opt", "se_channels=8", "--encoder-opt", "embed_dim=16"]
+TINY = [
+    "--encoder-opt",
+    "channels=16",
+    "--encoder-opt",
+    "mfa_channels=48",
+    "--encoder-opt",
+    "attention_channels=8",
+    "--encoder-opt",
+    "se_channels=8",
+    "--encoder-opt",
+    "embed_dim=16",
+]
 RUN = ["--max-steps", "3", "--batch-size", "6", "--device", "cpu", "--method-opt", "crop_seconds=0.5"]
 
 
@@ -71,13 +81,13 @@ def test_init_from_another_architecture_is_refused(tmp_path: Path, manifest: Pat
     other = tmp_path / "tdnn.pt"
     save_encoder(build_encoder("tdnn", channels=8, stats_channels=16, embed_dim=8), other)
     out = tmp_path / "ft"
-    res = runner.invoke(app, ["finetune", str(manifest), "-o", str(out), "--init", str(other), "--encoder", "ecapa",
-                              *TINY, *RUN])
+    res = runner.invoke(
+        app, ["finetune", str(manifest), "-o", str(out), "--init", str(other), "--encoder", "ecapa", *TINY, *RUN]
+    )
     assert res.exit_code == 2 and "tdnn.pt" in res.output and not out.exists()
 
 
-def test_init_sets_the_architecture_when_no_encoder_is_given(tmp_path: Path, manifest: Path,
-                                                             pretrained: Path) -> None:
+def test_init_sets_the_architecture_when_no_encoder_is_given(tmp_path: Path, manifest: Path, pretrained: Path) -> None:
     out = tmp_path / "ft"
     res = runner.invoke(app, ["finetune", str(manifest), "-o", str(out), "--init", str(pretrained), *RUN])
     assert res.exit_code == 0, res.output
@@ -89,18 +99,21 @@ def test_labels_file_replaces_the_speakers(tmp_path: Path, manifest: Path) -> No
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"{u.utt_id} c{i % 3}\n" for i, u in enumerate(utts)))
     out = tmp_path / "ft"
-    res = runner.invoke(app, ["finetune", str(manifest), "-o", str(out), "--labels", str(labels), *TINY, *RUN,
-                              "--batch-size", "3"])
+    res = runner.invoke(
+        app, ["finetune", str(manifest), "-o", str(out), "--labels", str(labels), *TINY, *RUN, "--batch-size", "3"]
+    )
     assert res.exit_code == 0, res.output
     assert (out / "classes.txt").read_text().split() == ["c0", "c1", "c2"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("nowhere/x.wav spk1\n", "not in the manifest"),
-    ("", "no 'utt_id label' lines"),
-])
-def test_bad_labels_files_exit_2_and_write_nothing(tmp_path: Path, manifest: Path, content: str,
-                                                   message: str) -> None:
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("nowhere/x.wav spk1\n", "not in the manifest"),
+        ("", "no 'utt_id label' lines"),
+    ],
+)
+def test_bad_labels_files_exit_2_and_write_nothing(tmp_path: Path, manifest: Path, content: str, message: str) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_text(content)
     out = tmp_path / "ft"

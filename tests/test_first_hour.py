@@ -76,9 +76,22 @@ def test_console_never_wraps_a_log_line(capsys: pytest.CaptureFixture[str]) -> N
 def test_non_tty_extract_writes_progress_lines_while_it_works(tmp_path: Path, manifest: Path) -> None:
     """stderr to a pipe (nohup, a batch job): plain lines as the work goes, not one at the end."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spkemb", "extract", "mfcc-stats", str(manifest), "-o", str(tmp_path / "e.h5"),
-         "--max-batch", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(SPKEMB_LOG_INTERVAL="0"),
+        [
+            sys.executable,
+            "-m",
+            "spkemb",
+            "extract",
+            "mfcc-stats",
+            str(manifest),
+            "-o",
+            str(tmp_path / "e.h5"),
+            "--max-batch",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(SPKEMB_LOG_INTERVAL="0"),
     )
     assert proc.stderr is not None
     lines = []
@@ -94,12 +107,16 @@ def test_non_tty_extract_writes_progress_lines_while_it_works(tmp_path: Path, ma
 
 
 def test_non_tty_prepare_and_augment_print_progress_lines(tmp_path: Path, tiny_corpus: Path, manifest: Path) -> None:
-    res = runner.invoke(app, ["prepare", str(tiny_corpus), "-o", str(tmp_path / "m.tsv")],
-                        env={"SPKEMB_LOG_INTERVAL": "0"})
+    res = runner.invoke(
+        app, ["prepare", str(tiny_corpus), "-o", str(tmp_path / "m.tsv")], env={"SPKEMB_LOG_INTERVAL": "0"}
+    )
     assert res.exit_code == 0, res.output
     assert re.search(r"^reading headers: corpus\d*: 12/24 \(50%\)", res.stderr, re.M)
-    res = runner.invoke(app, ["augment", str(manifest), "-o", str(tmp_path / "aug"), "--no-speed", "--gain"],
-                        env={"SPKEMB_LOG_INTERVAL": "0"})
+    res = runner.invoke(
+        app,
+        ["augment", str(manifest), "-o", str(tmp_path / "aug"), "--no-speed", "--gain"],
+        env={"SPKEMB_LOG_INTERVAL": "0"},
+    )
     assert res.exit_code == 0, res.output
     assert re.search(r"^augment: 12/24 \(50%\)  .*/s  elapsed", res.stderr, re.M)
 
@@ -133,9 +150,11 @@ def test_a_complete_store_made_otherwise_is_refused_unless_overwrite(tmp_path: P
     before = out.read_bytes()
     fewer = tmp_path / "fewer.tsv"
     fewer.write_text("".join(manifest.read_text().splitlines(keepends=True)[:-1]))
-    for args, what in (([str(fewer)], "other utterances"),
-                       ([str(manifest), "--chunk", "1"], "other extraction options"),
-                       ([str(manifest), "--shard", "0/2"], "other utterances (manifest or --shard)")):
+    for args, what in (
+        ([str(fewer)], "other utterances"),
+        ([str(manifest), "--chunk", "1"], "other extraction options"),
+        ([str(manifest), "--shard", "0/2"], "other utterances (manifest or --shard)"),
+    ):
         res = runner.invoke(app, ["extract", "mfcc-stats", *args, "-o", str(out)])
         assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.output
         assert "made with " + what in res.stderr and "--overwrite" in res.stderr
@@ -148,8 +167,12 @@ def test_a_complete_store_made_otherwise_is_refused_unless_overwrite(tmp_path: P
 def test_export_from_a_merged_store_does_not_embed_again(tmp_path: Path, manifest: Path) -> None:
     shards = [tmp_path / f"e.{i}.h5" for i in range(2)]
     for i, shard in enumerate(shards):
-        assert runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(shard), "--shard",
-                                   f"{i}/2"]).exit_code == 0
+        assert (
+            runner.invoke(
+                app, ["extract", "mfcc-stats", str(manifest), "-o", str(shard), "--shard", f"{i}/2"]
+            ).exit_code
+            == 0
+        )
     out = tmp_path / "e.h5"
     merge = [x for s in shards for x in ("--merge", str(s))]
     fewer = tmp_path / "fewer.tsv"  # a complete store of other utterances at -o: not replaced unasked
@@ -157,8 +180,10 @@ def test_export_from_a_merged_store_does_not_embed_again(tmp_path: Path, manifes
     assert runner.invoke(app, ["extract", "mfcc-stats", str(fewer), "-o", str(out)]).exit_code == 0
     res = runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(out), *merge])
     assert res.exit_code == 2 and "made with other utterances" in res.stderr and len(read_embeddings(out)) == 23
-    assert runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(out), *merge,
-                               "--overwrite"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(out), *merge, "--overwrite"]).exit_code
+        == 0
+    )
     res = runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(out), "--export", "npy", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["up_to_date"] is True, res.output
     assert (tmp_path / "e.npy").is_file()
@@ -188,8 +213,9 @@ def test_nested_speaker_folders_are_warned_about_in_one_line(tmp_path: Path) -> 
     assert "'audio_data' is one speaker" in warning[0] and "12 folders below it" in warning[0]
     assert "--speaker-level parent" in warning[0] and "3 for S_01" in warning[0]
     for level in ("parent", "3"):
-        res = runner.invoke(app, ["prepare", str(root), "-o", str(tmp_path / "m.tsv"), "--json",
-                                  "--speaker-level", level])
+        res = runner.invoke(
+            app, ["prepare", str(root), "-o", str(tmp_path / "m.tsv"), "--json", "--speaker-level", level]
+        )
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout)["speakers"] == 12 and "warning" not in res.stderr
     utts, _ = scan(root, speaker_level="top")
@@ -204,8 +230,9 @@ def test_the_warning_names_the_right_level_when_roots_collide(tmp_path: Path) ->
     assert res.exit_code == 0, res.output
     warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
     assert warnings and all("3 for S_01" in w for w in warnings), warnings
-    res = runner.invoke(app, ["prepare", str(a), str(b), "-o", str(tmp_path / "m.tsv"), "--json",
-                              "--speaker-level", "3"])
+    res = runner.invoke(
+        app, ["prepare", str(a), str(b), "-o", str(tmp_path / "m.tsv"), "--json", "--speaker-level", "3"]
+    )
     assert res.exit_code == 0 and json.loads(res.stdout)["speakers"] == 12, res.output
 
 
@@ -215,12 +242,24 @@ def test_naming_options_are_refused_for_a_manifest_and_several_roots(tmp_path: P
     assert runner.invoke(app, ["prepare", str(root), "-o", str(manifest)]).exit_code == 0
     res = runner.invoke(app, ["prepare", str(manifest), "-o", str(tmp_path / "n.tsv")])
     assert res.exit_code == 0 and "warning:" not in res.stderr  # no advice that the manifest cannot take
-    for args, message in ((["--speaker-level", "parent"], "--speaker-level is for audio folders; this is a manifest"),
-                          (["--id-prefix", "x"], "--id-prefix is for audio folders; this is a manifest")):
+    for args, message in (
+        (["--speaker-level", "parent"], "--speaker-level is for audio folders; this is a manifest"),
+        (["--id-prefix", "x"], "--id-prefix is for audio folders; this is a manifest"),
+    ):
         res = runner.invoke(app, ["prepare", str(manifest), "-o", str(tmp_path / "o.tsv"), *args])
         assert res.exit_code == 2 and message in res.stderr and not (tmp_path / "o.tsv").exists(), res.output
-    res = runner.invoke(app, ["prepare", str(root / "audio_data" / "female"), str(root / "audio_data" / "male"),
-                              "-o", str(tmp_path / "o.tsv"), "--id-prefix", "x"])
+    res = runner.invoke(
+        app,
+        [
+            "prepare",
+            str(root / "audio_data" / "female"),
+            str(root / "audio_data" / "male"),
+            "-o",
+            str(tmp_path / "o.tsv"),
+            "--id-prefix",
+            "x",
+        ],
+    )
     assert res.exit_code == 2 and "takes one ROOT, not 2" in res.stderr and not (tmp_path / "o.tsv").exists()
 
 
@@ -234,21 +273,35 @@ def test_id_prefix_keeps_the_full_corpus_ids(tmp_path: Path) -> None:
     full, _ = scan(root, speaker_level="parent")
     sub, _ = scan(root / "audio_data" / "female", speaker_level=3, id_prefix="audio_data/female/")
     assert sub == [u for u in full if u.utt_id.startswith("audio_data/female/")] and len(sub) == 12
-    res = runner.invoke(app, ["prepare", str(root / "audio_data" / "female"), "-o", "-", "--id-prefix",
-                              "audio_data/female", "--speaker-level", "parent"])
+    res = runner.invoke(
+        app,
+        [
+            "prepare",
+            str(root / "audio_data" / "female"),
+            "-o",
+            "-",
+            "--id-prefix",
+            "audio_data/female",
+            "--speaker-level",
+            "parent",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "audio_data/female/S_01/0.wav\t" in res.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--speaker-level", "deep"], "--speaker-level 'deep': give parent, top or a folder level N >= 1"),
-    (["--speaker-level", "0"], "--speaker-level '0'"),
-    (["--speaker-level", "parent", "--layout", "voxceleb"], "without --layout voxceleb"),
-    (["--id-prefix", "../up"], "--id-prefix '../up': give a relative folder path"),
-    (["--threads", "0"], "--threads must be >= 1"),
-    (["--id-prefix", "my corpus"], "--id-prefix 'my corpus': give a relative folder path without spaces"),
-    (["--threads", "2", "--workers", "2"], "--workers is the old name of --threads: give one of them"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--speaker-level", "deep"], "--speaker-level 'deep': give parent, top or a folder level N >= 1"),
+        (["--speaker-level", "0"], "--speaker-level '0'"),
+        (["--speaker-level", "parent", "--layout", "voxceleb"], "without --layout voxceleb"),
+        (["--id-prefix", "../up"], "--id-prefix '../up': give a relative folder path"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--id-prefix", "my corpus"], "--id-prefix 'my corpus': give a relative folder path without spaces"),
+        (["--threads", "2", "--workers", "2"], "--workers is the old name of --threads: give one of them"),
+    ],
+)
 def test_bad_naming_options_are_one_line_and_write_nothing(tmp_path: Path, args: list[str], message: str) -> None:
     root = _nested(tmp_path / "corpus", n=2)
     res = runner.invoke(app, ["prepare", str(root), "-o", str(tmp_path / "m.tsv"), *args])
@@ -266,20 +319,27 @@ def test_prepare_workers_is_a_hidden_old_name_of_threads(tmp_path: Path, tiny_co
 # 4. One-line usage errors and tidy help ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, line", [
-    (["score", "--foo"], "spkemb score: no such option --foo; see spkemb score --help"),
-    (["extract", "a", "b", "-o", "c", "--precison", "bf16"],
-     "spkemb extract: no such option --precison (did you mean --precision?); see spkemb extract --help"),
-    (["extract"], "spkemb extract: missing argument 'MODEL'; see spkemb extract --help"),
-    (["extract", "a", "b", "-o", "c", "--precision", "fp64"],
-     "spkemb extract: invalid value for '--precision': 'fp64' is not one of 'fp32', 'bf16', 'fp16'; "
-     "see spkemb extract --help"),
-    (["prepare", "x", "--min-duration", "long"], "spkemb prepare: invalid value for '--min-duration'"),
-    (["nosuch"], "spkemb: no such command 'nosuch'; see spkemb --help"),
-    # click's parser raises these without a context: the line still names the subcommand
-    (["score", "-o"], "spkemb score: option '-o' requires an argument; see spkemb score --help"),
-    (["prepare", "x", "--threads"], "spkemb prepare: option '--threads' requires an argument; see spkemb prepare"),
-])
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["score", "--foo"], "spkemb score: no such option --foo; see spkemb score --help"),
+        (
+            ["extract", "a", "b", "-o", "c", "--precison", "bf16"],
+            "spkemb extract: no such option --precison (did you mean --precision?); see spkemb extract --help",
+        ),
+        (["extract"], "spkemb extract: missing argument 'MODEL'; see spkemb extract --help"),
+        (
+            ["extract", "a", "b", "-o", "c", "--precision", "fp64"],
+            "spkemb extract: invalid value for '--precision': 'fp64' is not one of 'fp32', 'bf16', 'fp16'; "
+            "see spkemb extract --help",
+        ),
+        (["prepare", "x", "--min-duration", "long"], "spkemb prepare: invalid value for '--min-duration'"),
+        (["nosuch"], "spkemb: no such command 'nosuch'; see spkemb --help"),
+        # click's parser raises these without a context: the line still names the subcommand
+        (["score", "-o"], "spkemb score: option '-o' requires an argument; see spkemb score --help"),
+        (["prepare", "x", "--threads"], "spkemb prepare: option '--threads' requires an argument; see spkemb prepare"),
+    ],
+)
 def test_a_usage_error_is_one_line_and_exit_2(args: list[str], line: str) -> None:
     res = runner.invoke(app, args)
     assert res.exit_code == 2
@@ -287,8 +347,7 @@ def test_a_usage_error_is_one_line_and_exit_2(args: list[str], line: str) -> Non
 
 
 def test_a_usage_error_from_the_installed_command_is_one_line() -> None:
-    res = subprocess.run([sys.executable, "-m", "spkemb", "score", "--foo"], capture_output=True, text=True,
-                         env=_env())
+    res = subprocess.run([sys.executable, "-m", "spkemb", "score", "--foo"], capture_output=True, text=True, env=_env())
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr == "python -m spkemb score: no such option --foo; see python -m spkemb score --help\n"
 
@@ -329,13 +388,24 @@ def test_workers_means_processes_everywhere() -> None:
 
 # 5. The demo is reproducible -----------------------------------------------------------------------
 
-TINY_DEMO = {"DEMO_SPEAKERS": "6", "DEMO_UTTS": "4", "DEMO_MIN_SECONDS": "2", "DEMO_MAX_SECONDS": "3",
-             "DEMO_NOISE": "2", "DEMO_TARGETS": "20", "DEMO_NONTARGETS": "100", "DEMO_CHANNELS": "16",
-             "DEMO_BATCH": "8", "DEMO_STEPS": "6", "DEMO_THREADS": "1", "DEMO_ENCODERS": "mfcc-stats cel-ecapa"}
+TINY_DEMO = {
+    "DEMO_SPEAKERS": "6",
+    "DEMO_UTTS": "4",
+    "DEMO_MIN_SECONDS": "2",
+    "DEMO_MAX_SECONDS": "3",
+    "DEMO_NOISE": "2",
+    "DEMO_TARGETS": "20",
+    "DEMO_NONTARGETS": "100",
+    "DEMO_CHANNELS": "16",
+    "DEMO_BATCH": "8",
+    "DEMO_STEPS": "6",
+    "DEMO_THREADS": "1",
+    "DEMO_ENCODERS": "mfcc-stats cel-ecapa",
+}
 
 
 def _table(stdout: str) -> str:
-    return stdout[stdout.index("encoder "):stdout.index("scores:")]
+    return stdout[stdout.index("encoder ") : stdout.index("scores:")]
 
 
 @pytest.mark.slow
@@ -343,15 +413,29 @@ def test_the_demo_table_is_identical_across_runs_and_a_rerun_skips_its_steps(tmp
     """Two runs of examples/demo.sh at a tiny size, at once (one thread each), print the same table."""
     bin_dir = str(Path(sys.executable).parent)
     env = _env(**TINY_DEMO, PATH=f"{bin_dir}:{os.environ['PATH']}", SPKEMB_LOG_INTERVAL="3600")
-    runs = [subprocess.Popen(["bash", "examples/demo.sh"], cwd=ROOT, env={**env, "DEMO_DIR": str(tmp_path / d)},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for d in ("a", "b")]
+    runs = [
+        subprocess.Popen(
+            ["bash", "examples/demo.sh"],
+            cwd=ROOT,
+            env={**env, "DEMO_DIR": str(tmp_path / d)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for d in ("a", "b")
+    ]
     outs = [r.communicate() for r in runs]
     for r, (_, err) in zip(runs, outs, strict=True):
         assert r.returncode == 0, err[-2000:]
     assert _table(outs[0][0]) == _table(outs[1][0])
     assert [ln.split()[0] for ln in _table(outs[0][0]).splitlines()[1:] if ln] == ["mfcc-stats", "cel-ecapa"]
-    again = subprocess.run(["bash", "examples/demo.sh"], cwd=ROOT, env={**env, "DEMO_DIR": str(tmp_path / "a")},
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        ["bash", "examples/demo.sh"],
+        cwd=ROOT,
+        env={**env, "DEMO_DIR": str(tmp_path / "a")},
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 0 and _table(again.stdout) == _table(outs[0][0])
     assert again.stderr.count("already complete") == 2  # the stores; nothing else ran again
     assert "step " not in again.stderr and "utterances," not in again.stderr
@@ -430,15 +514,17 @@ def test_a_busy_machine_gets_a_one_line_notice(tmp_path: Path, manifest: Path, m
 def test_help_usage_errors_and_finished_extractions_never_import_torch(tmp_path: Path, manifest: Path) -> None:
     out = tmp_path / "e.h5"
     assert runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(out)]).exit_code == 0
-    code = ("import sys\nfrom spkemb.cli.app import app\n"
-            "for args in (['extract', '--help'], ['score', '--foo'], "
-            f"['extract', 'mfcc-stats', {str(manifest)!r}, '-o', {str(out)!r}]):\n"
-            "    try:\n"
-            "        app(args, standalone_mode=False)\n"
-            "    except BaseException as err:\n"
-            "        print(type(err).__name__)\n"
-            "import spkemb.audio\n"
-            "print(sorted(m for m in ('torch', 'scipy.signal') if m in sys.modules))\n")
+    code = (
+        "import sys\nfrom spkemb.cli.app import app\n"
+        "for args in (['extract', '--help'], ['score', '--foo'], "
+        f"['extract', 'mfcc-stats', {str(manifest)!r}, '-o', {str(out)!r}]):\n"
+        "    try:\n"
+        "        app(args, standalone_mode=False)\n"
+        "    except BaseException as err:\n"
+        "        print(type(err).__name__)\n"
+        "import spkemb.audio\n"
+        "print(sorted(m for m in ('torch', 'scipy.signal') if m in sys.modules))\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()

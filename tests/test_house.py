@@ -80,8 +80,8 @@ def test_documented_and_example_options_are_real_fields(where: str, text: str) -
 
 def test_readme_lists_the_real_config_keys_and_data_options() -> None:
     readme = (ROOT / "README.md").read_text()
-    block = readme[readme.index("**Training configs**"):]
-    block = block[:block.index("\n\n")]
+    block = readme[readme.index("**Training configs**") :]
+    block = block[: block.index("\n\n")]
     keys = re.findall(r"`(\w+)`", block[: block.index("command-line options override")])
     fields = set(TrainConfig.field_names())
     assert set(keys) <= fields, set(keys) - fields
@@ -129,7 +129,7 @@ def test_no_package_level_import_cycles() -> None:
     def visit(node: str, path: list[str]) -> None:
         for nxt in graph.get(node, ()):
             if nxt in path:
-                cycles.append(path[path.index(nxt):] + [nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt])
             elif len(path) < 12:
                 visit(nxt, path + [nxt])
 

@@ -9,8 +9,11 @@ from spkemb.errors import InputError
 
 
 def _utts(n_spk: int = 5, n_utt: int = 4) -> list[Utterance]:
-    return [Utterance(f"s{s}/u{i}.wav", f"/x/s{s}/u{i}.wav", f"s{s}", 1.0 + i, 16000)
-            for s in range(n_spk) for i in range(n_utt)]
+    return [
+        Utterance(f"s{s}/u{i}.wav", f"/x/s{s}/u{i}.wav", f"s{s}", 1.0 + i, 16000)
+        for s in range(n_spk)
+        for i in range(n_utt)
+    ]
 
 
 def test_manifest_round_trip_with_segments(tmp_path: Path) -> None:
@@ -26,12 +29,15 @@ def test_manifest_relative_paths_resolve_against_its_folder(tmp_path: Path) -> N
     assert u.path == str(tmp_path / "audio" / "a.wav")
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("", "empty"),
-    ("utt_id\tpath\n", "lacks column"),
-    ("utt_id\tpath\tspeaker\tduration\tsample_rate\na\tb\tc\tnot-a-number\t16000\n", "line 2"),
-    ("utt_id\tpath\tspeaker\tduration\tsample_rate\na\tb\tc\t1\t16000\na\tb\tc\t1\t16000\n", "duplicate"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("", "empty"),
+        ("utt_id\tpath\n", "lacks column"),
+        ("utt_id\tpath\tspeaker\tduration\tsample_rate\na\tb\tc\tnot-a-number\t16000\n", "line 2"),
+        ("utt_id\tpath\tspeaker\tduration\tsample_rate\na\tb\tc\t1\t16000\na\tb\tc\t1\t16000\n", "duplicate"),
+    ],
+)
 def test_bad_manifest(tmp_path: Path, text: str, problem: str) -> None:
     (tmp_path / "m.tsv").write_text(text)
     with pytest.raises(InputError, match=problem):

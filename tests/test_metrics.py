@@ -89,8 +89,18 @@ def test_det_curve_is_monotone_and_spans_the_square() -> None:
 def test_summarize_keys_and_units() -> None:
     scores, labels = _data(500, 4)
     s = summarize(scores, labels)
-    assert set(s) == {"eer", "eer_threshold", "mindcf_p0.01", "mindcf_p0.05", "actdcf_p0.01", "actdcf_p0.05",
-                      "cllr", "mincllr", "targets", "nontargets"}
+    assert set(s) == {
+        "eer",
+        "eer_threshold",
+        "mindcf_p0.01",
+        "mindcf_p0.05",
+        "actdcf_p0.01",
+        "actdcf_p0.05",
+        "cllr",
+        "mincllr",
+        "targets",
+        "nontargets",
+    }
     assert s["eer"] == pytest.approx(100 * compute_eer(scores, labels)[0])
     assert s["targets"] == int(labels.sum()) and s["nontargets"] == int((labels == 0).sum())
     assert 0 <= s["mindcf_p0.01"] <= 1
@@ -146,8 +156,9 @@ def test_min_cllr_equals_cllr_after_sklearn_pav(decimals: int | None, sep: float
     post = IsotonicRegression(y_min=0, y_max=1).fit_transform(scores, labels)
     odds = labels.mean() / (1 - labels.mean())
     c_tar = [0.0 if p == 1 else math.log2(1 + (1 - p) / p * odds) for p, lab in zip(post, labels, strict=True) if lab]
-    c_non = [0.0 if p == 0 else math.log2(1 + p / (1 - p) / odds) for p, lab in zip(post, labels, strict=True)
-             if not lab]
+    c_non = [
+        0.0 if p == 0 else math.log2(1 + p / (1 - p) / odds) for p, lab in zip(post, labels, strict=True) if not lab
+    ]
     want = (np.mean(c_tar) + np.mean(c_non)) / 2
     assert compute_min_cllr(scores, labels) == pytest.approx(want, abs=1e-9)
     assert compute_min_cllr(scores, labels) <= compute_cllr(2 * scores - 1, labels)  # no monotone map beats it
@@ -167,8 +178,17 @@ def test_min_cllr_hand_cases_and_the_stack_walk() -> None:
     assert np.all(np.diff(fast[1] / fast[0]) > 0)  # pooled posteriors strictly increase
 
 
-@pytest.mark.parametrize("fn", [compute_eer, lambda s, lab: compute_min_dcf(s, lab, 0.01), compute_cllr,
-                                lambda s, lab: compute_act_dcf(s, lab, 0.01), summarize, compute_min_cllr])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        compute_eer,
+        lambda s, lab: compute_min_dcf(s, lab, 0.01),
+        compute_cllr,
+        lambda s, lab: compute_act_dcf(s, lab, 0.01),
+        summarize,
+        compute_min_cllr,
+    ],
+)
 def test_empty_class_raises(fn) -> None:  # noqa: ANN001
     with pytest.raises(InputError, match="no target"):
         fn(np.array([0.1, 0.2]), np.array([0, 0]))

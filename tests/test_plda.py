@@ -99,8 +99,12 @@ def stores(tmp_path: Path) -> dict[str, Path]:
     train, spk = _speakers(60, 6, seed=6)
     test, _ = _speakers(10, 4, seed=7)
     ids = [f"t{i // 4}/u{i}.wav" for i in range(len(test))]
-    paths = {"train": tmp_path / "train.h5", "test": tmp_path / "test.h5", "nolabels": tmp_path / "nolab.h5",
-             "trials": tmp_path / "trials.txt"}
+    paths = {
+        "train": tmp_path / "train.h5",
+        "test": tmp_path / "test.h5",
+        "nolabels": tmp_path / "nolab.h5",
+        "trials": tmp_path / "trials.txt",
+    }
     write_embeddings(paths["train"], [f"tr{i}" for i in range(len(train))], train, speakers=spk)
     write_embeddings(paths["nolabels"], [f"tr{i}" for i in range(len(train))], train)
     write_embeddings(paths["test"], ids, test)
@@ -111,12 +115,39 @@ def stores(tmp_path: Path) -> dict[str, Path]:
 
 def test_cli_trains_saves_and_reuses_a_plda_model(stores: dict[str, Path], tmp_path: Path) -> None:
     model, out1, out2 = tmp_path / "plda.npz", tmp_path / "s1.txt", tmp_path / "s2.txt"
-    r = runner.invoke(app, ["score", str(stores["trials"]), str(stores["test"]), "--backend", "plda", "--train",
-                            str(stores["train"]), "--save-plda", str(model), "-o", str(out1), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            str(stores["trials"]),
+            str(stores["test"]),
+            "--backend",
+            "plda",
+            "--train",
+            str(stores["train"]),
+            "--save-plda",
+            str(model),
+            "-o",
+            str(out1),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["backend"] == "plda" and model.is_file()
-    r = runner.invoke(app, ["score", str(stores["trials"]), str(stores["test"]), "--backend", "plda", "--plda",
-                            str(model), "-o", str(out2)])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            str(stores["trials"]),
+            str(stores["test"]),
+            "--backend",
+            "plda",
+            "--plda",
+            str(model),
+            "-o",
+            str(out2),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert out1.read_text() == out2.read_text()
 
@@ -148,16 +179,30 @@ def test_a_plda_model_of_another_encoder_is_refused_unless_allowed(tmp_path: Pat
     train, spk = _speakers(40, 5, seed=8)
     test, _ = _speakers(6, 4, seed=9)
     ids = [f"t{i // 4}/u{i}.wav" for i in range(len(test))]
-    write_embeddings(tmp_path / "train_a.h5", [f"tr{i}" for i in range(len(train))], train, speakers=spk,
-                     attrs=encoder_a)
+    write_embeddings(
+        tmp_path / "train_a.h5", [f"tr{i}" for i in range(len(train))], train, speakers=spk, attrs=encoder_a
+    )
     write_embeddings(tmp_path / "test_a.h5", ids, test, attrs=encoder_a)
     write_embeddings(tmp_path / "test_b.h5", ids, test, attrs=encoder_b)
     write_embeddings(tmp_path / "test_c.h5", ids, test, attrs={"encoder_config": encoder_b["encoder_config"]})
     trials, model, out = tmp_path / "trials.txt", tmp_path / "plda.npz", tmp_path / "scores.txt"
     e, t, labels = _all_pairs(len(ids), 4)
     trials.write_text("".join(f"{lab} {ids[a]} {ids[b]}\n" for a, b, lab in zip(e, t, labels, strict=True)))
-    r = runner.invoke(app, ["score", str(trials), str(tmp_path / "test_a.h5"), "--backend", "plda", "--train",
-                            str(tmp_path / "train_a.h5"), "--save-plda", str(model), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            str(trials),
+            str(tmp_path / "test_a.h5"),
+            "--backend",
+            "plda",
+            "--train",
+            str(tmp_path / "train_a.h5"),
+            "--save-plda",
+            str(model),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     with np.load(model, allow_pickle=False) as z:
         assert str(z["checkpoint_sha256"]) == "a" * 64 and z["encoder_config"].dtype.kind == "U"
@@ -165,8 +210,21 @@ def test_a_plda_model_of_another_encoder_is_refused_unless_allowed(tmp_path: Pat
     assert Plda.load(model).encoder == encoder_a
 
     def score(store: str, *extra: str) -> Result:
-        return runner.invoke(app, ["score", str(trials), str(tmp_path / store), "--backend", "plda", "--plda",
-                                   str(model), "-o", str(out), *extra])
+        return runner.invoke(
+            app,
+            [
+                "score",
+                str(trials),
+                str(tmp_path / store),
+                "--backend",
+                "plda",
+                "--plda",
+                str(model),
+                "-o",
+                str(out),
+                *extra,
+            ],
+        )
 
     r = score("test_a.h5")  # the same encoder: accepted (encoder_config survives the round trip)
     assert r.exit_code == 0, r.output

@@ -65,8 +65,10 @@ def scores_files(tmp_path: Path) -> dict[str, Path]:
     paths = {}
     for name, sep, seed in (("ours", 3.0, 5), ("theirs", 1.5, 6)):
         s = _system(name, 400, sep, seed)
-        lines = [f"e{i} t{i} {x:.5f} {'target' if lab else 'nontarget'}"
-                 for i, (x, lab) in enumerate(zip(s.scores, s.labels, strict=True))]
+        lines = [
+            f"e{i} t{i} {x:.5f} {'target' if lab else 'nontarget'}"
+            for i, (x, lab) in enumerate(zip(s.scores, s.labels, strict=True))
+        ]
         paths[name] = tmp_path / f"{name}.txt"
         paths[name].write_text("\n".join(lines) + "\n")
     paths["unlabelled"] = tmp_path / "unlabelled.txt"
@@ -76,8 +78,21 @@ def scores_files(tmp_path: Path) -> dict[str, Path]:
 
 def test_cli_compares_scores_files_on_one_plot(scores_files: dict[str, Path], tmp_path: Path) -> None:
     det, hist = tmp_path / "det.png", tmp_path / "hist.svg"
-    r = runner.invoke(app, ["score", "--scores", str(scores_files["ours"]), "--scores", str(scores_files["theirs"]),
-                            "--det", str(det), "--hist", str(hist), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            "--scores",
+            str(scores_files["ours"]),
+            "--scores",
+            str(scores_files["theirs"]),
+            "--det",
+            str(det),
+            "--hist",
+            str(hist),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert [s["name"] for s in summary["systems"]] == ["ours.txt", "theirs.txt"]
@@ -91,8 +106,18 @@ def test_cli_plot_bad_inputs_write_nothing(scores_files: dict[str, Path], tmp_pa
     det = tmp_path / "det.png"
     r = runner.invoke(app, ["score", "--scores", str(scores_files["ours"]), "--det", str(tmp_path / "det.gif")])
     assert r.exit_code == 2 and "must end in" in r.stderr
-    r = runner.invoke(app, ["score", "--scores", str(scores_files["ours"]), "--scores",
-                            str(scores_files["unlabelled"]), "--det", str(det)])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            "--scores",
+            str(scores_files["ours"]),
+            "--scores",
+            str(scores_files["unlabelled"]),
+            "--det",
+            str(det),
+        ],
+    )
     assert r.exit_code == 2 and "labelled" in r.stderr and not det.exists()
     r = runner.invoke(app, ["score", "--scores", str(scores_files["ours"]), "--det", str(scores_files["ours"])])
     assert r.exit_code == 2 and "input" in r.stderr

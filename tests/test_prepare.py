@@ -49,8 +49,11 @@ def test_voxceleb_layout_ids_speakers_durations(tmp_path: Path) -> None:
     for layout in ("voxceleb", "auto"):
         utts, problems = scan(tmp_path, layout=layout, workers=2)
         assert problems == []
-        assert [u.utt_id for u in utts] == ["id10001/abcDEF/00001.wav", "id10001/xyz/00002.wav",
-                                           "id10002/abcDEF/00001.wav"]
+        assert [u.utt_id for u in utts] == [
+            "id10001/abcDEF/00001.wav",
+            "id10001/xyz/00002.wav",
+            "id10002/abcDEF/00001.wav",
+        ]
         assert [u.speaker for u in utts] == ["id10001", "id10001", "id10002"]
         assert [u.duration for u in utts] == pytest.approx([0.5, 0.75, 1.25])
         assert [u.sample_rate for u in utts] == [SR, 16000, SR]
@@ -125,8 +128,12 @@ def test_regex_and_flat_layouts(tmp_path: Path) -> None:
 def bad_files(root: Path) -> dict[str, Path]:
     tone(root / "spk1/s/good.wav", 0.5)
     tone(root / "spk2/s/good.wav", 0.5)
-    files = {"corrupt": root / "spk1/s/corrupt.wav", "empty": root / "spk1/s/empty.wav",
-             "zero": root / "spk2/s/zero.wav", "short": root / "spk2/s/short.wav"}
+    files = {
+        "corrupt": root / "spk1/s/corrupt.wav",
+        "empty": root / "spk1/s/empty.wav",
+        "zero": root / "spk2/s/zero.wav",
+        "short": root / "spk2/s/short.wav",
+    }
     files["corrupt"].write_bytes(b"RIFF\x00\x01garbage" * 20)
     sf.write(str(files["empty"]), np.zeros(0, dtype=np.float32), SR, subtype="PCM_16")
     files["zero"].write_bytes(b"")
@@ -179,7 +186,9 @@ def test_kaldi_round_trip(tmp_path: Path) -> None:
     utts, _ = scan(_vox(tmp_path / "audio"))
     write_kaldi_dir(utts, tmp_path / "kd")
     assert (tmp_path / "kd/spk2utt").read_text().splitlines() == [
-        "spkA spkA/s1/1.wav spkA/s2/2.wav", "spkB spkB/s1/1.wav"]
+        "spkA spkA/s1/1.wav spkA/s2/2.wav",
+        "spkB spkB/s1/1.wav",
+    ]
     assert not (tmp_path / "kd/segments").exists()
     assert read_kaldi_dir(tmp_path / "kd") == utts
 
@@ -194,7 +203,10 @@ def test_kaldi_round_trip_with_segments(tmp_path: Path) -> None:
     ]
     write_kaldi_dir(utts, tmp_path / "kd")
     assert (tmp_path / "kd/segments").read_text().splitlines() == [
-        "call-0000 call 0.500 2.000", "m1-0000 meeting_one 0.000 1.000", "m1-0001 meeting_one 1.500 2.750"]
+        "call-0000 call 0.500 2.000",
+        "m1-0000 meeting_one 0.000 1.000",
+        "m1-0001 meeting_one 1.500 2.750",
+    ]
     assert read_kaldi_dir(tmp_path / "kd") == utts
     # An end of -1 runs to the end of the recording.
     (tmp_path / "kd/segments").write_text("m1-0001 meeting_one 2.5 -1\n")
@@ -210,10 +222,13 @@ def test_kaldi_import_relative_paths_and_missing_utt2spk(tmp_path: Path) -> None
     assert back.path == str((kd / "wavs/u1.wav").absolute()) and back.speaker == "" and back.duration == 0.3
 
 
-@pytest.mark.parametrize("line, words", [
-    ("u2 sox /x/y.sph -t wav - |", "piped"),
-    ("u2 /data/raw.ark:1234", "ark offset"),
-])
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("u2 sox /x/y.sph -t wav - |", "piped"),
+        ("u2 /data/raw.ark:1234", "ark offset"),
+    ],
+)
 def test_kaldi_import_refuses_pipes_and_ark_offsets(tmp_path: Path, line: str, words: str) -> None:
     wav = tone(tmp_path / "u1.wav", 0.2)
     (tmp_path / "kd").mkdir()
@@ -269,8 +284,19 @@ def test_cli_trials_counts_and_exclusion(tiny_corpus: Path, tmp_path: Path) -> N
     train = [u for u in utts.values() if u.speaker in ("spk000", "spk001")]
     write_manifest(train, tmp_path / "train.tsv")
     before = man.read_text()
-    res = run(man, "--trials", tmp_path / "t2.txt", "--targets", "5", "--nontargets", "5",
-              "--exclude-speakers-of", tmp_path / "train.tsv", "--trials-format", "kaldi")
+    res = run(
+        man,
+        "--trials",
+        tmp_path / "t2.txt",
+        "--targets",
+        "5",
+        "--nontargets",
+        "5",
+        "--exclude-speakers-of",
+        tmp_path / "train.tsv",
+        "--trials-format",
+        "kaldi",
+    )
     assert res.exit_code == 0, res.stderr
     assert man.read_text() == before
     assert (tmp_path / "t2.txt").read_text().split("\n")[0].split()[2] in ("target", "nontarget")
@@ -284,7 +310,10 @@ def test_cli_default_trial_counts(tmp_path: Path) -> None:
     res = run(_vox(tmp_path / "audio"), "--trials", "-")
     assert res.exit_code == 0, res.stderr
     assert sorted(res.stdout.splitlines()) == [
-        "0 spkA/s1/1.wav spkB/s1/1.wav", "0 spkA/s2/2.wav spkB/s1/1.wav", "1 spkA/s1/1.wav spkA/s2/2.wav"]
+        "0 spkA/s1/1.wav spkB/s1/1.wav",
+        "0 spkA/s2/2.wav spkB/s1/1.wav",
+        "1 spkA/s1/1.wav spkA/s2/2.wav",
+    ]
 
 
 def test_cli_manifest_to_stdout(tmp_path: Path) -> None:
@@ -297,10 +326,13 @@ def test_cli_manifest_to_stdout(tmp_path: Path) -> None:
     assert "3 utterances, 2 speakers" in res.stderr
 
 
-@pytest.mark.parametrize("make_root, problem", [
-    (lambda tmp: tmp / "missing", "no such file or folder"),
-    (lambda tmp: (tmp / "silent").mkdir() or tmp / "silent", "no audio files"),
-])
+@pytest.mark.parametrize(
+    "make_root, problem",
+    [
+        (lambda tmp: tmp / "missing", "no such file or folder"),
+        (lambda tmp: (tmp / "silent").mkdir() or tmp / "silent", "no audio files"),
+    ],
+)
 def test_cli_bad_root_exits_2_and_keeps_output(tmp_path: Path, make_root, problem: str) -> None:
     root = make_root(tmp_path)
     good = _vox(tmp_path / "audio")
@@ -351,8 +383,9 @@ def test_prepare_manifest_core_callbacks_defaults_and_errors(tmp_path: Path) -> 
     steps: list[tuple[Path, int, int | None]] = []
     reads: list[tuple[list, bool]] = []
     man, tri = tmp_path / "out/m.tsv", tmp_path / "out/t.txt"
-    res = prepare_manifest([a, b], output=man, trials=tri, on_progress=lambda *s: steps.append(s),
-                           on_read=lambda *r: reads.append(r))
+    res = prepare_manifest(
+        [a, b], output=man, trials=tri, on_progress=lambda *s: steps.append(s), on_read=lambda *r: reads.append(r)
+    )
     assert [s for s in steps if s[2] is None] == [(a, 0, None), (b, 0, None)]
     assert reads == [([(str((a / "spkB/s1/zero.wav").absolute()), "empty file (0 bytes)")], True)]
     assert [u.utt_id for u in read_manifest(man)] == [u.utt_id for u in res.utterances]
@@ -387,8 +420,13 @@ def test_prepare_manifest_refuses_bad_arguments_before_reading(tmp_path: Path, k
         kwargs = {**kwargs, "trials": tmp_path / "t.txt"}
     steps: list = []
     with pytest.raises(InputError, match=re.escape(message)):
-        prepare_manifest([root], output=tmp_path / "m.tsv", export_kaldi=tmp_path / "kaldi",
-                         on_progress=lambda *s: steps.append(s), **kwargs)
+        prepare_manifest(
+            [root],
+            output=tmp_path / "m.tsv",
+            export_kaldi=tmp_path / "kaldi",
+            on_progress=lambda *s: steps.append(s),
+            **kwargs,
+        )
     assert steps == [] and sorted(p.name for p in tmp_path.iterdir()) == ["audio"]
 
 
@@ -397,8 +435,13 @@ def test_prepare_manifest_bad_trial_format_writes_nothing(tmp_path: Path) -> Non
 
     root = _vox(tmp_path / "audio")
     with pytest.raises(InputError, match="unknown trial format"):
-        prepare_manifest([root], output=tmp_path / "m.tsv", trials=tmp_path / "t.txt", trials_format="nist",
-                         export_kaldi=tmp_path / "kaldi")
+        prepare_manifest(
+            [root],
+            output=tmp_path / "m.tsv",
+            trials=tmp_path / "t.txt",
+            trials_format="nist",
+            export_kaldi=tmp_path / "kaldi",
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audio"]
 
 

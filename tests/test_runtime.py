@@ -26,8 +26,7 @@ def test_tuned_allocator_keeps_freed_memory_for_the_next_batch() -> None:
     faults); untuned, glibc returns it at once. The former setting (1-GiB thresholds) failed this."""
     out = {}
     for mode in ("tuned", "default"):
-        res = subprocess.run([sys.executable, "-c", _PROBE, mode],
-                             capture_output=True, text=True, check=True)
+        res = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True)
         tuned, kept = res.stdout.split()
         out[mode] = (tuned == "True", float(kept))
     assert out["tuned"][0] and out["tuned"][1] > 1.25

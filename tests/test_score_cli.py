@@ -128,8 +128,20 @@ def test_missing_ids_fail_unless_skipped(setup: dict[str, Path], tmp_path: Path)
 @pytest.mark.parametrize("norm", ["mean", "standardize", "znorm", "tnorm", "snorm", "asnorm"])
 def test_norms_run_with_a_cohort(setup: dict[str, Path], norm: str) -> None:
     top_k = ["--top-k", "5"] if norm == "asnorm" else []
-    r = runner.invoke(app, ["score", str(setup["vox"]), str(setup["emb"]), "--cohort", str(setup["cohort"]),
-                            "--norm", norm, *top_k, "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            str(setup["vox"]),
+            str(setup["emb"]),
+            "--cohort",
+            str(setup["cohort"]),
+            "--norm",
+            norm,
+            *top_k,
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["norm"] == norm and summary["eer"] < 20
@@ -182,10 +194,30 @@ def test_bad_cohorts_are_one_line_and_write_nothing(setup: dict[str, Path], tmp_
         f.attrs.update({"format": "spkemb-embeddings", "format_version": 1, "complete": True})
     out, det = tmp_path / "scores.txt", tmp_path / "det.png"
     out.write_text("precious\n")
-    for cohort, norm, message in ((wide, "asnorm", "-d"), (wide, "standardize", "-d"), (empty, "snorm", "empty"),
-                                  (empty, "mean", "empty")):
-        line = _one_error_line(runner.invoke(app, ["score", str(setup["vox"]), str(setup["emb"]), "--cohort",
-                                                   str(cohort), "--norm", norm, "-o", str(out), "--det", str(det)]))
+    for cohort, norm, message in (
+        (wide, "asnorm", "-d"),
+        (wide, "standardize", "-d"),
+        (empty, "snorm", "empty"),
+        (empty, "mean", "empty"),
+    ):
+        line = _one_error_line(
+            runner.invoke(
+                app,
+                [
+                    "score",
+                    str(setup["vox"]),
+                    str(setup["emb"]),
+                    "--cohort",
+                    str(cohort),
+                    "--norm",
+                    norm,
+                    "-o",
+                    str(out),
+                    "--det",
+                    str(det),
+                ],
+            )
+        )
         assert str(cohort) in line and message in line
         assert out.read_text() == "precious\n" and not det.exists()
 
@@ -205,8 +237,21 @@ def test_scores_in_metrics_out(setup: dict[str, Path], tmp_path: Path) -> None:
     r = runner.invoke(app, ["score", "--scores", "-", "-o", "-"], input=scores.read_text())
     assert r.exit_code == 0 and r.stdout == scores.read_text()
     # The computed system and another toolkit's file side by side.
-    r = runner.invoke(app, ["score", str(setup["vox"]), str(setup["emb"]), "--scores", str(scores), "--name", "mine",
-                            "--json", "-o", str(tmp_path / "again.txt")])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            str(setup["vox"]),
+            str(setup["emb"]),
+            "--scores",
+            str(scores),
+            "--name",
+            "mine",
+            "--json",
+            "-o",
+            str(tmp_path / "again.txt"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert [s["name"] for s in json.loads(r.stdout)["systems"]] == ["mine", "scores.txt"]
 
@@ -218,15 +263,37 @@ def test_usage_errors_of_the_new_options(setup: dict[str, Path], tmp_path: Path)
         (["score", str(setup["vox"])], "EMB.h5 is missing"),
         (["score"], "nothing to score"),
         (["score", str(setup["vox"]), str(setup["emb"]), "--top-k", "5"], "--top-k is for --norm asnorm"),
-        (["score", str(setup["vox"]), str(setup["emb"]), "--cohort", str(setup["cohort"]), "--norm", "znorm",
-          "--top-k", "5"], "--top-k is for --norm asnorm"),
+        (
+            [
+                "score",
+                str(setup["vox"]),
+                str(setup["emb"]),
+                "--cohort",
+                str(setup["cohort"]),
+                "--norm",
+                "znorm",
+                "--top-k",
+                "5",
+            ],
+            "--top-k is for --norm asnorm",
+        ),
         (["score", "--scores", str(scores), "--norm", "snorm"], "need TRIALS EMB.h5"),
         (["score", "--scores", str(scores), "--cohort", str(setup["cohort"])], "needs TRIALS EMB.h5"),
         (["score", "--scores", str(setup["plain"])], "not a scores file"),
         (["score", str(setup["vox"]), str(setup["emb"]), "--p-target", "1.5"], "--p-target"),
         (["score", str(setup["vox"]), str(setup["emb"]), "--quality", "duration"], "--quality feeds calibration"),
-        (["score", str(setup["vox"]), str(setup["emb"]), "-o", str(tmp_path / "x.png"), "--det",
-          str(tmp_path / "x.png")], "same file"),
+        (
+            [
+                "score",
+                str(setup["vox"]),
+                str(setup["emb"]),
+                "-o",
+                str(tmp_path / "x.png"),
+                "--det",
+                str(tmp_path / "x.png"),
+            ],
+            "same file",
+        ),
         (["score", str(setup["vox"]), str(setup["emb"]), "-o", str(setup["vox"])], "input"),
     ]
     for args, message in cases:
@@ -240,8 +307,12 @@ def test_a_cohort_of_another_encoder_is_refused_unless_allowed(tmp_path: Path) -
     ids = [f"u{i}" for i in range(6)]
     store, cohort = tmp_path / "e.h5", tmp_path / "c.h5"
     write_embeddings(store, ids, rng.standard_normal((6, 4)).astype(np.float32), attrs={"checkpoint_sha256": "aaa"})
-    write_embeddings(cohort, [f"c{i}" for i in range(5)], rng.standard_normal((5, 4)).astype(np.float32),
-                     attrs={"checkpoint_sha256": "bbb"})
+    write_embeddings(
+        cohort,
+        [f"c{i}" for i in range(5)],
+        rng.standard_normal((5, 4)).astype(np.float32),
+        attrs={"checkpoint_sha256": "bbb"},
+    )
     trials = tmp_path / "t.txt"
     trials.write_text("1 u0 u1\n0 u0 u2\n")
     base = ["score", str(trials), str(store), "--cohort", str(cohort), "--norm", "asnorm"]
@@ -275,9 +346,12 @@ def test_missing_trial_ids_name_a_store_id_and_the_fix() -> None:
         assert f"put {prefix!r} before the trial list's ids" in hint and "--id-prefix" not in hint
     # A prefix explains the missing ids only when it is common to them.
     assert "prefix 'vox1/'" in id_hint(["vox1/" + ids[0], "vox1/" + ids[1], "ghost.wav"], ids)
-    for missing, store in ((["vox1/" + ids[0], "ghost1.wav", "ghost2.wav"], ids),
-                           (["sess0/00000.wav"], ids),  # every speaker has one: no single store id
-                           (["id10009/sess0/00000.wav"], ids), (["other.wav"], ids)):
+    for missing, store in (
+        (["vox1/" + ids[0], "ghost1.wav", "ghost2.wav"], ids),
+        (["sess0/00000.wav"], ids),  # every speaker has one: no single store id
+        (["id10009/sess0/00000.wav"], ids),
+        (["other.wav"], ids),
+    ):
         hint = id_hint(missing, store)
         assert hint.startswith("no prefix common to the missing ids explains them; store ids look like"), hint
         assert "carry the prefix" not in hint and "--skip-missing" in hint
@@ -303,11 +377,22 @@ def test_a_prefix_on_one_side_is_named_with_its_fix(tmp_path: Path, side: str) -
 
 
 def test_the_top_k_note_says_whose_top_k_exceeds_the_cohort(setup: dict[str, Path]) -> None:
-    base = ["score", str(setup["vox"]), str(setup["emb"]), "--cohort", str(setup["cohort"]), "--norm", "asnorm",
-            "--json"]
+    base = [
+        "score",
+        str(setup["vox"]),
+        str(setup["emb"]),
+        "--cohort",
+        str(setup["cohort"]),
+        "--norm",
+        "asnorm",
+        "--json",
+    ]
     tail = "exceeds the cohort's 20 embeddings; all of them are used"
-    for extra, note in (([], f"note: the default --top-k 300 {tail}"), (["--top-k", "25"], f"note: --top-k 25 {tail}"),
-                        (["--top-k", "20"], None)):
+    for extra, note in (
+        ([], f"note: the default --top-k 300 {tail}"),
+        (["--top-k", "25"], f"note: --top-k 25 {tail}"),
+        (["--top-k", "20"], None),
+    ):
         r = runner.invoke(app, [*base, *extra])
         assert r.exit_code == 0, r.output
         notes = [line for line in r.stderr.splitlines() if "top-k" in line]

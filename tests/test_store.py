@@ -99,7 +99,7 @@ def test_exports(tmp_path: Path) -> None:
     data = ark.read_bytes()
     for line in scp.read_text().splitlines():
         off = int(line.rsplit(":", 1)[1])
-        assert data[off:off + 1] == b"["
+        assert data[off : off + 1] == b"["
 
 
 def test_merge_checks_before_writing(tmp_path: Path) -> None:

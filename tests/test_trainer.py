@@ -21,8 +21,19 @@ from spkemb.train.schedule import lr_at, progress
 
 
 def toy_cfg(**kw: object) -> TrainConfig:
-    base = dict(method="toy", device="cpu", batch_size=4, lr=0.05, warmup_steps=2, max_steps=8,
-                checkpoint_every=4, keep_checkpoints=3, log_every=1, seed=7, weight_decay=0.01)
+    base = dict(
+        method="toy",
+        device="cpu",
+        batch_size=4,
+        lr=0.05,
+        warmup_steps=2,
+        max_steps=8,
+        checkpoint_every=4,
+        keep_checkpoints=3,
+        log_every=1,
+        seed=7,
+        weight_decay=0.01,
+    )
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
 
@@ -355,7 +366,6 @@ def test_sigint_checkpoints_the_step_and_resume_equals_an_uninterrupted_run(tmp_
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
-
 def test_full_disk_while_checkpointing_is_one_work_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC from torch.save (a RuntimeError there) becomes one WorkError naming the folder; earlier
     checkpoints stay, and a resume after freeing space finishes the run."""
@@ -367,8 +377,10 @@ def test_full_disk_while_checkpointing_is_one_work_error(tmp_path: Path, monkeyp
     def full_disk(state, ckpt_dir, step, keep):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 2:
-            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
-                               "data/0: file write failed")
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                "data/0: file write failed"
+            )
         return real(state, ckpt_dir, step, keep)
 
     monkeypatch.setattr(trainer_mod, "save_checkpoint", full_disk)
@@ -389,8 +401,9 @@ def test_a_trained_encoder_without_checkpoints_is_not_replaced(tmp_path: Path) -
     with pytest.raises(InputError, match="already holds a trained encoder.pt"):
         Trainer(ToyMethod(), ToyData(n=8), None, toy_cfg(), tmp_path).fit()
     assert (tmp_path / "encoder.pt").read_text() == "enc"
-    Trainer(ToyMethod(), ToyData(n=8), None, toy_cfg(overwrite=True), tmp_path,
-            export_encoder=lambda p: p.write_text("new")).fit()
+    Trainer(
+        ToyMethod(), ToyData(n=8), None, toy_cfg(overwrite=True), tmp_path, export_encoder=lambda p: p.write_text("new")
+    ).fit()
     assert (tmp_path / "encoder.pt").read_text() == "new"
 
 

@@ -24,33 +24,70 @@ from spkemb.models.wavlm_mhfa import WavLMMHFAOptions
 from spkemb.models.wavlm_weights import build_wavlm, load_frontend_weights, torchaudio_to_hf
 
 runner = CliRunner()
-DIMS = {"num_layers": 2, "hidden": 64, "attention_heads": 4, "ffn_dim": 128, "conv_dim": 32, "pos_conv_kernel": 16,
-        "pos_conv_groups": 4}
+DIMS = {
+    "num_layers": 2,
+    "hidden": 64,
+    "attention_heads": 4,
+    "ffn_dim": 128,
+    "conv_dim": 32,
+    "pos_conv_kernel": 16,
+    "pos_conv_groups": 4,
+}
 HEAD = {"heads": 4, "compression_dim": 16, "embed_dim": 24}
 TINY = {**DIMS, **HEAD}
 TINY_CLI = [x for k, v in TINY.items() for x in ("--encoder-opt", f"{k}={v}")]
-HF_CONFIG = {"model_type": "wavlm", "architectures": ["WavLMModel"], "hidden_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "intermediate_size": 128, "conv_dim": [32] * 7,
-             "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_bias": False,
-             "feat_extract_norm": "group", "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4,
-             "num_buckets": 320, "max_bucket_distance": 800, "do_stable_layer_norm": False}
+HF_CONFIG = {
+    "model_type": "wavlm",
+    "architectures": ["WavLMModel"],
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "conv_dim": [32] * 7,
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_bias": False,
+    "feat_extract_norm": "group",
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 4,
+    "num_buckets": 320,
+    "max_bucket_distance": 800,
+    "do_stable_layer_norm": False,
+}
 
 
 def _hf_names(layers: int) -> set[str]:
     """The state-dict keys of a Hugging Face ``WavLMModel`` (transformers' modeling_wavlm module names)."""
-    names = {"feature_extractor.conv_layers.0.layer_norm.weight", "feature_extractor.conv_layers.0.layer_norm.bias",
-             "feature_projection.layer_norm.weight", "feature_projection.layer_norm.bias",
-             "feature_projection.projection.weight", "feature_projection.projection.bias",
-             "encoder.pos_conv_embed.conv.weight_g", "encoder.pos_conv_embed.conv.weight_v",
-             "encoder.pos_conv_embed.conv.bias", "encoder.layer_norm.weight", "encoder.layer_norm.bias",
-             "encoder.layers.0.attention.rel_attn_embed.weight"}
+    names = {
+        "feature_extractor.conv_layers.0.layer_norm.weight",
+        "feature_extractor.conv_layers.0.layer_norm.bias",
+        "feature_projection.layer_norm.weight",
+        "feature_projection.layer_norm.bias",
+        "feature_projection.projection.weight",
+        "feature_projection.projection.bias",
+        "encoder.pos_conv_embed.conv.weight_g",
+        "encoder.pos_conv_embed.conv.weight_v",
+        "encoder.pos_conv_embed.conv.bias",
+        "encoder.layer_norm.weight",
+        "encoder.layer_norm.bias",
+        "encoder.layers.0.attention.rel_attn_embed.weight",
+    }
     names |= {f"feature_extractor.conv_layers.{i}.conv.weight" for i in range(7)}
     per_layer = [f"attention.{p}_proj.{w}" for p in "qkv" for w in ("weight", "bias")] + [
-        "attention.out_proj.weight", "attention.out_proj.bias", "attention.gru_rel_pos_const",
-        "attention.gru_rel_pos_linear.weight", "attention.gru_rel_pos_linear.bias", "layer_norm.weight",
-        "layer_norm.bias", "feed_forward.intermediate_dense.weight", "feed_forward.intermediate_dense.bias",
-        "feed_forward.output_dense.weight", "feed_forward.output_dense.bias", "final_layer_norm.weight",
-        "final_layer_norm.bias"]
+        "attention.out_proj.weight",
+        "attention.out_proj.bias",
+        "attention.gru_rel_pos_const",
+        "attention.gru_rel_pos_linear.weight",
+        "attention.gru_rel_pos_linear.bias",
+        "layer_norm.weight",
+        "layer_norm.bias",
+        "feed_forward.intermediate_dense.weight",
+        "feed_forward.intermediate_dense.bias",
+        "feed_forward.output_dense.weight",
+        "feed_forward.output_dense.bias",
+        "final_layer_norm.weight",
+        "final_layer_norm.bias",
+    ]
     return names | {f"encoder.layers.{i}.{p}" for i in range(layers) for p in per_layer}
 
 
@@ -103,8 +140,9 @@ def manifest(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Pat
 
 
 @pytest.mark.parametrize("layout", ["torchaudio", "hf", "hf-bin"])
-def test_frontend_weights_give_the_source_models_hidden_states(source: torch.nn.Module, weights: dict[str, Path],
-                                                               layout: str) -> None:
+def test_frontend_weights_give_the_source_models_hidden_states(
+    source: torch.nn.Module, weights: dict[str, Path], layout: str
+) -> None:
     enc = build_encoder("wavlm-mhfa", **TINY, frontend_weights=str(weights[layout])).eval()
     assert enc.frontend_loaded.startswith("frontend weights: WavLM 2 layers x 64")
     assert ("Hugging Face" if layout.startswith("hf") else "torchaudio") in enc.frontend_loaded
@@ -154,8 +192,10 @@ def test_mhfa_pools_the_chosen_layers_with_masked_attention() -> None:
     assert not torch.allclose(enc.mhfa(changed), out)  # without the mask the padding would count
 
 
-@pytest.mark.parametrize("dims, match", [({"hidden": 96}, r"is \(96, 32\) in the encoder|another WavLM size"),
-                                         ({"num_layers": 3}, "missing")])
+@pytest.mark.parametrize(
+    "dims, match",
+    [({"hidden": 96}, r"is \(96, 32\) in the encoder|another WavLM size"), ({"num_layers": 3}, "missing")],
+)
 def test_weights_of_another_shape_are_refused(weights: dict[str, Path], dims: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):
         build_encoder("wavlm-mhfa", **{**TINY, **dims}, frontend_weights=str(weights["torchaudio"]))
@@ -165,8 +205,22 @@ def test_weights_of_another_shape_are_refused(weights: dict[str, Path], dims: di
 
 def test_encoder_pt_reloads_and_extracts_identically(tmp_path: Path, manifest: Path, weights: dict[str, Path]) -> None:
     out = tmp_path / "exp"
-    res = runner.invoke(app, ["pretrain", str(manifest), "-o", str(out), "--method", "none", "--encoder",
-                              "wavlm-mhfa", *TINY_CLI, "--frontend-weights", str(weights["hf"])])
+    res = runner.invoke(
+        app,
+        [
+            "pretrain",
+            str(manifest),
+            "-o",
+            str(out),
+            "--method",
+            "none",
+            "--encoder",
+            "wavlm-mhfa",
+            *TINY_CLI,
+            "--frontend-weights",
+            str(weights["hf"]),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "frontend weights: WavLM 2 layers x 64" in res.output
     enc = load_encoder(out)
@@ -242,8 +296,9 @@ def test_bad_options_are_refused() -> None:
 
 def _bad_files(root: Path, weights: dict[str, Path]) -> dict[str, tuple[Path, str]]:
     ecapa = root / "ecapa.pt"
-    save_encoder(build_encoder("ecapa", channels=16, mfa_channels=48, attention_channels=8, se_channels=8,
-                               embed_dim=16), ecapa)
+    save_encoder(
+        build_encoder("ecapa", channels=16, mfa_channels=48, attention_channels=8, se_channels=8, embed_dim=16), ecapa
+    )
     blob = (weights["hf"] / "model.safetensors").read_bytes()
     trunc = root / "trunc" / "model.safetensors"
     trunc.parent.mkdir()
@@ -256,24 +311,58 @@ def _bad_files(root: Path, weights: dict[str, Path]) -> dict[str, tuple[Path, st
     (hubert / "model.safetensors").write_bytes(blob)
     other = root / "wide.pt"
     torch.save(_source_wavlm(hidden=96).state_dict(), other)
-    return {"missing": (root / "nope.safetensors", "no such file"), "ecapa": (ecapa, "spkemb encoder file"),
-            "truncated": (trunc, "truncated"), "junk": (junk, "not a weights file"),
-            "hubert": (hubert, "model_type 'hubert'"), "other-size": (other, "another WavLM size")}
+    return {
+        "missing": (root / "nope.safetensors", "no such file"),
+        "ecapa": (ecapa, "spkemb encoder file"),
+        "truncated": (trunc, "truncated"),
+        "junk": (junk, "not a weights file"),
+        "hubert": (hubert, "model_type 'hubert'"),
+        "other-size": (other, "another WavLM size"),
+    }
 
 
-def test_bad_frontend_weights_exit_2_with_one_line_and_write_nothing(tmp_path: Path, manifest: Path,
-                                                                      weights: dict[str, Path]) -> None:
+def test_bad_frontend_weights_exit_2_with_one_line_and_write_nothing(
+    tmp_path: Path, manifest: Path, weights: dict[str, Path]
+) -> None:
     for name, (path, message) in _bad_files(tmp_path, weights).items():
         out = tmp_path / f"exp-{name}"
-        res = runner.invoke(app, ["pretrain", str(manifest), "-o", str(out), "--method", "none", "--encoder",
-                                  "wavlm-mhfa", *TINY_CLI, "--frontend-weights", str(path)])
+        res = runner.invoke(
+            app,
+            [
+                "pretrain",
+                str(manifest),
+                "-o",
+                str(out),
+                "--method",
+                "none",
+                "--encoder",
+                "wavlm-mhfa",
+                *TINY_CLI,
+                "--frontend-weights",
+                str(path),
+            ],
+        )
         assert res.exit_code == 2, (name, res.output)
         lines = res.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("spkemb: error:") and message in lines[0], (name, lines)
         assert not out.exists(), name
     out = tmp_path / "ft"
-    res = runner.invoke(app, ["finetune", str(manifest), "-o", str(out), "--encoder", "wavlm-mhfa", *TINY_CLI,
-                              "--frontend-weights", str(tmp_path / "junk.pt"), "--max-steps", "1"])
+    res = runner.invoke(
+        app,
+        [
+            "finetune",
+            str(manifest),
+            "-o",
+            str(out),
+            "--encoder",
+            "wavlm-mhfa",
+            *TINY_CLI,
+            "--frontend-weights",
+            str(tmp_path / "junk.pt"),
+            "--max-steps",
+            "1",
+        ],
+    )
     assert res.exit_code == 2 and "not a weights file" in res.output and not out.exists()
 
 
@@ -318,27 +407,69 @@ def test_frozen_frontend_warm_up_trains_mhfa_first_then_everything() -> None:
         assert all((g is None) is frozen for g in wavlm_grads), step
         assert enc.mhfa.proj.weight.grad is not None and all(p.requires_grad for p in enc.wavlm.encoder.parameters())
     with pytest.raises(ValueError, match="pretrained frontend"):
-        Supervised(build_encoder("ecapa", channels=16, mfa_channels=48, attention_channels=8, se_channels=8,
-                                 embed_dim=16), labels=[0, 1], n_classes=2, freeze_frontend_steps=2)
+        Supervised(
+            build_encoder("ecapa", channels=16, mfa_channels=48, attention_channels=8, se_channels=8, embed_dim=16),
+            labels=[0, 1],
+            n_classes=2,
+            freeze_frontend_steps=2,
+        )
     with pytest.raises(ValueError, match="stays frozen"):
         build_encoder("wavlm-mhfa", **TINY, freeze_frontend=True).set_frontend_frozen(False)
 
 
-def test_init_and_frontend_weights_together_are_refused(tmp_path: Path, manifest: Path,
-                                                         weights: dict[str, Path]) -> None:
+def test_init_and_frontend_weights_together_are_refused(
+    tmp_path: Path, manifest: Path, weights: dict[str, Path]
+) -> None:
     pre = tmp_path / "pre"
-    assert runner.invoke(app, ["pretrain", str(manifest), "-o", str(pre), "--method", "none", "--encoder",
-                               "wavlm-mhfa", *TINY_CLI]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["pretrain", str(manifest), "-o", str(pre), "--method", "none", "--encoder", "wavlm-mhfa", *TINY_CLI]
+        ).exit_code
+        == 0
+    )
     out = tmp_path / "ft"
-    res = runner.invoke(app, ["finetune", str(manifest), "-o", str(out), "--init", str(pre), "--frontend-weights",
-                              str(weights["hf"]), "--max-steps", "1"])
+    res = runner.invoke(
+        app,
+        [
+            "finetune",
+            str(manifest),
+            "-o",
+            str(out),
+            "--init",
+            str(pre),
+            "--frontend-weights",
+            str(weights["hf"]),
+            "--max-steps",
+            "1",
+        ],
+    )
     assert res.exit_code == 2 and "would be overwritten" in res.output and not out.exists(), res.output
     assert len(res.output.strip().splitlines()) == 1
     # Without --frontend-weights, the same run trains, through a frozen-frontend warm-up.
-    res = runner.invoke(app, ["finetune", str(manifest), "-o", str(out), "--init", str(pre), "--freeze-frontend-steps",
-                              "1", "--max-steps", "2", "--batch-size", "4", "--method-opt", "items_per_speaker=2",
-                              "--method-opt", "crop_seconds=0.5"])
+    res = runner.invoke(
+        app,
+        [
+            "finetune",
+            str(manifest),
+            "-o",
+            str(out),
+            "--init",
+            str(pre),
+            "--freeze-frontend-steps",
+            "1",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--method-opt",
+            "items_per_speaker=2",
+            "--method-opt",
+            "crop_seconds=0.5",
+        ],
+    )
     assert res.exit_code == 0, res.output
     trained, start = load_encoder(out), load_encoder(pre)
-    assert not torch.equal(trained.wavlm.encoder.feature_projection.projection.weight,
-                           start.wavlm.encoder.feature_projection.projection.weight)  # unfrozen at step 1
+    assert not torch.equal(
+        trained.wavlm.encoder.feature_projection.projection.weight,
+        start.wavlm.encoder.feature_projection.projection.weight,
+    )  # unfrozen at step 1

@@ -85,7 +85,7 @@ class Augmenter:
         when there is none). The self-supervised crops draw speed once per utterance this way."""
         for i, step in enumerate(self.steps):
             if step.name == name:
-                rest = Augmenter(self.steps[:i] + self.steps[i + 1:], self.probs[:i] + self.probs[i + 1:])
+                rest = Augmenter(self.steps[:i] + self.steps[i + 1 :], self.probs[:i] + self.probs[i + 1 :])
                 return step, self.probs[i], rest
         return None, 0.0, self
 
@@ -147,5 +147,12 @@ def build_augmenter(options: AugmentOptions, sample_rate: int) -> Augmenter | No
     """The chain that ``options`` describe (``None`` when no step is switched on)."""
     if not options.active:
         return None
-    return from_options(list(options.noise) or None, options.rir, speed=options.speed, gain=options.gain,
-                        sample_rate=sample_rate, p_noise=options.p_noise, p_reverb=options.p_reverb)
+    return from_options(
+        list(options.noise) or None,
+        options.rir,
+        speed=options.speed,
+        gain=options.gain,
+        sample_rate=sample_rate,
+        p_noise=options.p_noise,
+        p_reverb=options.p_reverb,
+    )

@@ -46,9 +46,15 @@ def _root(
     """Speaker embeddings, from audio folders to scored trials."""
 
 
-for _name, _fn in (("prepare", prepare.prepare), ("augment", augment.augment), ("pretrain", pretrain.pretrain),
-                   ("finetune", finetune.finetune), ("extract", extract.extract), ("cluster", cluster.cluster),
-                   ("score", score.score)):
+for _name, _fn in (
+    ("prepare", prepare.prepare),
+    ("augment", augment.augment),
+    ("pretrain", pretrain.pretrain),
+    ("finetune", finetune.finetune),
+    ("extract", extract.extract),
+    ("cluster", cluster.cluster),
+    ("score", score.score),
+):
     app.command(_name, cls=SpkembCommand, epilog=_epilog(_name))(_fn)
 
 

@@ -28,29 +28,57 @@ class Norm(StrEnum):
 @guarded
 def cluster(
     embeddings: Path = typer.Argument(..., metavar="EMB.h5", help="Embedding store to cluster."),
-    output: str | None = typer.Option(None, "-o", "--output", metavar="FILE", help="Write the labels here "
-                                      "(atomically) instead of stdout; '-' for stdout."),
-    method: Method = typer.Option(Method.two_stage, "--method", help="kmeans; ahc (average linkage on cosine "
-                                  "distance); two-stage (k-means to --n-init-clusters, then AHC of the "
-                                  "centroids: scales to millions); spectral (p-pruned cosine affinity)."),
-    n_clusters: int | None = typer.Option(None, "--n-clusters", metavar="N", help="Number of clusters. "
-                                          "spectral without it: estimated from the eigengap."),
-    threshold: float | None = typer.Option(None, "--threshold", metavar="T", help="ahc / two-stage instead of "
-                                           "--n-clusters: stop merging at this average cosine distance (0-2)."),
-    n_init_clusters: int | None = typer.Option(None, "--n-init-clusters", metavar="M", help="two-stage: k-means "
-                                               "clusters of the first stage [default: min(embeddings, max(5000, 5 x "
-                                               "--n-clusters))]."),
-    max_clusters: int = typer.Option(50, "--max-clusters", metavar="K", help="spectral: the largest count "
-                                     "the eigengap estimate considers."),
-    p_neighbours: int | None = typer.Option(None, "--p-neighbours", metavar="P", min=1, help="spectral: each "
-                                            "embedding keeps its P most similar neighbours in the affinity "
-                                            "[default: chosen by the NME criterion]."),
-    norm: Norm = typer.Option(Norm.none, "--norm", help="Before cosine: none; mean (subtract the embeddings' "
-                              "mean); standardize (and divide by their per-dimension std)."),
-    seed: int = typer.Option(0, "--seed", metavar="N", help="Random seed (k-means, spectral); the same seed "
-                             "gives the same labels."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout; labels then go only "
-                                  "to -o."),
+    output: str | None = typer.Option(
+        None,
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="Write the labels here (atomically) instead of stdout; '-' for stdout.",
+    ),
+    method: Method = typer.Option(
+        Method.two_stage,
+        "--method",
+        help="kmeans; ahc (average linkage on cosine "
+        "distance); two-stage (k-means to --n-init-clusters, then AHC of the "
+        "centroids: scales to millions); spectral (p-pruned cosine affinity).",
+    ),
+    n_clusters: int | None = typer.Option(
+        None, "--n-clusters", metavar="N", help="Number of clusters. spectral without it: estimated from the eigengap."
+    ),
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        metavar="T",
+        help="ahc / two-stage instead of --n-clusters: stop merging at this average cosine distance (0-2).",
+    ),
+    n_init_clusters: int | None = typer.Option(
+        None,
+        "--n-init-clusters",
+        metavar="M",
+        help="two-stage: k-means clusters of the first stage [default: min(embeddings, max(5000, 5 x --n-clusters))].",
+    ),
+    max_clusters: int = typer.Option(
+        50, "--max-clusters", metavar="K", help="spectral: the largest count the eigengap estimate considers."
+    ),
+    p_neighbours: int | None = typer.Option(
+        None,
+        "--p-neighbours",
+        metavar="P",
+        min=1,
+        help="spectral: each "
+        "embedding keeps its P most similar neighbours in the affinity "
+        "[default: chosen by the NME criterion].",
+    ),
+    norm: Norm = typer.Option(
+        Norm.none,
+        "--norm",
+        help="Before cosine: none; mean (subtract the embeddings' "
+        "mean); standardize (and divide by their per-dimension std).",
+    ),
+    seed: int = typer.Option(
+        0, "--seed", metavar="N", help="Random seed (k-means, spectral); the same seed gives the same labels."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout; labels then go only to -o."),
 ) -> None:
     """Cluster EMB.h5 into pseudo-speaker labels.
 
@@ -70,9 +98,16 @@ def cluster(
         raise InputError("--json prints the summary on stdout; give -o FILE for the labels")
     refuse_output_onto_inputs(output, {"embedding store": embeddings})
     emb = read_embeddings(embeddings)
-    options = ClusterOptions(method=method.value, n_clusters=n_clusters, threshold=threshold,
-                             n_init_clusters=n_init_clusters, max_clusters=max_clusters, p_neighbours=p_neighbours,
-                             norm=norm.value, seed=seed)
+    options = ClusterOptions(
+        method=method.value,
+        n_clusters=n_clusters,
+        threshold=threshold,
+        n_init_clusters=n_init_clusters,
+        max_clusters=max_clusters,
+        p_neighbours=p_neighbours,
+        norm=norm.value,
+        seed=seed,
+    )
     with progress(transient=True) as bar:
         task = bar.add_task("cluster", total=None, info=f"{len(emb)} embeddings")
 
@@ -100,13 +135,22 @@ def _report(s: dict[str, Any], embeddings: Path, output: str | None) -> None:
         how += f" (p = {s['p_neighbours']}, eigengap estimate {s.get('estimated_clusters')})"
     z = s["sizes"]
     singletons = f"{z['singletons']} singleton{'' if z['singletons'] == 1 else 's'}"
-    console.print(f"clustered {s['n_embeddings']} embeddings into [bold]{s['n_clusters']}[/] clusters with {how} "
-                  f"in {s['seconds']:.1f} s; sizes min {z['min']} / median {z['median']:g} / max {z['max']}, "
-                  + singletons + (f"; labels in {output}" if output else ""), highlight=False, soft_wrap=True)
+    console.print(
+        f"clustered {s['n_embeddings']} embeddings into [bold]{s['n_clusters']}[/] clusters with {how} "
+        f"in {s['seconds']:.1f} s; sizes min {z['min']} / median {z['median']:g} / max {z['max']}, "
+        + singletons
+        + (f"; labels in {output}" if output else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
     if s["nmi"] is None:
-        console.print(f"NMI, ARI and purity unavailable: {embeddings} has no speaker labels",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"NMI, ARI and purity unavailable: {embeddings} has no speaker labels", highlight=False, soft_wrap=True
+        )
     else:
-        console.print(f"[bold]NMI[/] {s['nmi']:.4f}  [bold]ARI[/] {s['ari']:.4f}  [bold]purity[/] {s['purity']:.4f}"
-                      f"  against {s['n_speakers']} true speakers ({s['n_scored']} embeddings)",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"[bold]NMI[/] {s['nmi']:.4f}  [bold]ARI[/] {s['ari']:.4f}  [bold]purity[/] {s['purity']:.4f}"
+            f"  against {s['n_speakers']} true speakers ({s['n_scored']} embeddings)",
+            highlight=False,
+            soft_wrap=True,
+        )

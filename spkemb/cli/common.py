@@ -145,14 +145,23 @@ class LogProgress:
             if task.printed is not None and task.printed != (task.completed, task.total):
                 self._print(task)
 
-    def add_task(self, description: str, total: float | None = None, completed: float = 0, info: str = "",
-                 **_: Any) -> TaskID:
+    def add_task(
+        self, description: str, total: float | None = None, completed: float = 0, info: str = "", **_: Any
+    ) -> TaskID:
         self.tasks.append(_Task(description, total, completed, info))
         return TaskID(len(self.tasks) - 1)
 
-    def update(self, task_id: TaskID, *, advance: float | None = None, completed: float | None = None,
-               total: float | None = None, description: str | None = None, info: str | None = None,
-               **_: Any) -> None:
+    def update(
+        self,
+        task_id: TaskID,
+        *,
+        advance: float | None = None,
+        completed: float | None = None,
+        total: float | None = None,
+        description: str | None = None,
+        info: str | None = None,
+        **_: Any,
+    ) -> None:
         task = self.tasks[task_id]
         task.completed = completed if completed is not None else task.completed + (advance or 0)
         task.total = total if total is not None else task.total
@@ -165,9 +174,18 @@ class LogProgress:
         self.last_line = time.monotonic()
         task.printed = (task.completed, task.total)
         if not self.disable:
-            console.print(progress_line(task.description, task.completed, task.total, task.info,
-                                        self.last_line - task.t0, task.completed - task.start_done),
-                          highlight=False, markup=False)
+            console.print(
+                progress_line(
+                    task.description,
+                    task.completed,
+                    task.total,
+                    task.info,
+                    self.last_line - task.t0,
+                    task.completed - task.start_done,
+                ),
+                highlight=False,
+                markup=False,
+            )
 
 
 def progress_line(what: str, done: float, total: float | None, info: str, elapsed: float, since: float) -> str:
@@ -195,10 +213,14 @@ def busy_notice(threads: int | None = None, option: str | None = "--threads") ->
         return
     n = busy.free()
     how = f"{option} {n} or OMP_NUM_THREADS={n}" if option else f"OMP_NUM_THREADS={n}"
-    console.print(f"[yellow]notice:[/] this machine is busy (load {busy.load:g} on {busy.cores} cores) and this run "
-                  f"adds {busy.threads} compute threads; jobs that share cores run far slower together (two 2-thread "
-                  f"jobs on 2 cores: 7x slower). Give each job fewer threads ({how}) so that together they use "
-                  f"at most {busy.cores}.", highlight=False, soft_wrap=True)
+    console.print(
+        f"[yellow]notice:[/] this machine is busy (load {busy.load:g} on {busy.cores} cores) and this run "
+        f"adds {busy.threads} compute threads; jobs that share cores run far slower together (two 2-thread "
+        f"jobs on 2 cores: 7x slower). Give each job fewer threads ({how}) so that together they use "
+        f"at most {busy.cores}.",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def print_json(obj: Any) -> None:

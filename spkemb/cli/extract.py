@@ -24,35 +24,61 @@ class ExportFormat(StrEnum):
 
 @guarded
 def extract(
-    model: str = typer.Argument(..., metavar="MODEL", help="Encoder file (encoder.pt), experiment folder, or "
-                                "built-in baseline name (mfcc-stats)."),
+    model: str = typer.Argument(
+        ...,
+        metavar="MODEL",
+        help="Encoder file (encoder.pt), experiment folder, or built-in baseline name (mfcc-stats).",
+    ),
     manifest: str = typer.Argument(..., metavar="MANIFEST", help="Manifest TSV ('-' for stdin)."),
     output: Path = typer.Option(..., "-o", "--output", metavar="EMB.h5", help="HDF5 store to write."),
-    batch_seconds: float = typer.Option(120.0, metavar="S", help="Padded audio seconds per batch "
-                                        "(length-bucketed)."),
+    batch_seconds: float = typer.Option(120.0, metavar="S", help="Padded audio seconds per batch (length-bucketed)."),
     max_batch: int = typer.Option(64, metavar="N", help="At most this many utterances per batch."),
-    workers: int | None = typer.Option(None, metavar="N", help="Worker processes decoding audio (0 = in the main "
-                                       "process). [default: 0 on the CPU, where a worker steals the model's "
-                                       "cores; 4 on CUDA]"),
-    chunk: float | None = typer.Option(None, metavar="S", help="Embed long utterances in windows of S seconds and "
-                                       "average them."),
+    workers: int | None = typer.Option(
+        None,
+        metavar="N",
+        help="Worker processes decoding audio (0 = in the main "
+        "process). [default: 0 on the CPU, where a worker steals the model's "
+        "cores; 4 on CUDA]",
+    ),
+    chunk: float | None = typer.Option(
+        None, metavar="S", help="Embed long utterances in windows of S seconds and average them."
+    ),
     hop: float | None = typer.Option(None, metavar="S", help="Hop between windows in seconds. [default: --chunk]"),
     vad: bool = typer.Option(False, "--vad", help="Drop low-energy frames before embedding."),
-    precision: Precision = typer.Option(Precision("fp32"), case_sensitive=False, help="bf16 autocast is fast on CPUs "
-                                        "with AMX/AVX512-BF16 and on GPUs; fp16 is for CUDA."),
-    device: str = typer.Option("auto", metavar="[auto|cpu|cuda|cuda:N]", autocompletion=complete_device,
-                               help="Device."),
-    threads: int | None = typer.Option(None, metavar="N", help="Compute threads for the model. [default: one per "
-                                       "core; OMP_NUM_THREADS also sets it] Jobs sharing a machine should "
-                                       "together use at most its cores."),
-    shard: str | None = typer.Option(None, metavar="I/N", help="Embed only shard I of N (0-based) of the "
-                                     "manifest; merge the shards' stores later with --merge."),
-    merge: list[Path] | None = typer.Option(None, metavar="SHARD.h5", help="Merge these shard stores (repeat the "
-                                            "option) into -o, in manifest order, instead of extracting."),
-    export: ExportFormat | None = typer.Option(None, help="Also write the store as .npy (+ .ids.txt) or "
-                                               "Kaldi text .ark/.scp beside -o."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Extract again even when -o is already complete for "
-                                   "this encoder, manifest and options; replace a complete -o made otherwise."),
+    precision: Precision = typer.Option(
+        Precision("fp32"),
+        case_sensitive=False,
+        help="bf16 autocast is fast on CPUs with AMX/AVX512-BF16 and on GPUs; fp16 is for CUDA.",
+    ),
+    device: str = typer.Option(
+        "auto", metavar="[auto|cpu|cuda|cuda:N]", autocompletion=complete_device, help="Device."
+    ),
+    threads: int | None = typer.Option(
+        None,
+        metavar="N",
+        help="Compute threads for the model. [default: one per "
+        "core; OMP_NUM_THREADS also sets it] Jobs sharing a machine should "
+        "together use at most its cores.",
+    ),
+    shard: str | None = typer.Option(
+        None,
+        metavar="I/N",
+        help="Embed only shard I of N (0-based) of the manifest; merge the shards' stores later with --merge.",
+    ),
+    merge: list[Path] | None = typer.Option(
+        None,
+        metavar="SHARD.h5",
+        help="Merge these shard stores (repeat the option) into -o, in manifest order, instead of extracting.",
+    ),
+    export: ExportFormat | None = typer.Option(
+        None, help="Also write the store as .npy (+ .ids.txt) or Kaldi text .ark/.scp beside -o."
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Extract again even when -o is already complete for "
+        "this encoder, manifest and options; replace a complete -o made otherwise.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Embed every utterance of MANIFEST with MODEL into an HDF5 store.
@@ -110,15 +136,25 @@ def _merge(merge: list[Path], output: Path, utts: list[Any], sha: str, overwrite
 
     # The merged store records the whole manifest's digest, as one extraction of it would: a later
     # `extract` (e.g. --export) onto it then finds it complete instead of embedding again.
-    out = merge_stores(merge, output, order=[u.utt_id for u in utts], expect_sha256=sha,
-                       manifest_sha256=utterances_digest(utts))
+    out = merge_stores(
+        merge, output, order=[u.utt_id for u in utts], expect_sha256=sha, manifest_sha256=utterances_digest(utts)
+    )
     n = len(read_embeddings(out))
     console.print(f"merged {len(merge)} shards into {out} ({n} embeddings)", highlight=False, soft_wrap=True)
     return {"output": str(out), "embeddings": n, "merged": [str(m) for m in merge]}
 
 
-def _extract(model: str, manifest: str, utts: list[Any], output: Path, opts: Any, sha: str, shard: str | None,
-             threads: int | None, overwrite: bool) -> dict[str, Any]:
+def _extract(
+    model: str,
+    manifest: str,
+    utts: list[Any],
+    output: Path,
+    opts: Any,
+    sha: str,
+    shard: str | None,
+    threads: int | None,
+    overwrite: bool,
+) -> dict[str, Any]:
     """Embed shard ``shard`` of ``utts`` into ``output``, unless it is already complete (and not ``overwrite``)."""
     from spkemb.embeddings.plan import existing_store, parse_shard, refuse_replacing, shard_rows
 
@@ -128,11 +164,19 @@ def _extract(model: str, manifest: str, utts: list[Any], output: Path, opts: Any
         refuse_replacing(output, existing[0]["embeddings"], existing[1])
         done = existing[0]
         left_out = f", {done['failed']} unreadable utterances left out" if done["failed"] else ""
-        console.print(f"{output} is already complete for this encoder, manifest and options ({done['embeddings']} "
-                      f"embeddings{left_out}); nothing to do (--overwrite extracts again)",
-                      highlight=False, soft_wrap=True)
-        return {"output": str(output), "embeddings": done["embeddings"], "resumed": 0, "failed": done["failed"],
-                "up_to_date": True}
+        console.print(
+            f"{output} is already complete for this encoder, manifest and options ({done['embeddings']} "
+            f"embeddings{left_out}); nothing to do (--overwrite extracts again)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return {
+            "output": str(output),
+            "embeddings": done["embeddings"],
+            "resumed": 0,
+            "failed": done["failed"],
+            "up_to_date": True,
+        }
     from spkemb.embeddings.extract import extract_embeddings
     from spkemb.models.io import describe_encoder, load_encoder
     from spkemb.runtime import check_precision, resolve_device, set_threads
@@ -142,8 +186,14 @@ def _extract(model: str, manifest: str, utts: list[Any], output: Path, opts: Any
     check_precision(opts.precision, resolve_device(opts.device))
     busy_notice(threads)  # (after the checks: bad input is one line)
     info = describe_encoder(encoder)
-    attrs = {"encoder": info["name"], "encoder_config": info["config"], "checkpoint_sha256": sha,
-             "model": str(model), "manifest": str(manifest), "shard": shard or "0/1"}
+    attrs = {
+        "encoder": info["name"],
+        "encoder_config": info["config"],
+        "checkpoint_sha256": sha,
+        "model": str(model),
+        "manifest": str(manifest),
+        "shard": shard or "0/1",
+    }
     total = sum(u.duration for u in part)
     with progress() as bar:
         task = bar.add_task("extract", total=len(part), info="")
@@ -168,10 +218,19 @@ def _report(res: Any) -> dict[str, Any]:
     if res.failed:
         console.print(f"[yellow]{len(res.failed)} of the utterances were left out (unreadable or bad audio)[/]")
     speed = res.audio_seconds / res.wall_seconds if res.wall_seconds else 0.0
-    console.print(f"wrote {res.written} embeddings to {res.path}"
-                  + (f" ({res.resumed} from an earlier run)" if res.resumed else "")
-                  + f"; {res.audio_seconds:.0f} audio-s in {res.wall_seconds:.1f} s ({speed:.0f}x real time)",
-                  highlight=False, soft_wrap=True)
-    return {"output": str(res.path), "embeddings": res.written, "resumed": res.resumed,
-            "failed": len(res.failed), "audio_seconds": round(res.audio_seconds, 3),
-            "wall_seconds": round(res.wall_seconds, 3), "realtime_factor": round(speed, 2)}
+    console.print(
+        f"wrote {res.written} embeddings to {res.path}"
+        + (f" ({res.resumed} from an earlier run)" if res.resumed else "")
+        + f"; {res.audio_seconds:.0f} audio-s in {res.wall_seconds:.1f} s ({speed:.0f}x real time)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return {
+        "output": str(res.path),
+        "embeddings": res.written,
+        "resumed": res.resumed,
+        "failed": len(res.failed),
+        "audio_seconds": round(res.audio_seconds, 3),
+        "wall_seconds": round(res.wall_seconds, 3),
+        "realtime_factor": round(speed, 2),
+    }

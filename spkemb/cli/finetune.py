@@ -21,34 +21,64 @@ from spkemb.cli.common import (
 def finetune(
     manifest: str = typer.Argument(..., metavar="MANIFEST", help="Manifest TSV of the training audio."),
     output: Path = typer.Option(..., "-o", "--output", metavar="DIR", help="Experiment folder (exp/NAME)."),
-    init: str | None = typer.Option(None, "--init", metavar="EXP|encoder.pt", help="Start from this pretrained "
-                                    "encoder (an experiment folder or an encoder.pt); its architecture is used."),
-    labels: str | None = typer.Option(None, "--labels", metavar="FILE", help="'utt_id label' lines (e.g. from "
-                                      "spkemb cluster) instead of the manifest's speaker column."),
-    loss: str | None = typer.Option(None, "--loss", metavar="[aam|subcenter-aam|supcon-aam|aam+supcon-aam]",
-                                    help="The loss. [default: aam]"),
-    loss_gate: bool | None = typer.Option(None, "--loss-gate/--no-loss-gate", help="Train each epoch only on the "
-                                          "low-loss items of the previous one (for pseudo-labels)."),
-    label_correction: bool | None = typer.Option(None, "--label-correction/--no-label-correction",
-                                                 help="Relabel items confidently predicted as another speaker."),
-    freeze_encoder_steps: int | None = typer.Option(None, metavar="N", help="Train only the head for the first "
-                                                    "N steps."),
-    freeze_frontend_steps: int | None = typer.Option(None, metavar="N", help="Run the encoder's pretrained frontend "
-                                                     "(WavLM) frozen for the first N steps: its pooling and the "
-                                                     "head learn first."),
-    encoder_lr_scale: float | None = typer.Option(None, metavar="X", help="The encoder's lr relative to the "
-                                                  "head's (e.g. 0.1 for a pretrained encoder). [default: 1]"),
-    encoder: str | None = typer.Option(None, metavar="NAME", autocompletion=complete_encoders,
-                                       help="Encoder when not --init. [default: ecapa]"),
-    encoder_opt: list[str] | None = typer.Option(None, "--encoder-opt", metavar="KEY=VALUE", help="Encoder option "
-                                                 "(repeatable)."),
-    method_opt: list[str] | None = typer.Option(None, "--method-opt", metavar="KEY=VALUE", help="Finetuning option "
-                                                "(repeatable), e.g. margin=0.3 n_crops=2."),
-    frontend_weights: str | None = typer.Option(None, "--frontend-weights", metavar="PATH", help="Pretrained "
-                                                "frontend weights for --encoder wavlm-mhfa: a torchaudio WavLM state "
-                                                "dict or a Hugging Face folder (encoder option frontend_weights)."),
-    config: Path | None = typer.Option(None, "--config", metavar="FILE", help="YAML or TOML config; options given "
-                                       "here override it."),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        metavar="EXP|encoder.pt",
+        help="Start from this pretrained encoder (an experiment folder or an encoder.pt); its architecture is used.",
+    ),
+    labels: str | None = typer.Option(
+        None,
+        "--labels",
+        metavar="FILE",
+        help="'utt_id label' lines (e.g. from spkemb cluster) instead of the manifest's speaker column.",
+    ),
+    loss: str | None = typer.Option(
+        None, "--loss", metavar="[aam|subcenter-aam|supcon-aam|aam+supcon-aam]", help="The loss. [default: aam]"
+    ),
+    loss_gate: bool | None = typer.Option(
+        None,
+        "--loss-gate/--no-loss-gate",
+        help="Train each epoch only on the low-loss items of the previous one (for pseudo-labels).",
+    ),
+    label_correction: bool | None = typer.Option(
+        None, "--label-correction/--no-label-correction", help="Relabel items confidently predicted as another speaker."
+    ),
+    freeze_encoder_steps: int | None = typer.Option(
+        None, metavar="N", help="Train only the head for the first N steps."
+    ),
+    freeze_frontend_steps: int | None = typer.Option(
+        None,
+        metavar="N",
+        help="Run the encoder's pretrained frontend "
+        "(WavLM) frozen for the first N steps: its pooling and the "
+        "head learn first.",
+    ),
+    encoder_lr_scale: float | None = typer.Option(
+        None,
+        metavar="X",
+        help="The encoder's lr relative to the head's (e.g. 0.1 for a pretrained encoder). [default: 1]",
+    ),
+    encoder: str | None = typer.Option(
+        None, metavar="NAME", autocompletion=complete_encoders, help="Encoder when not --init. [default: ecapa]"
+    ),
+    encoder_opt: list[str] | None = typer.Option(
+        None, "--encoder-opt", metavar="KEY=VALUE", help="Encoder option (repeatable)."
+    ),
+    method_opt: list[str] | None = typer.Option(
+        None, "--method-opt", metavar="KEY=VALUE", help="Finetuning option (repeatable), e.g. margin=0.3 n_crops=2."
+    ),
+    frontend_weights: str | None = typer.Option(
+        None,
+        "--frontend-weights",
+        metavar="PATH",
+        help="Pretrained "
+        "frontend weights for --encoder wavlm-mhfa: a torchaudio WavLM state "
+        "dict or a Hugging Face folder (encoder option frontend_weights).",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", metavar="FILE", help="YAML or TOML config; options given here override it."
+    ),
     max_steps: int | None = typer.Option(None, metavar="N", help="Stop after this many optimiser steps."),
     max_minutes: float | None = typer.Option(None, metavar="MIN", help="Stop after this many minutes of training."),
     batch_size: int | None = typer.Option(None, metavar="N", help="Utterances per batch (P speakers x K)."),
@@ -56,13 +86,15 @@ def finetune(
     noise: list[str] | None = typer.Option(None, "--noise", metavar="DIR", help="Noise folder (repeatable)."),
     rir: str | None = typer.Option(None, "--rir", metavar="DIR|simulate", help="RIR folder, or 'simulate'."),
     workers: int | None = typer.Option(None, "--workers", metavar="N", help="DataLoader worker processes."),
-    device: str | None = typer.Option(None, metavar="[auto|cpu|cuda|cuda:N]", autocompletion=complete_device,
-                                      help="Device. [default: auto]"),
+    device: str | None = typer.Option(
+        None, metavar="[auto|cpu|cuda|cuda:N]", autocompletion=complete_device, help="Device. [default: auto]"
+    ),
     precision: Precision | None = typer.Option(None, case_sensitive=False, help="Precision. [default: fp32]"),
     seed: int | None = typer.Option(None, metavar="N", help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest good checkpoint in -o."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start again in an -o that holds checkpoints or an "
-                                   "encoder.pt."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start again in an -o that holds checkpoints or an encoder.pt."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Finetune a speaker encoder on labels: the manifest's speakers, or --labels from spkemb cluster.
@@ -81,9 +113,14 @@ def finetune(
 
     file_cfg = load_config(config) if config else {}
     method_over = parse_key_values(method_opt, "--method-opt")
-    for key, value in (("loss", loss), ("loss_gate", loss_gate), ("label_correction", label_correction),
-                       ("freeze_encoder_steps", freeze_encoder_steps), ("freeze_frontend_steps", freeze_frontend_steps),
-                       ("encoder_lr_scale", encoder_lr_scale)):
+    for key, value in (
+        ("loss", loss),
+        ("loss_gate", loss_gate),
+        ("label_correction", label_correction),
+        ("freeze_encoder_steps", freeze_encoder_steps),
+        ("freeze_frontend_steps", freeze_frontend_steps),
+        ("encoder_lr_scale", encoder_lr_scale),
+    ):
         if value is not None:
             method_over[key] = value
     data_over: dict[str, object] = {}
@@ -106,8 +143,11 @@ def finetune(
     cfg = merge_config(file_cfg, overrides, source=config)
     utts = read_manifest(manifest)
     label_map = read_labels(labels) if labels else None
-    summary = run_training(lambda reporter: run_finetune(utts, cfg, output, init=init, labels=label_map,
-                                                         labels_path=labels, reporter=reporter))
+    summary = run_training(
+        lambda reporter: run_finetune(
+            utts, cfg, output, init=init, labels=label_map, labels_path=labels, reporter=reporter
+        )
+    )
     if summary is None:
         return
     console.print(f"encoder written to {Path(output) / 'encoder.pt'}", highlight=False)

@@ -27,7 +27,10 @@ def completion_script(shell: str) -> str:
     exe = Path(sys.executable).with_name("spkemb")
     out = subprocess.run(
         [str(exe), "--show-completion", shell],
-        check=True, capture_output=True, text=True, env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     return out.stdout
 
@@ -35,8 +38,11 @@ def completion_script(shell: str) -> str:
 EXIT_STATUS = (
     ("0", "Success, also when there was nothing to do (an output already complete)."),
     ("1", "The work failed (e.g. a full disk); an existing output is left untouched."),
-    ("2", "Bad usage or bad input: one line on stderr names the option or the file and the problem, "
-          "and nothing is written."),
+    (
+        "2",
+        "Bad usage or bad input: one line on stderr names the option or the file and the problem, "
+        "and nothing is written.",
+    ),
     ("130", "Interrupted (Ctrl-C); training writes a checkpoint first and prints the command that resumes."),
 )
 
@@ -59,8 +65,9 @@ def _sections(name: str) -> str:
         for what, command in EXAMPLES[name]:
             out += [".PP", what, ".PP", ".RS 4", ".nf", _roff(command), ".fi", ".RE"]
     page = "spkemb" if name == "spkemb" else f"spkemb-{name}"
-    see = ", ".join(f"\\fB{p}\\fP(1)" for p in ["spkemb", *(f"spkemb-{c}" for c in EXAMPLES if c != "spkemb")]
-                    if p != page)
+    see = ", ".join(
+        f"\\fB{p}\\fP(1)" for p in ["spkemb", *(f"spkemb-{c}" for c in EXAMPLES if c != "spkemb")] if p != page
+    )
     out += [".SH SEE ALSO", see]
     return "\n".join(out) + "\n"
 
@@ -86,8 +93,9 @@ def man_page(command: Any, name: str, parent: Any = None) -> tuple[str, str]:
     page.short_help = " ".join(help_text.split("\n\n")[0].split()).rstrip(".")
     page.description = help_text
     page.synopsis = " ".join(command.collect_usage_pieces(ctx))
-    page.options = [rec for p in command.get_params(ctx) if not getattr(p, "hidden", False)
-                    and (rec := p.get_help_record(ctx))]
+    page.options = [
+        rec for p in command.get_params(ctx) if not getattr(p, "hidden", False) and (rec := p.get_help_record(ctx))
+    ]
     subcommands = getattr(command, "commands", {})
     if subcommands:
         page.commands = [(k, v.get_short_help_str(limit=200)) for k, v in subcommands.items() if not v.hidden]

@@ -41,7 +41,9 @@ class TrialsFormat(StrEnum):
 @guarded
 def prepare(
     roots: list[Path] = typer.Argument(
-        ..., metavar="ROOT", show_default=False,
+        ...,
+        metavar="ROOT",
+        show_default=False,
         help="Audio folders, Kaldi data folders (with wav.scp), or one existing manifest (to make trials "
         "from it). utt_ids are paths relative to each ROOT, extension included.",
     ),
@@ -49,35 +51,48 @@ def prepare(
         None, "-o", "--output", metavar="MANIFEST", help="Manifest TSV to write ('-' for stdout)."
     ),
     layout: Layout = typer.Option(
-        Layout.auto, "--layout", case_sensitive=False,
+        Layout.auto,
+        "--layout",
+        case_sensitive=False,
         help="How speakers are named: voxceleb SPK/SESSION/UTT; librispeech SPK-CHAPTER-UTT; "
         "cnceleb [data/]SPK/...; regex (--speaker-regex); flat (no speakers); kaldi (wav.scp + utt2spk); "
         "auto decides per file (LibriSpeech file name, else first folder) and imports folders with a wav.scp.",
     ),
     speaker_level: str | None = typer.Option(
-        None, "--speaker-level", metavar="parent|top|N",
+        None,
+        "--speaker-level",
+        metavar="parent|top|N",
         help="Take the speaker from this folder level instead: parent (the folder holding each file), top "
         "(the first folder) or N (the N-th folder from the top, 1 = top); e.g. parent or 3 for "
         "audio_data/female/F_0012/1.wav.",
     ),
     id_prefix: str | None = typer.Option(
-        None, "--id-prefix", metavar="PREFIX",
+        None,
+        "--id-prefix",
+        metavar="PREFIX",
         help="Put PREFIX/ before every utt_id, as if ROOT were that folder of the full corpus: a prepared "
         "subfolder keeps the ids of the corpus's trial list (e.g. ROOT vox1/wav/id10270 with --id-prefix "
         "id10270). The speaker is read from the prefixed path.",
     ),
     speaker_regex: str | None = typer.Option(
-        None, "--speaker-regex", metavar="RE",
+        None,
+        "--speaker-regex",
+        metavar="RE",
         help="With --layout regex: searched in each relative path; the speaker is group 'speaker' or group 1.",
     ),
     min_duration: float = typer.Option(
         0.0, "--min-duration", metavar="S", help="Leave out (and report) files shorter than S seconds."
     ),
-    threads: int | None = typer.Option(None, "--threads", metavar="N", help="Threads reading audio headers (or "
-                                       f"decoding, with --verify). [default: {DEFAULT_WORKERS}]"),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        metavar="N",
+        help=f"Threads reading audio headers (or decoding, with --verify). [default: {DEFAULT_WORKERS}]",
+    ),
     workers: int | None = typer.Option(None, "--workers", hidden=True, help="Old name of --threads."),
     verify: bool = typer.Option(
-        False, "--verify/--no-verify",
+        False,
+        "--verify/--no-verify",
         help="Decode every file, not only its header: slower (all the audio is read) but leaves out truncated "
         "or corrupt files and files with NaN or infinite samples, and records the durations that decode. "
         "By default only headers are read, so such files are listed with their header's duration "
@@ -87,22 +102,30 @@ def prepare(
         None, "--trials", metavar="OUT", help="Also write a trial list drawn from the labelled utterances."
     ),
     targets: int | None = typer.Option(
-        None, "--targets", metavar="N",
+        None,
+        "--targets",
+        metavar="N",
         help=f"Target trials (default: every target pair, at most {DEFAULT_MAX_TARGETS:,}).",
         show_default=False,
     ),
     nontargets: int | None = typer.Option(
-        None, "--nontargets", metavar="N",
+        None,
+        "--nontargets",
+        metavar="N",
         help=f"Non-target trials (default: {NONTARGETS_PER_TARGET} per target, at most every non-target pair).",
         show_default=False,
     ),
     seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the trial draw."),
     exclude_speakers_of: list[Path] | None = typer.Option(
-        None, "--exclude-speakers-of", metavar="MANIFEST",
+        None,
+        "--exclude-speakers-of",
+        metavar="MANIFEST",
         help="Leave the speakers of this (training) manifest out of the trials; repeatable.",
     ),
     trials_format: TrialsFormat = typer.Option(
-        TrialsFormat.voxceleb, "--trials-format", case_sensitive=False,
+        TrialsFormat.voxceleb,
+        "--trials-format",
+        case_sensitive=False,
         help="voxceleb: 'label enroll test' (1 = target); kaldi: 'enroll test target|nontarget'.",
     ),
     export_kaldi: Path | None = typer.Option(
@@ -124,8 +147,9 @@ def prepare(
 
     # Check what only the CLI cares about (where output goes) before the slow part; prepare_manifest
     # checks its own arguments before it reads any audio. Bad usage fails fast and writes nothing.
-    on_stdout = [name for name, used in (("-o -", output == "-"), ("--trials -", trials == "-"),
-                                         ("--json", json_out)) if used]
+    on_stdout = [
+        name for name, used in (("-o -", output == "-"), ("--trials -", trials == "-"), ("--json", json_out)) if used
+    ]
     if len(on_stdout) > 1:
         raise InputError(f"{' and '.join(on_stdout)} would all write to stdout; send all but one to files")
     if threads is not None and workers is not None:
@@ -154,17 +178,33 @@ def prepare(
         stop_bar()
         _report_problems(problems)
         if prefixed:
-            console.print("[yellow]note:[/] the same utt_id occurs under two ROOTs: every utt_id now starts "
-                          "with its ROOT's folder name", highlight=False, soft_wrap=True)
+            console.print(
+                "[yellow]note:[/] the same utt_id occurs under two ROOTs: every utt_id now starts "
+                "with its ROOT's folder name",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     try:
         result = prepare_manifest(
-            roots, layout=layout.value, speaker_regex=speaker_regex, min_duration=min_duration,
+            roots,
+            layout=layout.value,
+            speaker_regex=speaker_regex,
+            min_duration=min_duration,
             workers=threads if threads is not None else workers if workers is not None else DEFAULT_WORKERS,
-            speaker_level=speaker_level, id_prefix=id_prefix,
-            output=output, trials=trials, targets=targets, nontargets=nontargets, seed=seed,
-            exclude_speakers_of=exclude_speakers_of or (), trials_format=trials_format.value,
-            export_kaldi=export_kaldi, verify=verify, on_progress=on_progress, on_read=on_read,
+            speaker_level=speaker_level,
+            id_prefix=id_prefix,
+            output=output,
+            trials=trials,
+            targets=targets,
+            nontargets=nontargets,
+            seed=seed,
+            exclude_speakers_of=exclude_speakers_of or (),
+            trials_format=trials_format.value,
+            export_kaldi=export_kaldi,
+            verify=verify,
+            on_progress=on_progress,
+            on_read=on_read,
             on_verify=lambda root, done, total: on_progress(root, done, total, "decoding"),
         )
     finally:
@@ -174,46 +214,64 @@ def prepare(
     n_spk = result.speakers
     hours = result.hours
     where = f" → {output}" if output and output != "-" else ""
-    console.print(f"{len(utts)} utterances, {n_spk} speakers, {hours:.2f} hours"
-                  f"{f', {len(problems)} skipped' if problems else ''}{where}",
-                  highlight=False, markup=False, soft_wrap=True)
+    console.print(
+        f"{len(utts)} utterances, {n_spk} speakers, {hours:.2f} hours"
+        f"{f', {len(problems)} skipped' if problems else ''}{where}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
     if trial_list is not None:
-        console.print(f"trials: {trial_list.n_target} target + {trial_list.n_nontarget} non-target"
-                      f"{f' → {trials}' if trials != '-' else ''}", highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            f"trials: {trial_list.n_target} target + {trial_list.n_nontarget} non-target"
+            f"{f' → {trials}' if trials != '-' else ''}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     if export_kaldi is not None:
         console.print(f"Kaldi data folder → {export_kaldi}", highlight=False, markup=False, soft_wrap=True)
     for hint in result.speaker_hints:
         _warn_speaker_folder(hint, n_spk)
     if json_out:
-        print_json({
-            "utterances": len(utts),
-            "speakers": n_spk,
-            "hours": round(hours, 6),
-            "skipped": len(problems),
-            "manifest": output,
-            "trials": trials,
-            "targets": None if trial_list is None else trial_list.n_target,
-            "nontargets": None if trial_list is None else trial_list.n_nontarget,
-            "kaldi_dir": None if export_kaldi is None else str(export_kaldi),
-            "speaker_folder_warnings": [h.speaker for h in result.speaker_hints],
-        })
+        print_json(
+            {
+                "utterances": len(utts),
+                "speakers": n_spk,
+                "hours": round(hours, 6),
+                "skipped": len(problems),
+                "manifest": output,
+                "trials": trials,
+                "targets": None if trial_list is None else trial_list.n_target,
+                "nontargets": None if trial_list is None else trial_list.n_nontarget,
+                "kaldi_dir": None if export_kaldi is None else str(export_kaldi),
+                "speaker_folder_warnings": [h.speaker for h in result.speaker_hints],
+            }
+        )
 
 
 def _warn_speaker_folder(h: SpeakerFolderHint, speakers: int) -> None:
     """The one-line warning for a folder that ``auto`` probably mistook for a speaker."""
     deeper = h.example.split("/")[h.level - 1]
-    console.print("[yellow]warning:[/] " + escape(
-        f"the speaker of each file is its first folder, so {h.speaker!r} is one speaker (of {speakers}) with "
-        f"{h.files} files in {h.subfolders} folders below it (e.g. {h.example}); if a deeper folder names the "
-        f"speaker, prepare again with --speaker-level parent (the folder holding each file: {deeper} here) or "
-        f"--speaker-level N (the N-th folder from the top: {h.level} for {deeper})"), highlight=False, soft_wrap=True)
+    console.print(
+        "[yellow]warning:[/] "
+        + escape(
+            f"the speaker of each file is its first folder, so {h.speaker!r} is one speaker (of {speakers}) with "
+            f"{h.files} files in {h.subfolders} folders below it (e.g. {h.example}); if a deeper folder names the "
+            f"speaker, prepare again with --speaker-level parent (the folder holding each file: {deeper} here) or "
+            f"--speaker-level N (the N-th folder from the top: {h.level} for {deeper})"
+        ),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _report_problems(problems: list[tuple[str, str]]) -> None:
     if not problems:
         return
-    console.print(f"[yellow]warning:[/] left out {len(problems)} file(s) that cannot be used:",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"[yellow]warning:[/] left out {len(problems)} file(s) that cannot be used:", highlight=False, soft_wrap=True
+    )
     for path, problem in problems[:MAX_SHOWN_PROBLEMS]:
         console.print(f"  {path}: {problem}", highlight=False, markup=False, soft_wrap=True)
     if len(problems) > MAX_SHOWN_PROBLEMS:

@@ -33,8 +33,14 @@ class CliReporter(Reporter):
             busy_notice(option=None)
         self.first_step, self.t_start, self.last_line = step, time.monotonic(), time.monotonic()
         if self.interactive:
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                console=console,
+            )
             self.task = self.bar.add_task(description, total=total, completed=step, info="")
             self.bar.start()
         else:

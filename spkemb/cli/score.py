@@ -36,69 +36,155 @@ _EMB = "Embedding store"
 
 @guarded
 def score(
-    trials: str | None = typer.Argument(None, metavar="TRIALS", help="Trial list: 'label enroll test' (VoxCeleb), "
-                                        "'enroll test target|nontarget' (Kaldi) or 'enroll test'; '-' for stdin."),
-    embeddings: Path | None = typer.Argument(None, metavar="EMB.h5", help="Embedding store whose utt_ids the "
-                                             "trial ids name."),
-    output: str | None = typer.Option(None, "-o", "--output", metavar="FILE", help="Write scores here (atomically) "
-                                      "instead of stdout; '-' for stdout."),
-    scores_files: list[str] | None = typer.Option(None, "--scores", metavar="FILE", help="An existing scores file "
-                                                  "('enroll test score [target|nontarget]', e.g. from another "
-                                                  "toolkit): its metrics, and a curve on the plots. Repeatable. "
-                                                  "Without TRIALS EMB.h5 the first one is the system that -o and "
-                                                  "calibration act on.", rich_help_panel="Scores in"),
-    names: list[str] | None = typer.Option(None, "--name", metavar="NAME", help="Legend name of a system, in "
-                                           "order: this run's system first, then each --scores file. Repeatable "
-                                           "[default: the store name and back-end, or the scores file's name].",
-                                           rich_help_panel="Scores in"),
-    backend: Backend = typer.Option(Backend.cosine, "--backend", help="cosine, or plda (needs --train or --plda).",
-                                    rich_help_panel="Back-end"),
-    norm: Norm = typer.Option(Norm.none, "--norm", help="none; mean / standardize: subtract the cohort mean (and "
-                              "divide by its std) before the back-end; znorm / tnorm / snorm: normalise scores by "
-                              "the enrolment's / test's / both sides' scores against the cohort; asnorm: snorm "
-                              "over each side's --top-k best cohort scores.", rich_help_panel="Back-end"),
-    cohort: Path | None = typer.Option(None, "--cohort", metavar="COHORT.h5", help="Cohort store for --norm (e.g. "
-                                       "training-set embeddings). mean/standardize fall back to EMB.h5 itself; the "
-                                       "score norms need one.", rich_help_panel="Back-end"),
-    top_k: int | None = typer.Option(None, "--top-k", help="asnorm: best cohort scores kept per embedding "
-                                     "[default: 300].", rich_help_panel="Back-end"),
-    train: Path | None = typer.Option(None, "--train", metavar="TRAIN.h5", help="Train the PLDA back-end on this "
-                                      "labelled store (LDA, length norm, two-covariance PLDA).",
-                                      rich_help_panel="Back-end"),
-    plda: Path | None = typer.Option(None, "--plda", metavar="MODEL.npz", help="A PLDA model saved by "
-                                     "--save-plda.", rich_help_panel="Back-end"),
-    save_plda: Path | None = typer.Option(None, "--save-plda", metavar="MODEL.npz", help="Save the PLDA model "
-                                          "that --train trains.", rich_help_panel="Back-end"),
-    lda_dim: int | None = typer.Option(None, "--lda-dim", min=1, help="PLDA training: LDA dimension [default: "
-                                       "min(embedding size, speakers - 1)].", rich_help_panel="Back-end"),
-    calibration: Path | None = typer.Option(None, "--calibration", metavar="CAL.json", help="Apply this "
-                                            "calibration: scores become log-likelihood ratios.",
-                                            rich_help_panel="Calibration"),
-    fit_calibration: Path | None = typer.Option(None, "--fit-calibration", metavar="CAL.json", help="Fit a "
-                                                "linear logistic-regression calibration on these (development) "
-                                                "trials and save it (the scores written and reported here stay "
-                                                "uncalibrated).", rich_help_panel="Calibration"),
-    quality: list[Quality] | None = typer.Option(None, "--quality", help="Quality measures for the calibration "
-                                                 "(WeSpeaker's QMF): duration = log of the shorter and longer "
-                                                 "utterance's duration (needs --manifest).",
-                                                 rich_help_panel="Calibration"),
-    manifests: list[Path] | None = typer.Option(None, "--manifest", metavar="MANIFEST.tsv", help="Manifest(s) "
-                                                "with the durations of the trial ids. Repeatable.",
-                                                rich_help_panel="Calibration"),
-    p_targets: list[float] | None = typer.Option(None, "--p-target", metavar="P", help="DCF operating point(s): "
-                                                 "minDCF and actDCF at each. Repeatable [default: 0.01 and 0.05].",
-                                                 rich_help_panel="Report"),
-    det: Path | None = typer.Option(None, "--det", metavar="FILE.png|.svg|.pdf", help="Draw the DET curve(s) "
-                                    "(EER and minDCF at the first --p-target marked).", rich_help_panel="Report"),
-    hist: Path | None = typer.Option(None, "--hist", metavar="FILE.png|.svg|.pdf", help="Draw target / "
-                                     "non-target score histograms.", rich_help_panel="Report"),
-    skip_missing: bool = typer.Option(False, "--skip-missing", help="Drop trials whose ids are not in the store "
-                                      "instead of failing."),
-    allow_mixed_encoders: bool = typer.Option(False, "--allow-mixed-encoders", help="Accept a cohort, PLDA "
-                                              "training store or PLDA model made by another encoder than EMB.h5 "
-                                              "(refused by default: their scores do not mix)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout; scores then go only "
-                                  "to -o.", rich_help_panel="Report"),
+    trials: str | None = typer.Argument(
+        None,
+        metavar="TRIALS",
+        help="Trial list: 'label enroll test' (VoxCeleb), "
+        "'enroll test target|nontarget' (Kaldi) or 'enroll test'; '-' for stdin.",
+    ),
+    embeddings: Path | None = typer.Argument(
+        None, metavar="EMB.h5", help="Embedding store whose utt_ids the trial ids name."
+    ),
+    output: str | None = typer.Option(
+        None, "-o", "--output", metavar="FILE", help="Write scores here (atomically) instead of stdout; '-' for stdout."
+    ),
+    scores_files: list[str] | None = typer.Option(
+        None,
+        "--scores",
+        metavar="FILE",
+        help="An existing scores file "
+        "('enroll test score [target|nontarget]', e.g. from another "
+        "toolkit): its metrics, and a curve on the plots. Repeatable. "
+        "Without TRIALS EMB.h5 the first one is the system that -o and "
+        "calibration act on.",
+        rich_help_panel="Scores in",
+    ),
+    names: list[str] | None = typer.Option(
+        None,
+        "--name",
+        metavar="NAME",
+        help="Legend name of a system, in "
+        "order: this run's system first, then each --scores file. Repeatable "
+        "[default: the store name and back-end, or the scores file's name].",
+        rich_help_panel="Scores in",
+    ),
+    backend: Backend = typer.Option(
+        Backend.cosine, "--backend", help="cosine, or plda (needs --train or --plda).", rich_help_panel="Back-end"
+    ),
+    norm: Norm = typer.Option(
+        Norm.none,
+        "--norm",
+        help="none; mean / standardize: subtract the cohort mean (and "
+        "divide by its std) before the back-end; znorm / tnorm / snorm: normalise scores by "
+        "the enrolment's / test's / both sides' scores against the cohort; asnorm: snorm "
+        "over each side's --top-k best cohort scores.",
+        rich_help_panel="Back-end",
+    ),
+    cohort: Path | None = typer.Option(
+        None,
+        "--cohort",
+        metavar="COHORT.h5",
+        help="Cohort store for --norm (e.g. "
+        "training-set embeddings). mean/standardize fall back to EMB.h5 itself; the "
+        "score norms need one.",
+        rich_help_panel="Back-end",
+    ),
+    top_k: int | None = typer.Option(
+        None,
+        "--top-k",
+        help="asnorm: best cohort scores kept per embedding [default: 300].",
+        rich_help_panel="Back-end",
+    ),
+    train: Path | None = typer.Option(
+        None,
+        "--train",
+        metavar="TRAIN.h5",
+        help="Train the PLDA back-end on this labelled store (LDA, length norm, two-covariance PLDA).",
+        rich_help_panel="Back-end",
+    ),
+    plda: Path | None = typer.Option(
+        None, "--plda", metavar="MODEL.npz", help="A PLDA model saved by --save-plda.", rich_help_panel="Back-end"
+    ),
+    save_plda: Path | None = typer.Option(
+        None,
+        "--save-plda",
+        metavar="MODEL.npz",
+        help="Save the PLDA model that --train trains.",
+        rich_help_panel="Back-end",
+    ),
+    lda_dim: int | None = typer.Option(
+        None,
+        "--lda-dim",
+        min=1,
+        help="PLDA training: LDA dimension [default: min(embedding size, speakers - 1)].",
+        rich_help_panel="Back-end",
+    ),
+    calibration: Path | None = typer.Option(
+        None,
+        "--calibration",
+        metavar="CAL.json",
+        help="Apply this calibration: scores become log-likelihood ratios.",
+        rich_help_panel="Calibration",
+    ),
+    fit_calibration: Path | None = typer.Option(
+        None,
+        "--fit-calibration",
+        metavar="CAL.json",
+        help="Fit a "
+        "linear logistic-regression calibration on these (development) "
+        "trials and save it (the scores written and reported here stay "
+        "uncalibrated).",
+        rich_help_panel="Calibration",
+    ),
+    quality: list[Quality] | None = typer.Option(
+        None,
+        "--quality",
+        help="Quality measures for the calibration "
+        "(WeSpeaker's QMF): duration = log of the shorter and longer "
+        "utterance's duration (needs --manifest).",
+        rich_help_panel="Calibration",
+    ),
+    manifests: list[Path] | None = typer.Option(
+        None,
+        "--manifest",
+        metavar="MANIFEST.tsv",
+        help="Manifest(s) with the durations of the trial ids. Repeatable.",
+        rich_help_panel="Calibration",
+    ),
+    p_targets: list[float] | None = typer.Option(
+        None,
+        "--p-target",
+        metavar="P",
+        help="DCF operating point(s): minDCF and actDCF at each. Repeatable [default: 0.01 and 0.05].",
+        rich_help_panel="Report",
+    ),
+    det: Path | None = typer.Option(
+        None,
+        "--det",
+        metavar="FILE.png|.svg|.pdf",
+        help="Draw the DET curve(s) (EER and minDCF at the first --p-target marked).",
+        rich_help_panel="Report",
+    ),
+    hist: Path | None = typer.Option(
+        None,
+        "--hist",
+        metavar="FILE.png|.svg|.pdf",
+        help="Draw target / non-target score histograms.",
+        rich_help_panel="Report",
+    ),
+    skip_missing: bool = typer.Option(
+        False, "--skip-missing", help="Drop trials whose ids are not in the store instead of failing."
+    ),
+    allow_mixed_encoders: bool = typer.Option(
+        False,
+        "--allow-mixed-encoders",
+        help="Accept a cohort, PLDA "
+        "training store or PLDA model made by another encoder than EMB.h5 "
+        "(refused by default: their scores do not mix).",
+    ),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print one JSON summary on stdout; scores then go only to -o.", rich_help_panel="Report"
+    ),
 ) -> None:
     """Score TRIALS with the embeddings in EMB.h5, or report on existing scores files (--scores).
 
@@ -117,12 +203,26 @@ def score(
         return None if p is None else str(p)
 
     request = ScoreRequest(
-        trials=trials, embeddings=s(embeddings), scores_files=list(scores_files or []), output=output,
+        trials=trials,
+        embeddings=s(embeddings),
+        scores_files=list(scores_files or []),
+        output=output,
         options=ScoreOptions(backend=backend.value, norm=norm.value, top_k=top_k, skip_missing=skip_missing),
-        cohort=s(cohort), train=s(train), plda=s(plda), save_plda=s(save_plda), lda_dim=lda_dim,
-        calibration=s(calibration), fit_calibration=s(fit_calibration), quality=[q.value for q in quality or []],
-        manifests=[str(m) for m in manifests or []], p_targets=tuple(p_targets or (0.01, 0.05)), det=s(det),
-        hist=s(hist), names=list(names or []), json_out=json_out, allow_mixed_encoders=allow_mixed_encoders,
+        cohort=s(cohort),
+        train=s(train),
+        plda=s(plda),
+        save_plda=s(save_plda),
+        lda_dim=lda_dim,
+        calibration=s(calibration),
+        fit_calibration=s(fit_calibration),
+        quality=[q.value for q in quality or []],
+        manifests=[str(m) for m in manifests or []],
+        p_targets=tuple(p_targets or (0.01, 0.05)),
+        det=s(det),
+        hist=s(hist),
+        names=list(names or []),
+        json_out=json_out,
+        allow_mixed_encoders=allow_mixed_encoders,
     )
     result = run_score(request, lambda m: console.print(m, highlight=False, soft_wrap=True))
     for sys_name, summary in result.systems:
@@ -138,8 +238,13 @@ def score(
 def _print_metrics(name: str, s: dict[str, Any], p_targets: tuple[float, ...]) -> None:
     if s["eer"] is None:
         return
-    dcf = "  ".join(f"[bold]minDCF[/]({p:g}) {s[f'mindcf_p{p:g}']:.4f}  [bold]actDCF[/]({p:g}) "
-                    f"{s[f'actdcf_p{p:g}']:.4f}" for p in p_targets)
-    console.print(f"{name}: [bold]EER[/] {s['eer']:.3f}%  {dcf}  [bold]Cllr[/] {s['cllr']:.3f}  [bold]minCllr[/] "
-                  f"{s['mincllr']:.3f}  ({s['targets']} target / {s['nontargets']} non-target trials)",
-                  highlight=False, soft_wrap=True)
+    dcf = "  ".join(
+        f"[bold]minDCF[/]({p:g}) {s[f'mindcf_p{p:g}']:.4f}  [bold]actDCF[/]({p:g}) {s[f'actdcf_p{p:g}']:.4f}"
+        for p in p_targets
+    )
+    console.print(
+        f"{name}: [bold]EER[/] {s['eer']:.3f}%  {dcf}  [bold]Cllr[/] {s['cllr']:.3f}  [bold]minCllr[/] "
+        f"{s['mincllr']:.3f}  ({s['targets']} target / {s['nontargets']} non-target trials)",
+        highlight=False,
+        soft_wrap=True,
+    )

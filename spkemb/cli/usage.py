@@ -122,8 +122,11 @@ def tidy_params(params: Sequence[_click.Parameter]) -> None:
                 param.metavar = ""
             elif param.metavar is None:
                 choices = _choices(param)
-                param.metavar = ("[" + "|".join(choices) + "]" if choices is not None
-                                 else _type_metavar(param.type_descriptor.annotation))
+                param.metavar = (
+                    "[" + "|".join(choices) + "]"
+                    if choices is not None
+                    else _type_metavar(param.type_descriptor.annotation)
+                )
 
 
 class SpkembCommand(TyperCommand):

@@ -31,8 +31,9 @@ def no_stage(key: str, description: str) -> None:
     pass
 
 
-def kmeans(x: np.ndarray, k: int, seed: int,
-           stage: StageFn = no_stage) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def kmeans(
+    x: np.ndarray, k: int, seed: int, stage: StageFn = no_stage
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Labels (N,), the centroids of the clusters that kept members (labels index them), details.
 
     Few points x clusters: KMeans (best of 3 seedings); many: MiniBatchKMeans. Seeding is k-means++
@@ -47,7 +48,8 @@ def kmeans(x: np.ndarray, k: int, seed: int,
         warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct points than k: handled below
         if minibatch:
             km: KMeans | MiniBatchKMeans = MiniBatchKMeans(
-                k, init=init, batch_size=MINIBATCH_SIZE, n_init=3, random_state=seed).fit(x)
+                k, init=init, batch_size=MINIBATCH_SIZE, n_init=3, random_state=seed
+            ).fit(x)
         else:
             km = KMeans(k, init=init, n_init=3, random_state=seed).fit(x)
     used, labels = np.unique(km.labels_, return_inverse=True)
@@ -56,8 +58,9 @@ def kmeans(x: np.ndarray, k: int, seed: int,
     return labels.astype(np.int64), centroids, details
 
 
-def ahc(x: np.ndarray, n_clusters: int | None = None, threshold: float | None = None,
-        stage: StageFn = no_stage) -> np.ndarray:
+def ahc(
+    x: np.ndarray, n_clusters: int | None = None, threshold: float | None = None, stage: StageFn = no_stage
+) -> np.ndarray:
     """Average-linkage AHC on cosine distance, cut at ``n_clusters`` or at distance ``threshold``.
 
     Memory: the condensed distance matrix, N (N - 1) / 2 float64, twice (linkage copies it).
@@ -81,8 +84,14 @@ def ahc(x: np.ndarray, n_clusters: int | None = None, threshold: float | None = 
     return np.unique(labels, return_inverse=True)[1].astype(np.int64)
 
 
-def two_stage(x: np.ndarray, n_init_clusters: int, n_clusters: int | None, threshold: float | None, seed: int,
-              stage: StageFn = no_stage) -> tuple[np.ndarray, dict[str, Any]]:
+def two_stage(
+    x: np.ndarray,
+    n_init_clusters: int,
+    n_clusters: int | None,
+    threshold: float | None,
+    seed: int,
+    stage: StageFn = no_stage,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """k-means to ``n_init_clusters``, AHC of the centroids, each point takes its centroid's label.
 
     Memory is the embeddings plus the centroids' distance matrix, never N x N. When

@@ -75,13 +75,19 @@ def unit_rows(vectors: np.ndarray, ids: Sequence[str] | None = None, source: str
     bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
     if bad.size:
         first = ids[bad[0]] if ids is not None else f"row {bad[0]}"
-        raise InputError(f"{bad.size} embeddings are all-zero or not finite, so their cosine is undefined "
-                         f"(first: {first})", source)
+        raise InputError(
+            f"{bad.size} embeddings are all-zero or not finite, so their cosine is undefined (first: {first})", source
+        )
     return v / norms[:, None]
 
 
-def run_clustering(vectors: np.ndarray, options: ClusterOptions, on_progress: ProgressFn | None = None,
-                   ids: Sequence[str] | None = None, source: str | None = None) -> Clustering:
+def run_clustering(
+    vectors: np.ndarray,
+    options: ClusterOptions,
+    on_progress: ProgressFn | None = None,
+    ids: Sequence[str] | None = None,
+    source: str | None = None,
+) -> Clustering:
     """Check ``options`` against the data (InputError before any work), cluster, number canonically."""
     opts = options.resolved(len(vectors), source)
     x = unit_rows(vectors, ids, source)  # checks the raw rows first, so a bad one is named before any fit
@@ -103,8 +109,9 @@ def run_clustering(vectors: np.ndarray, options: ClusterOptions, on_progress: Pr
     return Clustering(canonical_labels(labels), opts, details)
 
 
-def cluster_embeddings(vectors: np.ndarray, options: ClusterOptions,
-                       on_progress: ProgressFn | None = None) -> np.ndarray:
+def cluster_embeddings(
+    vectors: np.ndarray, options: ClusterOptions, on_progress: ProgressFn | None = None
+) -> np.ndarray:
     """Cluster the rows of ``vectors``: labels 0..K-1, 0 the largest cluster (see :mod:`.naming`)."""
     return run_clustering(vectors, options, on_progress).labels
 
@@ -122,8 +129,13 @@ class ClusterResult:
         return format_labels(self.ids, self.labels)
 
 
-def cluster_store(emb: EmbeddingSet, options: ClusterOptions, on_progress: ProgressFn | None = None,
-                  source: str | None = None, prefix: str = DEFAULT_PREFIX) -> ClusterResult:
+def cluster_store(
+    emb: EmbeddingSet,
+    options: ClusterOptions,
+    on_progress: ProgressFn | None = None,
+    source: str | None = None,
+    prefix: str = DEFAULT_PREFIX,
+) -> ClusterResult:
     """Cluster a store's embeddings; NMI, ARI and purity against its speakers when it has them."""
     bad = next((u for u in emb.ids if not u or any(c.isspace() for c in u)), None)
     if bad is not None:
@@ -133,10 +145,15 @@ def cluster_store(emb: EmbeddingSet, options: ClusterOptions, on_progress: Progr
     seconds = time.perf_counter() - t0
     opts = result.options
     summary: dict[str, Any] = {
-        "method": opts.method, "n_embeddings": len(emb), "dim": int(emb.vectors.shape[1]) if len(emb) else 0,
-        "n_clusters": result.n_clusters, "sizes": size_stats(result.labels), "seed": opts.seed,
+        "method": opts.method,
+        "n_embeddings": len(emb),
+        "dim": int(emb.vectors.shape[1]) if len(emb) else 0,
+        "n_clusters": result.n_clusters,
+        "sizes": size_stats(result.labels),
+        "seed": opts.seed,
         "options": {k: v for k, v in asdict(opts).items() if k not in ("method", "seed")},
-        **result.details, "seconds": round(seconds, 3),
+        **result.details,
+        "seconds": round(seconds, 3),
     }
     summary.update(_against_speakers(emb.speakers, result.labels))
     return ClusterResult(list(emb.ids), label_names(result.labels, prefix), summary)
@@ -149,5 +166,8 @@ def _against_speakers(speakers: Sequence[str] | None, labels: np.ndarray) -> dic
         return {"nmi": None, "ari": None, "purity": None, "n_speakers": None, "n_scored": 0}
     true = np.asarray(speakers, dtype=object)[known]
     scores = cluster_metrics(true.astype(str), labels[known])
-    return {**{k: round(v, 6) for k, v in scores.items()}, "n_speakers": int(len(set(true.tolist()))),
-            "n_scored": int(known.sum())}
+    return {
+        **{k: round(v, 6) for k, v in scores.items()},
+        "n_speakers": int(len(set(true.tolist()))),
+        "n_scored": int(known.sum()),
+    }

@@ -31,5 +31,10 @@ def size_stats(labels: np.ndarray) -> dict[str, Any]:
     sizes = np.bincount(np.unique(np.asarray(labels), return_inverse=True)[1].ravel())
     if sizes.size == 0:
         return {"min": 0, "median": 0.0, "max": 0, "mean": 0.0, "singletons": 0}
-    return {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max()),
-            "mean": round(float(sizes.mean()), 3), "singletons": int((sizes == 1).sum())}
+    return {
+        "min": int(sizes.min()),
+        "median": float(np.median(sizes)),
+        "max": int(sizes.max()),
+        "mean": round(float(sizes.mean()), 3),
+        "singletons": int((sizes == 1).sum()),
+    }

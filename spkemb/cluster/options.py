@@ -59,11 +59,14 @@ class ClusterOptions:
         if points > AHC_MAX_POINTS:
             gib = points * (points - 1) * 8 / 2**30
             hint = "use --method two-stage" if self.method == "ahc" else "lower --n-init-clusters"
-            raise InputError(f"AHC of {points} points needs {gib:.0f} GiB for its distance matrix (at most "
-                             f"{AHC_MAX_POINTS} points); {hint}")
+            raise InputError(
+                f"AHC of {points} points needs {gib:.0f} GiB for its distance matrix (at most "
+                f"{AHC_MAX_POINTS} points); {hint}"
+            )
         if self.p_neighbours is not None and not 1 <= self.p_neighbours < max(n, 2):
-            raise InputError(f"--p-neighbours must be below the number of embeddings ({n}), got {self.p_neighbours}",
-                             source)
+            raise InputError(
+                f"--p-neighbours must be below the number of embeddings ({n}), got {self.p_neighbours}", source
+            )
         return replace(self, n_init_clusters=m)
 
     def _check_method(self) -> None:

@@ -77,8 +77,9 @@ def p_grid(n: int, p: int | None) -> list[int]:
     return sorted({int(v) for v in np.round(np.geomspace(min(2, top), top, P_GRID))})
 
 
-def spectral(x: np.ndarray, n_clusters: int | None, max_clusters: int, p: int | None, seed: int,
-             stage: StageFn = no_stage) -> tuple[np.ndarray, dict[str, Any]]:
+def spectral(
+    x: np.ndarray, n_clusters: int | None, max_clusters: int, p: int | None, seed: int, stage: StageFn = no_stage
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Labels and details (``p_neighbours``, ``estimated_clusters``, ``eigengap``)."""
     n = len(x)
     if n <= 2 or n_clusters == 1:
@@ -101,7 +102,8 @@ def spectral(x: np.ndarray, n_clusters: int | None, max_clusters: int, p: int | 
     stage("embedding", f"spectral embedding and k-means to {k} clusters")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "Graph is not fully connected": expected for clean clusters
-        labels = SpectralClustering(k, affinity="precomputed", n_init=10, random_state=seed,
-                                    assign_labels="kmeans").fit_predict(affinity(nbrs, p_best))
+        labels = SpectralClustering(
+            k, affinity="precomputed", n_init=10, random_state=seed, assign_labels="kmeans"
+        ).fit_predict(affinity(nbrs, p_best))
     details = {"p_neighbours": p_best, "estimated_clusters": k_est, "eigengap": round(gap, 6)}
     return np.asarray(labels, dtype=np.int64), details

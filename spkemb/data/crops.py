@@ -133,8 +133,12 @@ class CropDataset(Dataset):
                     y, _ = self.augmenter(g[k], self.sample_rate, rng)
                     g[k] = crop_or_pad(np.asarray(y, dtype=np.float32), length, mode="start")
             if not all(np.isfinite(g).all() for g in groups):
-                warnings.warn(f"skipping training audio {u.path}: augmentation made NaN or infinite samples "
-                              "(a bad noise or RIR file?)", SkippedAudioWarning, stacklevel=1)
+                warnings.warn(
+                    f"skipping training audio {u.path}: augmentation made NaN or infinite samples "
+                    "(a bad noise or RIR file?)",
+                    SkippedAudioWarning,
+                    stacklevel=1,
+                )
                 return None
         return {"views": [np.stack(g) for g in groups], "index": index}
 

@@ -53,13 +53,17 @@ def _read_wav_scp(path: Path, data_dir: Path) -> dict[str, str]:
             raise InputError(f"line {lineno}: expected '<id> <path>'", path)
         key, rx = fields[0], fields[1].strip()
         if rx.endswith("|"):
-            raise InputError(f"line {lineno}: piped commands ('{rx}') are not supported; "
-                             "decode the audio to files and list their paths", path)
+            raise InputError(
+                f"line {lineno}: piped commands ('{rx}') are not supported; "
+                "decode the audio to files and list their paths",
+                path,
+            )
         if rx == "-":
             raise InputError(f"line {lineno}: reading audio from stdin ('-') is not supported", path)
         if _ARK_OFFSET.search(rx) and not os.path.exists(rx):
-            raise InputError(f"line {lineno}: ark offsets ('{rx}') are not supported; "
-                             "list plain audio file paths", path)
+            raise InputError(
+                f"line {lineno}: ark offsets ('{rx}') are not supported; list plain audio file paths", path
+            )
         if key in out:
             raise InputError(f"line {lineno}: duplicate id {key!r}", path)
         if not os.path.isabs(rx) and not os.path.exists(rx) and (data_dir / rx).exists():
@@ -131,8 +135,7 @@ def load_kaldi_dir(
     else:
         keys = sorted({reco for reco, _, _ in segments.values()})
     paths = [recordings[k] for k in keys]
-    facts = dict(zip(keys, probe_headers(paths, 0.0 if segments else min_duration, workers, progress),
-                     strict=True))
+    facts = dict(zip(keys, probe_headers(paths, 0.0 if segments else min_duration, workers, progress), strict=True))
 
     utts: list[Utterance] = []
     problems: list[Problem] = []
@@ -154,8 +157,9 @@ def load_kaldi_dir(
                 continue
             sr, file_dur = fact
             if start >= file_dur:
-                problems.append((path, f"segment {seg} starts at {start:g} s, after the end of the "
-                                       f"recording ({file_dur:.3f} s)"))
+                problems.append(
+                    (path, f"segment {seg} starts at {start:g} s, after the end of the recording ({file_dur:.3f} s)")
+                )
                 continue
             dur = (file_dur if end is None else min(end, file_dur)) - start
             if dur < min_duration:

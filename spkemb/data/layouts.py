@@ -110,8 +110,10 @@ def speaker_function(
         raise InputError(f"unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
     if speaker_level is not None:
         if layout != "auto" or speaker_regex is not None:
-            raise InputError(f"--speaker-level replaces the layout's speaker rule: give it without --layout {layout}"
-                             + (" and --speaker-regex" if speaker_regex is not None else ""))
+            raise InputError(
+                f"--speaker-level replaces the layout's speaker rule: give it without --layout {layout}"
+                + (" and --speaker-regex" if speaker_regex is not None else "")
+            )
         return _level_speaker(parse_speaker_level(speaker_level))
     if layout == "regex" or speaker_regex is not None:
         if layout != "regex":
@@ -161,8 +163,10 @@ def check_id_prefix(prefix: str | None) -> str:
     clean = prefix.strip("/")
     parts = clean.split("/")
     if not clean or any(c.isspace() for c in prefix) or any(p in ("", ".", "..") for p in parts):
-        raise InputError(f"--id-prefix {prefix!r}: give a relative folder path without spaces (trial lists are "
-                         "space-separated), such as 'id10270' or 'wav/id10270'")
+        raise InputError(
+            f"--id-prefix {prefix!r}: give a relative folder path without spaces (trial lists are "
+            "space-separated), such as 'id10270' or 'wav/id10270'"
+        )
     return clean
 
 
@@ -220,8 +224,9 @@ def _regex_speaker(speaker_regex: str | None) -> Callable[[str], str]:
     except re.error as err:
         raise InputError(f"--speaker-regex {speaker_regex!r} is not a valid regular expression ({err})") from None
     if rx.groups == 0:
-        raise InputError(f"--speaker-regex {speaker_regex!r} has no group: put the speaker in (...) "
-                         "or (?P<speaker>...)")
+        raise InputError(
+            f"--speaker-regex {speaker_regex!r} has no group: put the speaker in (...) or (?P<speaker>...)"
+        )
     group: int | str = "speaker" if "speaker" in rx.groupindex else 1
 
     def speaker(rel: str) -> str:
@@ -264,7 +269,7 @@ def probe_headers(
     with ThreadPoolExecutor(max_workers=max(1, min(workers, total))) as pool:
         # In chunks, so that a million-file corpus does not queue a million futures at once.
         for first in range(0, total, _CHUNK):
-            for res in pool.map(lambda p: _probe(p, min_duration), paths[first:first + _CHUNK]):
+            for res in pool.map(lambda p: _probe(p, min_duration), paths[first : first + _CHUNK]):
                 out.append(res)
                 if progress:
                     progress(len(out), total)
@@ -294,8 +299,17 @@ def scan(
         per_root = []
         problems: list[Problem] = []
         for r in root:
-            found, probs = scan(r, layout, speaker_regex, extensions, workers, min_duration, progress,
-                                speaker_level=speaker_level, id_prefix=id_prefix)
+            found, probs = scan(
+                r,
+                layout,
+                speaker_regex,
+                extensions,
+                workers,
+                min_duration,
+                progress,
+                speaker_level=speaker_level,
+                id_prefix=id_prefix,
+            )
             per_root.append((r, found))
             problems += probs
         return merge_roots(per_root), sorted(problems)
@@ -317,8 +331,12 @@ def scan(
         path = str(base / name)
         rel = f"{prefix}/{name}" if prefix else name
         if not _is_utf8(path):
-            problems.append((shown(path), "file name is not valid UTF-8, which a manifest cannot hold; rename it "
-                             "(e.g. with convmv)"))
+            problems.append(
+                (
+                    shown(path),
+                    "file name is not valid UTF-8, which a manifest cannot hold; rename it (e.g. with convmv)",
+                )
+            )
             continue
         if any(c in rel for c in "\t\n\r"):
             problems.append((path, "name contains a tab or newline, which a manifest cannot hold"))
@@ -377,7 +395,7 @@ def verify_utterances(
         progress(0, len(paths))
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths) or 1))) as pool:
         for first in range(0, len(paths), _CHUNK):
-            chunk = paths[first:first + _CHUNK]
+            chunk = paths[first : first + _CHUNK]
             facts.update(zip(chunk, pool.map(_verify, chunk), strict=True))
             if progress:
                 progress(len(facts), len(paths))
@@ -412,11 +430,14 @@ def merge_roots(per_root: Sequence[tuple[str | Path, list[Utterance]]]) -> list[
         names = [Path(os.path.abspath(r)).name for r, _ in unique]
         for k, name in enumerate(names):
             if names.count(name) > 1 or not name:
-                raise InputError(f"utt_ids collide between roots and this root's folder name {name!r} "
-                                 "is not unique either, so they cannot be told apart; rename or link it",
-                                 unique[k][0])
-        merged = [replace(u, utt_id=f"{name}/{u.utt_id}") for name, (_, utts) in zip(names, unique, strict=True)
-                  for u in utts]
+                raise InputError(
+                    f"utt_ids collide between roots and this root's folder name {name!r} "
+                    "is not unique either, so they cannot be told apart; rename or link it",
+                    unique[k][0],
+                )
+        merged = [
+            replace(u, utt_id=f"{name}/{u.utt_id}") for name, (_, utts) in zip(names, unique, strict=True) for u in utts
+        ]
     else:
         merged = [u for _, utts in unique for u in utts]
     merged.sort(key=lambda u: u.utt_id)
@@ -466,7 +487,7 @@ def speaker_folder_hints(utts: Sequence[Utterance]) -> list[SpeakerFolderHint]:
         files[u.speaker] = files.get(u.speaker, 0) + 1
         example.setdefault(u.speaker, u.utt_id)
         if len(dirs) > k + 1:
-            below.setdefault(u.speaker, set()).add("/".join(dirs[k + 1:]))
+            below.setdefault(u.speaker, set()).add("/".join(dirs[k + 1 :]))
     return [
         SpeakerFolderHint(spk, files[spk], len(subs), example[spk], example[spk].count("/"))
         for spk, subs in sorted(below.items())

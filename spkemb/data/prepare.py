@@ -115,8 +115,11 @@ def check_layout(
     from spkemb.data import layouts
 
     if layout == "kaldi":
-        for option, value in (("--speaker-regex", speaker_regex), ("--speaker-level", speaker_level),
-                              ("--id-prefix", id_prefix)):
+        for option, value in (
+            ("--speaker-regex", speaker_regex),
+            ("--speaker-level", speaker_level),
+            ("--id-prefix", id_prefix),
+        ):
             if value is not None:
                 raise InputError(f"{option} is for audio folders, not --layout kaldi")
     else:
@@ -193,11 +196,14 @@ def read_inputs(
         if value and any(s.kind != "folder" for s in sources):
             other = next(s for s in sources if s.kind != "folder")
             what = "a Kaldi folder" if other.kind == "kaldi" else "a manifest"
-            raise InputError(f"{option} is for audio folders; this is {what}, with ids and speakers of its own",
-                             other.path)
+            raise InputError(
+                f"{option} is for audio folders; this is {what}, with ids and speakers of its own", other.path
+            )
     if id_prefix and len(sources) > 1:
-        raise InputError(f"--id-prefix puts one prefix before every id, so it takes one ROOT, not {len(sources)}: "
-                         "prepare each with its own prefix, then merge the manifests")
+        raise InputError(
+            f"--id-prefix puts one prefix before every id, so it takes one ROOT, not {len(sources)}: "
+            "prepare each with its own prefix, then merge the manifests"
+        )
     if sources and sources[0].kind == "manifest":
         per_root.append((sources[0].path, read_manifest(sources[0].path)))
     for source in sources:
@@ -211,8 +217,16 @@ def read_inputs(
         if source.kind == "kaldi":
             utts, probs = kaldi.load_kaldi_dir(root, min_duration=min_duration, workers=workers, progress=report)
         else:
-            utts, probs = layouts.scan(root, layout, speaker_regex, workers=workers, min_duration=min_duration,
-                                       progress=report, speaker_level=speaker_level, id_prefix=id_prefix)
+            utts, probs = layouts.scan(
+                root,
+                layout,
+                speaker_regex,
+                workers=workers,
+                min_duration=min_duration,
+                progress=report,
+                speaker_level=speaker_level,
+                id_prefix=id_prefix,
+            )
         per_root.append((root, utts))
         problems += probs
     if verify:
@@ -307,16 +321,32 @@ def prepare_manifest(
     from spkemb.data.manifest import atomic_write_text, format_manifest
 
     exclude_speakers_of = list(exclude_speakers_of)
-    check_arguments(min_duration=min_duration, workers=workers, trials=trials, targets=targets,
-                    nontargets=nontargets, exclude_speakers_of=exclude_speakers_of)
+    check_arguments(
+        min_duration=min_duration,
+        workers=workers,
+        trials=trials,
+        targets=targets,
+        nontargets=nontargets,
+        exclude_speakers_of=exclude_speakers_of,
+    )
     check_layout(layout, speaker_regex, speaker_level, id_prefix)
-    check_outputs(roots, output=output, trials=trials, export_kaldi=export_kaldi,
-                  exclude_speakers_of=exclude_speakers_of)
+    check_outputs(
+        roots, output=output, trials=trials, export_kaldi=export_kaldi, exclude_speakers_of=exclude_speakers_of
+    )
     sources = classify_inputs(roots, layout)
     excluded = speakers_of_manifests(exclude_speakers_of)
-    per_root, problems = read_inputs(sources, layout, speaker_regex, min_duration=min_duration, workers=workers,
-                                     on_progress=on_progress, verify=verify, on_verify=on_verify,
-                                     speaker_level=speaker_level, id_prefix=id_prefix)
+    per_root, problems = read_inputs(
+        sources,
+        layout,
+        speaker_regex,
+        min_duration=min_duration,
+        workers=workers,
+        on_progress=on_progress,
+        verify=verify,
+        on_verify=on_verify,
+        speaker_level=speaker_level,
+        id_prefix=id_prefix,
+    )
     if on_read:
         on_read(problems, len(per_root) > 1 and layouts.roots_collide(per_root))
     utts = layouts.merge_roots(per_root)
@@ -349,6 +379,14 @@ def prepare_manifest(
             atomic_write_text(path, text)
     # Per folder ROOT, on its own ids: a manifest's or a Kaldi folder's speakers are its own, and ids
     # prefixed with the ROOT's name (colliding roots) would name the wrong folder level.
-    hints = [h for source, (_, root_utts) in zip(sources, per_root, strict=False) if source.kind == "folder"
-             for h in layouts.speaker_folder_hints(root_utts)] if layout == "auto" and speaker_level is None else []
+    hints = (
+        [
+            h
+            for source, (_, root_utts) in zip(sources, per_root, strict=False)
+            if source.kind == "folder"
+            for h in layouts.speaker_folder_hints(root_utts)
+        ]
+        if layout == "auto" and speaker_level is None
+        else []
+    )
     return PrepareResult(utts, problems, trial_list, hints)

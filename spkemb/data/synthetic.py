@@ -21,10 +21,18 @@ from scipy.signal import lfilter
 from spkemb.audio import write_audio
 
 # (F1, F2, F3) in Hz of a few vowels for an adult male vocal tract.
-_VOWELS = np.array([
-    [730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480],
-    [660, 1720, 2410], [490, 1350, 1690], [640, 1190, 2390], [440, 1020, 2240],
-])
+_VOWELS = np.array(
+    [
+        [730, 1090, 2440],
+        [270, 2290, 3010],
+        [300, 870, 2240],
+        [530, 1840, 2480],
+        [660, 1720, 2410],
+        [490, 1350, 1690],
+        [640, 1190, 2390],
+        [440, 1020, 2240],
+    ]
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,9 +42,9 @@ class SyntheticSpeaker:
     tract: float
     breath: float
     rate: float
-    vowels: np.ndarray    # this speaker's own formant targets (idiosyncratic, like real vowel spaces)
-    bandwidth: float      # formant bandwidth scale
-    tilt: float           # glottal source low-pass coefficient (voice quality)
+    vowels: np.ndarray  # this speaker's own formant targets (idiosyncratic, like real vowel spaces)
+    bandwidth: float  # formant bandwidth scale
+    tilt: float  # glottal source low-pass coefficient (voice quality)
 
 
 def make_speakers(n: int, seed: int = 0) -> list[SyntheticSpeaker]:
@@ -44,16 +52,18 @@ def make_speakers(n: int, seed: int = 0) -> list[SyntheticSpeaker]:
     out = []
     for i in range(n):
         female = rng.random() < 0.5
-        out.append(SyntheticSpeaker(
-            name=f"spk{i:03d}",
-            f0=float(rng.uniform(170, 260) if female else rng.uniform(85, 150)),
-            tract=float(rng.uniform(1.05, 1.25) if female else rng.uniform(0.85, 1.05)),
-            breath=float(rng.uniform(0.01, 0.08)),
-            rate=float(rng.uniform(3.0, 6.0)),
-            vowels=_VOWELS * rng.uniform(0.88, 1.12, _VOWELS.shape),
-            bandwidth=float(rng.uniform(0.6, 1.6)),
-            tilt=float(rng.uniform(0.2, 0.9)),
-        ))
+        out.append(
+            SyntheticSpeaker(
+                name=f"spk{i:03d}",
+                f0=float(rng.uniform(170, 260) if female else rng.uniform(85, 150)),
+                tract=float(rng.uniform(1.05, 1.25) if female else rng.uniform(0.85, 1.05)),
+                breath=float(rng.uniform(0.01, 0.08)),
+                rate=float(rng.uniform(3.0, 6.0)),
+                vowels=_VOWELS * rng.uniform(0.88, 1.12, _VOWELS.shape),
+                bandwidth=float(rng.uniform(0.6, 1.6)),
+                tilt=float(rng.uniform(0.2, 0.9)),
+            )
+        )
     return out
 
 
@@ -86,7 +96,7 @@ def synthesize(spk: SyntheticSpeaker, seconds: float, sr: int, rng: np.random.Ge
             if f < sr / 2 - 200:
                 seg += _resonator(src, f, (60 + 40 * k) * spk.bandwidth, sr) / (k + 1)
         seg *= np.hanning(seg_n)
-        out[pos:pos + seg_n] += seg
+        out[pos : pos + seg_n] += seg
         pos += seg_n + int(rng.uniform(0.0, 0.25) * sr * (rng.random() < 0.3))
     out += 0.002 * rng.standard_normal(n)
     peak = np.abs(out).max() or 1.0
@@ -114,8 +124,9 @@ def make_corpus(
     return files
 
 
-def make_noise(root: str | Path, n_files: int = 12, seconds: float = 6.0, sample_rate: int = 16000,
-               seed: int = 0) -> list[Path]:
+def make_noise(
+    root: str | Path, n_files: int = 12, seconds: float = 6.0, sample_rate: int = 16000, seed: int = 0
+) -> list[Path]:
     """Write ``n_files`` noise files under ``root``: alternately babble (3-6 talkers who are not in
     any corpus made with the same seed) and coloured noise (1/f^a spectrum, a in 0..2)."""
     root = Path(root)

@@ -75,14 +75,17 @@ def parse_trial_lines(lines: Iterable[str], path: str | Path | None = None) -> t
             continue
         this, label, e, t, score = _parse(fields)
         if this is None:
-            raise InputError(f"line {lineno}: cannot parse trial {line.strip()!r} "
-                             "(expected 'label enroll test', 'enroll test target|nontarget' or 'enroll test')",
-                             path)
+            raise InputError(
+                f"line {lineno}: cannot parse trial {line.strip()!r} "
+                "(expected 'label enroll test', 'enroll test target|nontarget' or 'enroll test')",
+                path,
+            )
         if kind is None:
             kind = this
         elif (kind == "unlabelled") != (this == "unlabelled"):
-            raise InputError(f"line {lineno}: {line.strip()!r} has {len(fields)} fields, but the list started as "
-                             f"{kind} trials", path)
+            raise InputError(
+                f"line {lineno}: {line.strip()!r} has {len(fields)} fields, but the list started as {kind} trials", path
+            )
         enroll.append(e)
         test.append(t)
         scores.append(score)
@@ -128,8 +131,10 @@ def format_trials(trials: Trials, fmt: str = "voxceleb") -> str:
     for i, (e, t) in enumerate(zip(trials.enroll, trials.test, strict=True)):
         if any(c.isspace() for c in e + t):
             bad = e if any(c.isspace() for c in e) else t
-            raise InputError(f"utt_id {bad!r} contains whitespace, which trial lists cannot hold "
-                             "(rename the files, or prepare with --speaker-regex on a cleaner root)")
+            raise InputError(
+                f"utt_id {bad!r} contains whitespace, which trial lists cannot hold "
+                "(rename the files, or prepare with --speaker-regex on a cleaner root)"
+            )
         if trials.labels is None:
             out.append(f"{e} {t}")
         elif fmt == "voxceleb":
@@ -175,8 +180,10 @@ def generate_trials(
     max_target = int((sizes * (sizes - 1) // 2).sum())
     max_non = n * (n - 1) // 2 - max_target
     if n_target > max_target or n_nontarget > max_non:
-        raise InputError(f"asked for {n_target} target / {n_nontarget} non-target trials, but these "
-                         f"utterances allow at most {max_target} / {max_non}")
+        raise InputError(
+            f"asked for {n_target} target / {n_nontarget} non-target trials, but these "
+            f"utterances allow at most {max_target} / {max_non}"
+        )
     rng = np.random.default_rng(seed)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     targets = _draw_targets(sizes, starts, n_target, max_target, rng)
@@ -213,14 +220,19 @@ def _draw_nontargets(spk_of: np.ndarray, want: int, total: int, rng: np.random.G
     return chosen
 
 
-def _draw_targets(sizes: np.ndarray, starts: np.ndarray, want: int, total: int,
-                  rng: np.random.Generator) -> set[tuple[int, int]]:
+def _draw_targets(
+    sizes: np.ndarray, starts: np.ndarray, want: int, total: int, rng: np.random.Generator
+) -> set[tuple[int, int]]:
     """Distinct same-speaker pairs, uniform over all of them: a speaker drawn in proportion to its
     pair count, then two of its utterances. Enumerates only when the request is most of the pairs
     (so memory stays O(request), not O(sum of squared speaker sizes))."""
     if want > total // 2:
-        pairs = [(a, b) for s in range(len(sizes)) for a in range(starts[s], starts[s + 1])
-                 for b in range(a + 1, starts[s + 1])]
+        pairs = [
+            (a, b)
+            for s in range(len(sizes))
+            for a in range(starts[s], starts[s + 1])
+            for b in range(a + 1, starts[s + 1])
+        ]
         return {pairs[k] for k in rng.choice(len(pairs), size=want, replace=False)}
     weights = sizes * (sizes - 1) / 2
     weights = weights / weights.sum()

@@ -73,17 +73,16 @@ class UtteranceDataset(Dataset):
 
 @dataclass
 class Batch:
-    rows: list[int]                 # store rows of the utterances in this batch
-    wav: torch.Tensor               # (P, S) padded pieces
-    lengths: torch.Tensor           # (P,) valid samples per piece
-    owner: torch.Tensor             # (P,) index into ``rows`` of each piece
-    errors: list[tuple[int, str]]   # rows that failed to decode
+    rows: list[int]  # store rows of the utterances in this batch
+    wav: torch.Tensor  # (P, S) padded pieces
+    lengths: torch.Tensor  # (P,) valid samples per piece
+    owner: torch.Tensor  # (P,) index into ``rows`` of each piece
+    errors: list[tuple[int, str]]  # rows that failed to decode
 
     def pin_memory(self) -> Batch:
         """Page-locked copies of the tensors (the DataLoader calls this with ``pin_memory=True``; without
         it a dataclass batch would not be pinned and the copies to the GPU would not overlap)."""
-        return Batch(self.rows, self.wav.pin_memory(), self.lengths.pin_memory(), self.owner.pin_memory(),
-                     self.errors)
+        return Batch(self.rows, self.wav.pin_memory(), self.lengths.pin_memory(), self.owner.pin_memory(), self.errors)
 
 
 def collate(items: list[Loaded]) -> Batch:
@@ -103,9 +102,7 @@ def collate(items: list[Loaded]) -> Batch:
     )
 
 
-def bucket_batches(
-    durations: Sequence[float], max_seconds: float = 120.0, max_items: int = 64
-) -> list[list[int]]:
+def bucket_batches(durations: Sequence[float], max_seconds: float = 120.0, max_items: int = 64) -> list[list[int]]:
     """Indices grouped by similar duration, each batch holding at most ``max_seconds`` of padded
     audio (longest x count) and ``max_items`` items. Longest first, so memory peaks early."""
     order = np.argsort(-np.asarray(durations, dtype=float), kind="stable")

@@ -22,8 +22,15 @@ from spkemb.embeddings.store import StoreWriter
 from spkemb.errors import InputError
 from spkemb.runtime import autocast, resolve_device, tune_cpu_allocator, worker_init
 
-__all__ = ["ExtractOptions", "ExtractResult", "check_outputs", "parse_shard", "shard_rows", "extract_embeddings",
-           "embed_batch"]
+__all__ = [
+    "ExtractOptions",
+    "ExtractResult",
+    "check_outputs",
+    "parse_shard",
+    "shard_rows",
+    "extract_embeddings",
+    "embed_batch",
+]
 
 
 @dataclass
@@ -65,8 +72,12 @@ def extract_embeddings(
     sample_rate = int(model.sample_rate)  # type: ignore[arg-type]
     ids = [u.utt_id for u in utts]
     speakers = [u.speaker for u in utts]
-    attrs = {**attrs, "options": opts.identity(), "sample_rate": sample_rate,
-             "manifest_sha256": utterances_digest(utts)}
+    attrs = {
+        **attrs,
+        "options": opts.identity(),
+        "sample_rate": sample_rate,
+        "manifest_sha256": utterances_digest(utts),
+    }
     writer = StoreWriter.open(out, ids, dim, attrs, speakers)
     t0 = time.monotonic()
     failed: list[tuple[int, str]] = []  # (row, problem)
@@ -95,8 +106,9 @@ def extract_embeddings(
                 for row, err in batch.errors:
                     failed.append((row, err))
                 if batch.rows:
-                    emb = embed_batch(model, batch.wav, batch.lengths, batch.owner, len(batch.rows), device,
-                                      opts.precision)
+                    emb = embed_batch(
+                        model, batch.wav, batch.lengths, batch.owner, len(batch.rows), device, opts.precision
+                    )
                     finite = np.isfinite(emb).all(axis=1)
                     rows = np.asarray(batch.rows)
                     # Finite audio can still overflow an encoder: such a row is a failed one, never stored.

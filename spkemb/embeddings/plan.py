@@ -23,12 +23,13 @@ from spkemb.errors import InputError
 if TYPE_CHECKING:
     from spkemb.data.manifest import Utterance
 
+
 @dataclass
 class ExtractOptions:
-    batch_seconds: float = 120.0   # padded audio seconds per batch
+    batch_seconds: float = 120.0  # padded audio seconds per batch
     max_batch: int = 64
-    workers: int | None = None    # None: 0 on the CPU (decoding in a worker steals the model's cores), 4 on CUDA
-    chunk: float | None = None     # seconds; average embeddings of windows of long utterances
+    workers: int | None = None  # None: 0 on the CPU (decoding in a worker steals the model's cores), 4 on CUDA
+    chunk: float | None = None  # seconds; average embeddings of windows of long utterances
     hop: float | None = None
     vad: bool = False
     precision: str = "fp32"
@@ -101,8 +102,11 @@ def check_outputs(
             raise InputError("the output is one of the manifest's audio files; choose another -o", out)
 
 
-DIFFERENCES = {"encoder": "another encoder", "utterances": "other utterances (manifest or --shard)",
-               "options": "other extraction options"}
+DIFFERENCES = {
+    "encoder": "another encoder",
+    "utterances": "other utterances (manifest or --shard)",
+    "options": "other extraction options",
+}
 
 
 def refuse_replacing(output: str | Path, rows: int, differences: Sequence[str]) -> None:
@@ -110,8 +114,11 @@ def refuse_replacing(output: str | Path, rows: int, differences: Sequence[str]) 
     that was made otherwise (``differences``, keys of :data:`DIFFERENCES`; nothing when empty)."""
     if differences:
         made = " and ".join(DIFFERENCES[d] for d in differences)
-        raise InputError(f"holds a complete store of {rows} embeddings made with {made}; --overwrite replaces it "
-                         "(or choose another -o)", output)
+        raise InputError(
+            f"holds a complete store of {rows} embeddings made with {made}; --overwrite replaces it "
+            "(or choose another -o)",
+            output,
+        )
 
 
 def existing_store(

@@ -80,8 +80,7 @@ def read_embeddings(path: str | Path) -> EmbeddingSet:
     p = Path(path)
     if not p.is_file():
         if partial_path(p).is_file():
-            raise InputError("no such store (an unfinished extraction is at .partial: rerun extract to finish)",
-                             path)
+            raise InputError("no such store (an unfinished extraction is at .partial: rerun extract to finish)", path)
         raise InputError("no such embedding store", path)
     try:
         with h5py.File(p, "r") as f:
@@ -235,13 +234,17 @@ class StoreWriter:
         missing = int((wanted & ~keep).sum())
         if missing:
             self.close()
-            raise WorkError(f"{self.part}: {missing} rows were never written; the store is left "
-                            "unfinished (run the same command again to finish it)")
+            raise WorkError(
+                f"{self.part}: {missing} rows were never written; the store is left "
+                "unfinished (run the same command again to finish it)"
+            )
         bad = _nonfinite_rows(self._emb, keep & wanted)
         if len(bad):
             self.close()
-            raise WorkError(f"{self.part}: {len(bad)} rows are not finite; the store is left "
-                            "unfinished (remove it and extract again)")
+            raise WorkError(
+                f"{self.part}: {len(bad)} rows are not finite; the store is left "
+                "unfinished (remove it and extract again)"
+            )
         extra = {k: (json.dumps(v) if isinstance(v, dict | list) else v) for k, v in (extra_attrs or {}).items()}
         try:
             if wanted.all():
@@ -287,7 +290,7 @@ def _put(dset: h5py.Dataset, rows: np.ndarray, values: np.ndarray) -> None:
     rows, values = rows[order], values[order]
     # h5py fancy indexing needs increasing indices; write contiguous runs as slices (fast path).
     if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-        dset[rows[0]:rows[-1] + 1] = values
+        dset[rows[0] : rows[-1] + 1] = values
     elif len(rows):
         dset[rows] = values
 
@@ -303,11 +306,24 @@ def _create(
         f.create_dataset("utt_id", data=np.array(list(ids), dtype=object), dtype=_STR)
         if speakers is not None and any(speakers):
             f.create_dataset("speaker", data=np.array(list(speakers), dtype=object), dtype=_STR)
-        f.create_dataset("embedding", shape=(n, dim), dtype="float32", chunks=(max(1, min(n, 1024)), dim),
-                         fillvalue=np.nan, dcpl=_early_dcpl())
+        f.create_dataset(
+            "embedding",
+            shape=(n, dim),
+            dtype="float32",
+            chunks=(max(1, min(n, 1024)), dim),
+            fillvalue=np.nan,
+            dcpl=_early_dcpl(),
+        )
         f.create_dataset("written", shape=(n,), dtype=bool, fillvalue=False, dcpl=_early_dcpl())
-        f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False,
-                        "spkemb_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        f.attrs.update(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "complete": False,
+                "spkemb_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
         f.attrs.update({k: v for k, v in attrs.items() if v is not None})
         f.flush()
     except (OSError, RuntimeError, ValueError) as err:
@@ -356,24 +372,29 @@ def _write_error(err: BaseException, part: Path, started: bool = True) -> WorkEr
     text = str(err)
     code = getattr(err, "errno", None)
     if code in (errno.ENOSPC, errno.EDQUOT) or "errno = 28" in text or "errno = 122" in text:
-        problem = "no space left on the device" if code != errno.EDQUOT and "errno = 122" not in text \
+        problem = (
+            "no space left on the device"
+            if code != errno.EDQUOT and "errno = 122" not in text
             else "disk quota exceeded"
+        )
     else:
         problem = f"cannot write ({text.strip().splitlines()[0][:160] if text.strip() else type(err).__name__})"
     if started:
-        return WorkError(f"{part}: {problem}; the rows written so far are kept: make room and run the same "
-                         "command again to resume")
-    return WorkError(f"{part}: {problem} for the store (it is allocated in full when made); make room and run "
-                     "the same command again")
+        return WorkError(
+            f"{part}: {problem}; the rows written so far are kept: make room and run the same command again to resume"
+        )
+    return WorkError(
+        f"{part}: {problem} for the store (it is allocated in full when made); make room and run the same command again"
+    )
 
 
 def _nonfinite_rows(dset: h5py.Dataset, rows: np.ndarray, block: int = 65536) -> np.ndarray:
     """Indices of the rows selected by the boolean ``rows`` whose vectors are not all finite."""
     bad: list[np.ndarray] = []
     for first in range(0, dset.shape[0], block):
-        sel = rows[first:first + block]
+        sel = rows[first : first + block]
         if sel.any():
-            v = dset[first:first + len(sel)]
+            v = dset[first : first + len(sel)]
             bad.append(first + np.flatnonzero(sel & ~np.isfinite(v).all(axis=1)))
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
@@ -383,8 +404,9 @@ def _copy_rows(part: Path, out: Path, rows: np.ndarray) -> None:
     with h5py.File(part, "r") as f:
         attrs = _attrs_dict(f)
         ids = [s.decode() if isinstance(s, bytes) else s for s in f["utt_id"][()][rows]]
-        speakers = [s.decode() if isinstance(s, bytes) else s for s in f["speaker"][()][rows]] if "speaker" in f \
-            else None
+        speakers = (
+            [s.decode() if isinstance(s, bytes) else s for s in f["speaker"][()][rows]] if "speaker" in f else None
+        )
         vectors = np.asarray(f["embedding"][()][rows], dtype=np.float32)
     drop = ("complete", "format", "format_version", "created")
     write_embeddings(out, ids, vectors, speakers, {k: v for k, v in attrs.items() if k not in drop})
@@ -468,8 +490,7 @@ def merge_stores(
     for p, s in zip(inputs, sets, strict=True):
         bad = np.flatnonzero(~np.isfinite(s.vectors).all(axis=1))
         if len(bad):
-            raise InputError(f"{len(bad)} embeddings are not finite (first: {', '.join(s.ids[i] for i in bad[:3])})",
-                             p)
+            raise InputError(f"{len(bad)} embeddings are not finite (first: {', '.join(s.ids[i] for i in bad[:3])})", p)
         sha = s.attrs.get("checkpoint_sha256")
         if expect_sha256 is not None and sha != expect_sha256:
             raise InputError("made with another encoder than the one given (checkpoint SHA-256 differs)", p)
@@ -494,8 +515,10 @@ def merge_stores(
             raise InputError(f"{len(stray)} ids are not in the manifest (first: {', '.join(stray[:3])})", inputs[0])
         missing = [u for u in order if u not in pos]
         if len(missing) > failed:
-            raise InputError(f"the shards do not cover the manifest: {len(missing)} ids missing "
-                             f"(first: {', '.join(missing[:3])}); extract the missing shards first")
+            raise InputError(
+                f"the shards do not cover the manifest: {len(missing)} ids missing "
+                f"(first: {', '.join(missing[:3])}); extract the missing shards first"
+            )
         idx = np.array([pos[u] for u in order if u in pos])
         ids, vectors = [ids[i] for i in idx], vectors[idx]
         speakers = [speakers[i] for i in idx] if speakers is not None else None

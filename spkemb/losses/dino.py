@@ -13,9 +13,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from spkemb.losses._common import float32_region
 
 
-def _split_views(
-    out: torch.Tensor | Sequence[torch.Tensor], n_views: int | None, name: str
-) -> list[torch.Tensor]:
+def _split_views(out: torch.Tensor | Sequence[torch.Tensor], n_views: int | None, name: str) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         if out.dim() != 2:
             raise ValueError(

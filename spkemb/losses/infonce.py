@@ -35,15 +35,11 @@ class InfoNCE(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
-    def forward(
-        self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
         check_2d("query", query)
         check_2d("key", key)
         if key.shape != query.shape:
-            raise ValueError(
-                f"query and key must have the same shape, got {tuple(query.shape)} and {tuple(key.shape)}"
-            )
+            raise ValueError(f"query and key must have the same shape, got {tuple(query.shape)} and {tuple(key.shape)}")
         with float32_region(query.device):
             q = F.normalize(query.float(), dim=1)
             k = F.normalize(key.float(), dim=1)
@@ -88,9 +84,7 @@ class NTXent(nn.Module):
         check_2d("z1", z1)
         check_2d("z2", z2)
         if z1.shape != z2.shape:
-            raise ValueError(
-                f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
-            )
+            raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
         b = z1.shape[0]
         if b < 1:
             raise ValueError("NT-Xent needs at least one example")

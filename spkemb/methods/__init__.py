@@ -16,5 +16,13 @@ from spkemb.methods.registry import (
     register_method,
 )
 
-__all__ = ["Method", "build_method", "list_methods", "method_class", "method_names", "method_options",
-           "method_views", "register_method"]
+__all__ = [
+    "Method",
+    "build_method",
+    "list_methods",
+    "method_class",
+    "method_names",
+    "method_options",
+    "method_views",
+    "register_method",
+]

@@ -21,8 +21,15 @@ if TYPE_CHECKING:
 
     from spkemb.methods.base import Method
 
-__all__ = ["register_method", "list_methods", "method_names", "method_class", "method_options",
-           "build_method", "method_views"]
+__all__ = [
+    "register_method",
+    "list_methods",
+    "method_names",
+    "method_class",
+    "method_options",
+    "build_method",
+    "method_views",
+]
 
 _METHODS: dict[str, type[Method]] = {}
 _NOT_METHODS = {"base", "common", "registry"}

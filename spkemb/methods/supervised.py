@@ -56,27 +56,37 @@ class SupervisedOptions(Options):
     margin_hold_steps: int = opt(0, "steps at margin 0 before the margin warm-up")
     margin_ramp_steps: int = opt(0, "steps of the exponential margin warm-up (0: the full margin at once)")
     subcenters: int = opt(3, "sub-centres per class (subcenter-aam)")
-    drop_outliers_after: int | None = opt(None, "subcenter-aam: from this step, drop crops far from their "
-                                                "class's dominant sub-centre")
+    drop_outliers_after: int | None = opt(
+        None, "subcenter-aam: from this step, drop crops far from their class's dominant sub-centre"
+    )
     topk: int = opt(0, "inter-top-k penalty: hardest negative classes given an extra margin (0: off; 5)")
     topk_margin: float = opt(0.06, "the extra margin of the inter-top-k penalty")
     supcon_weight: float = opt(1.0, "weight of SupCon-AAM in aam+supcon-aam")
-    supcon_scale: float = opt(10.0, "SupCon-AAM's scale, 1 / temperature (SupCon's usual 0.1; the AAM's 30 "
-                                    "gave 18.0 % EER against 4.7 % on LibriSpeech)")
+    supcon_scale: float = opt(
+        10.0,
+        "SupCon-AAM's scale, 1 / temperature (SupCon's usual 0.1; the AAM's 30 "
+        "gave 18.0 % EER against 4.7 % on LibriSpeech)",
+    )
     n_crops: int = opt(2, "augmented crops per utterance (SupCon views; AAM sees each)")
     crop_seconds: float = opt(2.0, "length of each crop")
     items_per_speaker: int = opt(1, "K of the P x K batches (P = batch_size // K)")
     freeze_encoder_steps: int = opt(0, "train only the classifier head for this many first steps")
-    freeze_frontend_steps: int = opt(0, "run the encoder's pretrained frontend frozen (no gradients, no dropout) "
-                                        "for this many first steps, so its pooling and the head learn first "
-                                        "(wavlm-mhfa)")
+    freeze_frontend_steps: int = opt(
+        0,
+        "run the encoder's pretrained frontend frozen (no gradients, no dropout) "
+        "for this many first steps, so its pooling and the head learn first "
+        "(wavlm-mhfa)",
+    )
     encoder_lr_scale: float = opt(1.0, "the encoder's learning rate relative to the head's (e.g. 0.1)")
     layer_decay: float = opt(1.0, "layer-wise lr decay for encoders with `layers()` (deep frontends)")
     loss_gate: bool = opt(False, "train each epoch only on the low-loss items of the previous one")
     gate_threshold: float = opt(0.5, "keep an item when P(low-loss component) exceeds this")
     gate_warmup_epochs: int = opt(1, "epochs before the gate starts dropping")
-    gate_bic_check: bool = opt(True, "keep everything in an epoch whose losses one Gaussian explains better than "
-                                     "two (false: always split, as DivideMix)")
+    gate_bic_check: bool = opt(
+        True,
+        "keep everything in an epoch whose losses one Gaussian explains better than "
+        "two (false: always split, as DivideMix)",
+    )
     label_correction: bool = opt(False, "relabel items confidently predicted as another speaker")
     correction_confidence: float = opt(0.9, "the probability a correcting prediction must exceed")
     correction_patience: int = opt(2, "epochs running a prediction must disagree before relabelling")
@@ -85,8 +95,9 @@ class SupervisedOptions(Options):
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.n_crops < 1 or (self.loss != "aam" and self.loss != "subcenter-aam" and self.n_crops < 2
-                                and self.items_per_speaker < 2):
+        if self.n_crops < 1 or (
+            self.loss != "aam" and self.loss != "subcenter-aam" and self.n_crops < 2 and self.items_per_speaker < 2
+        ):
             raise ValueError("supcon losses need positives: n_crops >= 2 or items_per_speaker >= 2")
         if self.items_per_speaker < 1 or self.crop_seconds <= 0:
             raise ValueError("items_per_speaker must be >= 1 and crop_seconds > 0")
@@ -110,8 +121,9 @@ class Supervised(Method):
     Options = SupervisedOptions
     labels: Tensor
 
-    def __init__(self, encoder: nn.Module, options: SupervisedOptions | None = None, labels: Any = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, encoder: nn.Module, options: SupervisedOptions | None = None, labels: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__()
         o = self.options = self.resolve(options, kwargs)
         if labels is None:
@@ -134,24 +146,35 @@ class Supervised(Method):
         self.current_margin = self.schedule(0)
         self.last_gate: dict[str, float] = {}
         if o.freeze_frontend_steps and not callable(getattr(encoder, "set_frontend_frozen", None)):
-            raise ValueError(f"freeze_frontend_steps needs an encoder with a pretrained frontend (wavlm-mhfa), not "
-                             f"{type(encoder).__name__}; freeze_encoder_steps holds the whole encoder")
-        self.ddp_find_unused_parameters = (o.freeze_encoder_steps > 0 or o.freeze_frontend_steps > 0
-                                           or o.loss == "subcenter-aam")
+            raise ValueError(
+                f"freeze_frontend_steps needs an encoder with a pretrained frontend (wavlm-mhfa), not "
+                f"{type(encoder).__name__}; freeze_encoder_steps holds the whole encoder"
+            )
+        self.ddp_find_unused_parameters = (
+            o.freeze_encoder_steps > 0 or o.freeze_frontend_steps > 0 or o.loss == "subcenter-aam"
+        )
 
     @staticmethod
     def _make_head(o: SupervisedOptions, dim: int) -> nn.Module:
         if o.loss == "supcon-aam":
             return SupConAAM(scale=o.supcon_scale, margin=o.margin)
         if o.loss == "subcenter-aam":
-            sub = SubCenterAAM(dim, o.n_classes, margin=o.margin, scale=o.scale,
-                               subcenters=o.subcenters, topk=o.topk, topk_margin=o.topk_margin)
+            sub = SubCenterAAM(
+                dim,
+                o.n_classes,
+                margin=o.margin,
+                scale=o.scale,
+                subcenters=o.subcenters,
+                topk=o.topk,
+                topk_margin=o.topk_margin,
+            )
             sub.reduce_counts = all_reduce
             return sub
         aam: AAMSoftmax
         if o.topk:
-            aam = SubCenterAAM(dim, o.n_classes, margin=o.margin, scale=o.scale, subcenters=1, topk=o.topk,
-                               topk_margin=o.topk_margin)
+            aam = SubCenterAAM(
+                dim, o.n_classes, margin=o.margin, scale=o.scale, subcenters=1, topk=o.topk, topk_margin=o.topk_margin
+            )
         else:
             aam = AAMSoftmax(dim, o.n_classes, margin=o.margin, scale=o.scale)
         if o.loss == "aam+supcon-aam":

@@ -117,8 +117,14 @@ class _Dense(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = _linear(_shifted_taps(x, self.kernel, self.dilation), self.linear.weight, self.linear.bias, relu=True)
         bn = self.bn
-        if (not bn.training and _no_grad(h) and bn.running_var is not None and bn.running_mean is not None
-                and bn.weight is not None and bn.bias is not None):
+        if (
+            not bn.training
+            and _no_grad(h)
+            and bn.running_var is not None
+            and bn.running_mean is not None
+            and bn.weight is not None
+            and bn.bias is not None
+        ):
             # Inference: BatchNorm with running statistics is an affine map; apply it in place.
             scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
             shift = bn.bias - bn.running_mean * scale

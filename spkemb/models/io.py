@@ -102,8 +102,9 @@ def _load_payload(path: Path) -> Any:
             why = "not a PyTorch file (random bytes, truncated or corrupt?)"
         raise InputError(f"not a spkemb encoder: {why}", path) from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError, AttributeError, TypeError) as err:
-        raise InputError(f"not a spkemb encoder: cannot read it as a PyTorch file ({type(err).__name__})", path) \
-            from None
+        raise InputError(
+            f"not a spkemb encoder: cannot read it as a PyTorch file ({type(err).__name__})", path
+        ) from None
 
 
 def load_encoder(spec: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:

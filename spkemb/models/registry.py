@@ -18,8 +18,14 @@ from torch import nn
 from spkemb.errors import InputError
 from spkemb.options import Options
 
-__all__ = ["register_encoder", "build_encoder", "list_encoders", "encoder_class", "encoder_options",
-           "is_parameter_free"]
+__all__ = [
+    "register_encoder",
+    "build_encoder",
+    "list_encoders",
+    "encoder_class",
+    "encoder_options",
+    "is_parameter_free",
+]
 
 _ENCODERS: dict[str, type[nn.Module]] = {}
 

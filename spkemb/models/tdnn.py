@@ -53,7 +53,12 @@ class TDNN(nn.Module):
         o = self.options = options.replace(**kwargs) if options else TDNNOptions(**kwargs)
         self.config = {"name": "tdnn", **o.to_dict()}
         sample_rate, n_mels, channels, stats_channels, embed_dim = (
-            o.sample_rate, o.n_mels, o.channels, o.stats_channels, o.embed_dim)
+            o.sample_rate,
+            o.n_mels,
+            o.channels,
+            o.stats_channels,
+            o.embed_dim,
+        )
         self.sample_rate = int(sample_rate)
         self.embed_dim = int(embed_dim)
         self.frontend = Fbank(sample_rate=sample_rate, n_mels=n_mels)

@@ -56,27 +56,47 @@ class WavLMMHFAOptions(Options):
     pos_conv_kernel: int | None = opt(None, "kernel of the convolutional position embedding (none: 128)")
     pos_conv_groups: int | None = opt(None, "groups of the convolutional position embedding (none: 16)")
     dropout: float = opt(0.0, "dropout inside WavLM (attention, feed-forward, hidden states)")
-    normalize_waveform: bool | None = opt(None, "zero-mean unit-variance input per utterance (none: large only, "
-                                                "as the published models were trained)")
+    normalize_waveform: bool | None = opt(
+        None, "zero-mean unit-variance input per utterance (none: large only, as the published models were trained)"
+    )
     heads: int = opt(64, "MHFA attention heads")
     compression_dim: int = opt(128, "MHFA key and value compression size")
     embed_dim: int = opt(256, "embedding size")
-    layers: tuple[int, ...] | None = opt(None, "hidden states MHFA pools: 0 = the transformer's input, 1..N its "
-                                               "layers (none: all); layers above the highest are dropped")
+    layers: tuple[int, ...] | None = opt(
+        None,
+        "hidden states MHFA pools: 0 = the transformer's input, 1..N its "
+        "layers (none: all); layers above the highest are dropped",
+    )
     freeze_frontend: bool = opt(False, "keep WavLM fixed (eval mode, no gradients): only MHFA trains")
-    freeze_cnn: bool = opt(False, "keep WavLM's convolutional feature extractor fixed (as wav2vec 2.0 / WavLM "
-                                  "finetuning usually does; its backward pass is most of a CPU step)")
+    freeze_cnn: bool = opt(
+        False,
+        "keep WavLM's convolutional feature extractor fixed (as wav2vec 2.0 / WavLM "
+        "finetuning usually does; its backward pass is most of a CPU step)",
+    )
     gradient_checkpointing: bool = opt(False, "recompute transformer layers in the backward pass (less memory)")
-    frontend_weights: str | None = opt(None, "WavLM weights to start from: a torchaudio state dict or a Hugging "
-                                             "Face folder (config.json + model.safetensors or pytorch_model.bin)")
-    max_seconds: float | None = opt(20.0, "extract embeds longer utterances in windows of this length and "
-                                          "averages them (attention is quadratic in length); none: whole")
+    frontend_weights: str | None = opt(
+        None,
+        "WavLM weights to start from: a torchaudio state dict or a Hugging "
+        "Face folder (config.json + model.safetensors or pytorch_model.bin)",
+    )
+    max_seconds: float | None = opt(
+        20.0,
+        "extract embeds longer utterances in windows of this length and "
+        "averages them (attention is quadratic in length); none: whole",
+    )
 
     def __post_init__(self) -> None:
         if self.size not in PRESETS:
             raise ValueError(f"size must be one of {', '.join(PRESETS)}, got {self.size!r}")
-        for key in ("num_layers", "hidden", "attention_heads", "ffn_dim", "conv_dim", "pos_conv_kernel",
-                    "pos_conv_groups"):
+        for key in (
+            "num_layers",
+            "hidden",
+            "attention_heads",
+            "ffn_dim",
+            "conv_dim",
+            "pos_conv_kernel",
+            "pos_conv_groups",
+        ):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1")
         arch = self.arch()
@@ -84,8 +104,11 @@ class WavLMMHFAOptions(Options):
             raise ValueError(f"hidden ({arch.hidden}) must divide by attention_heads and pos_conv_groups")
         if min(self.heads, self.compression_dim, self.embed_dim) < 1 or not 0 <= self.dropout < 1:
             raise ValueError("heads, compression_dim and embed_dim must be positive, dropout in [0, 1)")
-        if self.layers is not None and (not self.layers or not all(0 <= i <= arch.num_layers for i in self.layers)
-                                        or len(set(self.layers)) != len(self.layers)):
+        if self.layers is not None and (
+            not self.layers
+            or not all(0 <= i <= arch.num_layers for i in self.layers)
+            or len(set(self.layers)) != len(self.layers)
+        ):
             raise ValueError(f"layers must be distinct indices in 0..{arch.num_layers}")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise ValueError("max_seconds must be positive (or none)")
@@ -227,8 +250,9 @@ class WavLMMHFA(nn.Module):
         projection and position embedding), each transformer layer, then MHFA."""
         w: Any = self.wavlm  # torchaudio's Wav2Vec2Model (its submodules are untyped)
         enc = w.encoder
-        bottom = nn.ModuleList([w.feature_extractor, enc.feature_projection,
-                                enc.transformer.pos_conv_embed, enc.transformer.layer_norm])
+        bottom = nn.ModuleList(
+            [w.feature_extractor, enc.feature_projection, enc.transformer.pos_conv_embed, enc.transformer.layer_norm]
+        )
         return [bottom, *enc.transformer.layers, self.mhfa]
 
     def _conv_features(self, wav: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -236,8 +260,10 @@ class WavLMMHFA(nn.Module):
         In inference it runs one utterance at a time: its first layers' activations (512 channels at
         3,200 frames a second) are the largest tensors of the model."""
         if not self.training and not torch.is_grad_enabled() and wav.shape[0] > 1:
-            parts = [self._conv_features(wav[i : i + 1], None if lengths is None else lengths[i : i + 1])
-                     for i in range(wav.shape[0])]
+            parts = [
+                self._conv_features(wav[i : i + 1], None if lengths is None else lengths[i : i + 1])
+                for i in range(wav.shape[0])
+            ]
             frames = None if lengths is None else torch.cat([f for _, f in parts if f is not None])
             return torch.cat([x for x, _ in parts]), frames
         x = wav.unsqueeze(1)

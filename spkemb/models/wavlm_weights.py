@@ -68,8 +68,9 @@ def _show(v: Any) -> str:
 
 
 def _preset(mode: str, hidden: int, layers: int, heads: int, ffn: int, ln_first: bool) -> WavLMArch:
-    return WavLMArch(mode, tuple((512, k, s) for k, s in CONV_LAYOUT), False, hidden, layers, heads, ffn, 128, 16,
-                     320, 800, ln_first)
+    return WavLMArch(
+        mode, tuple((512, k, s) for k, s in CONV_LAYOUT), False, hidden, layers, heads, ffn, 128, 16, 320, 800, ln_first
+    )
 
 
 #: the published sizes (base and base-plus share the architecture; base-plus saw more data)
@@ -122,8 +123,10 @@ def arch_from_hf_config(cfg: Mapping[str, Any], path: str | Path) -> WavLMArch:
     if model_type != "wavlm":
         raise InputError(f"config.json: model_type {model_type!r} is not a WavLM (expected 'wavlm')", path)
     try:
-        conv = tuple((int(d), int(k), int(s)) for d, k, s in
-                     zip(cfg["conv_dim"], cfg["conv_kernel"], cfg["conv_stride"], strict=True))
+        conv = tuple(
+            (int(d), int(k), int(s))
+            for d, k, s in zip(cfg["conv_dim"], cfg["conv_kernel"], cfg["conv_stride"], strict=True)
+        )
         return WavLMArch(
             extractor_mode=f"{cfg.get('feat_extract_norm', 'group')}_norm", conv_layers=conv,
             conv_bias=bool(cfg.get("conv_bias", False)), hidden=int(cfg["hidden_size"]),
@@ -152,21 +155,21 @@ def hf_to_torchaudio(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], li
     ignored: list[str] = []
     qkv: dict[str, dict[str, Tensor]] = {}
     for key, value in state.items():
-        k = _weight_norm_names(key[len("wavlm."):] if key.startswith("wavlm.") else key)
+        k = _weight_norm_names(key[len("wavlm.") :] if key.startswith("wavlm.") else key)
         m = _HF_LAYER.match(k)
         if k.startswith("feature_extractor.conv_layers."):
             out[k] = value
         elif k.startswith("feature_projection."):
             out["encoder." + k] = value
         elif k.startswith(("encoder.pos_conv_embed.", "encoder.layer_norm.")):
-            out["encoder.transformer." + k[len("encoder."):]] = value
+            out["encoder.transformer." + k[len("encoder.") :]] = value
         elif m:
             i, rest = m.group(1), m.group(2)
             proj = re.match(r"attention\.([qkv])_proj\.(weight|bias)$", rest)
             if proj:
                 qkv.setdefault(f"{i}.{proj.group(2)}", {})[proj.group(1)] = value
             elif rest.startswith("attention.out_proj."):
-                out[f"encoder.transformer.layers.{i}.attention.attention.{rest[len('attention.'):]}"] = value
+                out[f"encoder.transformer.layers.{i}.attention.attention.{rest[len('attention.') :]}"] = value
             else:
                 out[f"encoder.transformer.layers.{i}.{rest}"] = value
         else:
@@ -176,7 +179,8 @@ def hf_to_torchaudio(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], li
         if set(parts) != {"q", "k", "v"}:
             raise ValueError(f"layer {i}: {kind} of only the {'/'.join(sorted(parts))} projection(s)")
         out[f"encoder.transformer.layers.{i}.attention.attention.in_proj_{kind}"] = torch.cat(
-            [parts["q"], parts["k"], parts["v"]])
+            [parts["q"], parts["k"], parts["v"]]
+        )
     return out, ignored
 
 
@@ -185,12 +189,12 @@ def torchaudio_to_hf(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for k, v in state.items():
         if k.startswith("encoder.feature_projection."):
-            out[k[len("encoder."):]] = v
+            out[k[len("encoder.") :]] = v
         elif k.startswith("encoder.transformer."):
-            rest = k[len("encoder.transformer."):]
+            rest = k[len("encoder.transformer.") :]
             m = re.match(r"^layers\.(\d+)\.attention\.attention\.(.*)$", rest)
             if m and m.group(2).startswith("in_proj_"):
-                kind = m.group(2)[len("in_proj_"):]
+                kind = m.group(2)[len("in_proj_") :]
                 for name, part in zip("qkv", v.chunk(3), strict=True):
                     out[f"encoder.layers.{m.group(1)}.attention.{name}_proj.{kind}"] = part.clone()
             elif m:
@@ -224,13 +228,15 @@ def _read_tensor_file(path: Path) -> Mapping[str, Any]:
         try:
             from safetensors.torch import load_file
         except ImportError:  # pragma: no cover - a dependency of spkemb
-            raise InputError("reading .safetensors needs the safetensors package (pip install safetensors)",
-                             path) from None
+            raise InputError(
+                "reading .safetensors needs the safetensors package (pip install safetensors)", path
+            ) from None
         try:
             return load_file(str(path), device="cpu")
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types (truncated, bad header)
-            raise InputError(f"not a readable safetensors file (truncated or corrupt?): {_first_line(err)}",
-                             path) from None
+            raise InputError(
+                f"not a readable safetensors file (truncated or corrupt?): {_first_line(err)}", path
+            ) from None
     from spkemb.models.io import _load_payload
 
     try:
@@ -241,8 +247,9 @@ def _read_tensor_file(path: Path) -> Mapping[str, Any]:
         raise InputError(f"not a state dict (a {type(payload).__name__})", path)
     if payload.get("format") == "spkemb-encoder":
         name = (payload.get("config") or {}).get("name", "?")
-        raise InputError(f"a spkemb encoder file ({name!r}), not WavLM weights (finetune an encoder.pt with "
-                         "--init)", path)
+        raise InputError(
+            f"a spkemb encoder file ({name!r}), not WavLM weights (finetune an encoder.pt with --init)", path
+        )
     for wrapper in ("state_dict", "model"):
         if isinstance(payload.get(wrapper), Mapping):
             return payload[wrapper]  # type: ignore[no-any-return]
@@ -291,8 +298,9 @@ def read_weights(path: str | Path) -> FrontendWeights:
     if any(k.startswith(("encoder.transformer.", "encoder.feature_projection.")) for k in keys):
         state = {_weight_norm_names(k): v for k, v in tensors.items()}
         ignored = [k for k in state if not k.startswith(("feature_extractor.", "encoder."))]
-        return FrontendWeights({k: v for k, v in state.items() if k not in ignored}, "torchaudio", str(p), arch,
-                               ignored)
+        return FrontendWeights(
+            {k: v for k, v in state.items() if k not in ignored}, "torchaudio", str(p), arch, ignored
+        )
     hf_marks = ("feature_projection.projection.weight", "wavlm.feature_projection.projection.weight")
     if keys & set(hf_marks):
         try:
@@ -317,18 +325,26 @@ def load_frontend_weights(model: nn.Module, arch: WavLMArch, path: str | Path, s
     target = model.state_dict()
     missing = [k for k in target if k not in w.state]
     if missing:
-        raise InputError(f"not a complete WavLM: {len(missing)} of {len(target)} tensors missing (e.g. "
-                         f"{missing[0]}; a wav2vec 2.0 / HuBERT model?)", where)
+        raise InputError(
+            f"not a complete WavLM: {len(missing)} of {len(target)} tensors missing (e.g. "
+            f"{missing[0]}; a wav2vec 2.0 / HuBERT model?)",
+            where,
+        )
     for k, t in target.items():
         if tuple(w.state[k].shape) != tuple(t.shape):
-            raise InputError(f"{k} is {tuple(w.state[k].shape)} in the file, {tuple(t.shape)} in the encoder "
-                             f"(another WavLM size: the encoder is {arch.describe()}){hint}", where)
+            raise InputError(
+                f"{k} is {tuple(w.state[k].shape)} in the file, {tuple(t.shape)} in the encoder "
+                f"(another WavLM size: the encoder is {arch.describe()}){hint}",
+                where,
+            )
         if w.state[k].is_floating_point() and not bool(torch.isfinite(w.state[k]).all()):
             raise InputError(f"{k} holds NaN or infinite values (a corrupt file?)", where)
     extra = [k for k in w.state if k not in target]
     model.load_state_dict({k: w.state[k] for k in target}, strict=True)
     n = sum(t.numel() for t in target.values())
     ignored = len(w.ignored) + len(extra)
-    return (f"frontend weights: WavLM {arch.describe()}{f' ({size})' if size else ''} from {where} ({w.layout} "
-            f"layout): {len(target)} tensors, {n / 1e6:.1f}M parameters"
-            + (f"; {ignored} other tensor(s) ignored" if ignored else ""))
+    return (
+        f"frontend weights: WavLM {arch.describe()}{f' ({size})' if size else ''} from {where} ({w.layout} "
+        f"layout): {len(target)} tensors, {n / 1e6:.1f}M parameters"
+        + (f"; {ignored} other tensor(s) ignored" if ignored else "")
+    )

@@ -71,11 +71,13 @@ def resolve_ids(
         if not skip_missing:
             shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
             noun = "trial id is" if len(missing) == 1 else "trial ids are"
-            raise InputError(f"{len(missing)} {noun} not in the embedding store: {shown} (use --skip-missing)",
-                             source)
+            raise InputError(f"{len(missing)} {noun} not in the embedding store: {shown} (use --skip-missing)", source)
         if not keep.any():
-            raise InputError(f"none of the {len(trials)} trials has both ids in the embedding store "
-                             f"({len(missing)} ids missing, e.g. {missing[0]})", source)
+            raise InputError(
+                f"none of the {len(trials)} trials has both ids in the embedding store "
+                f"({len(missing)} ids missing, e.g. {missing[0]})",
+                source,
+            )
     return enroll[keep], test[keep], keep, missing
 
 
@@ -202,5 +204,4 @@ def as_norm(
     c = np.asarray(cohort)
     if v.ndim != 2 or c.ndim != 2 or v.shape[1] != c.shape[1]:
         raise InputError(f"cohort embeddings have shape {c.shape} but the trial embeddings have shape {v.shape}")
-    return normalize_scores(scores, ScoreSpace.cosine(v), enroll_idx, test_idx, ScoreSpace.cosine(c), "asnorm",
-                            top_k)
+    return normalize_scores(scores, ScoreSpace.cosine(v), enroll_idx, test_idx, ScoreSpace.cosine(c), "asnorm", top_k)

@@ -60,8 +60,10 @@ class Calibration:
         lab = np.asarray(labels).reshape(-1).astype(bool)
         n_tar, n_non = int(lab.sum()), int((~lab).sum())
         if n_tar == 0 or n_non == 0:
-            raise InputError(f"a calibration set needs target and non-target trials; it has {n_tar} target and "
-                             f"{n_non} non-target", source)
+            raise InputError(
+                f"a calibration set needs target and non-target trials; it has {n_tar} target and {n_non} non-target",
+                source,
+            )
         if not 0.0 < prior < 1.0:
             raise InputError(f"the calibration prior must be strictly between 0 and 1, got {prior}")
         x = np.column_stack([s] + [quality[q] for q in quality])
@@ -84,8 +86,10 @@ class Calibration:
         quality = quality or {}
         missing = [q for q in self.quality if q not in quality]
         if missing:
-            raise InputError(f"the calibration uses quality measure(s) {', '.join(missing)} (give --quality "
-                             f"{' --quality '.join(missing)} and what they need)")
+            raise InputError(
+                f"the calibration uses quality measure(s) {', '.join(missing)} (give --quality "
+                f"{' --quality '.join(missing)} and what they need)"
+            )
         x = np.column_stack([np.asarray(scores, dtype=np.float64)] + [quality[q] for q in self.quality])
         w = np.array([self.weights[n] for n in self.feature_names])
         return np.asarray(x @ w + self.bias, dtype=np.float64)
@@ -108,11 +112,16 @@ class Calibration:
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise InputError(f"not a calibration file (not JSON: {err})", path) from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise InputError(f"not a calibration file (no \"format\": \"{FORMAT}\")", path)
+            raise InputError(f'not a calibration file (no "format": "{FORMAT}")', path)
         try:
-            cal = cls(weights={str(k): float(v) for k, v in d["weights"].items()}, bias=float(d["bias"]),
-                      quality=[str(q) for q in d.get("quality", [])], prior=float(d.get("prior", 0.5)),
-                      system=dict(d.get("system", {})), fitted_on=dict(d.get("fitted_on", {})))
+            cal = cls(
+                weights={str(k): float(v) for k, v in d["weights"].items()},
+                bias=float(d["bias"]),
+                quality=[str(q) for q in d.get("quality", [])],
+                prior=float(d.get("prior", 0.5)),
+                system=dict(d.get("system", {})),
+                fitted_on=dict(d.get("fitted_on", {})),
+            )
             unknown = [q for q in cal.quality if q not in QUALITY_MEASURES]
             if unknown or set(cal.weights) != set(cal.feature_names):
                 raise ValueError(f"weights {sorted(cal.weights)} do not match the features {cal.feature_names}")

@@ -228,8 +228,14 @@ def _pav(counts: np.ndarray, tars: np.ndarray, passes: int = 64) -> tuple[np.nda
     else:  # monotone chain over what is left
         hull: list[int] = []
         for i in idx.tolist():
-            while len(hull) >= 2 and ((x[hull[-1]] - x[hull[-2]]) * (y[i] - y[hull[-2]])
-                                      - (y[hull[-1]] - y[hull[-2]]) * (x[i] - x[hull[-2]])) <= 0:
+            while (
+                len(hull) >= 2
+                and (
+                    (x[hull[-1]] - x[hull[-2]]) * (y[i] - y[hull[-2]])
+                    - (y[hull[-1]] - y[hull[-2]]) * (x[i] - x[hull[-2]])
+                )
+                <= 0
+            ):
                 hull.pop()
             hull.append(i)
         idx = np.asarray(hull)

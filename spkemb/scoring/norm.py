@@ -39,7 +39,7 @@ def cohort_stats(rows: ScoreSpace, cohort: ScoreSpace, top_k: int | None = None)
         hi = min(lo + step, n)
         s = rows.rows(np.arange(lo, hi)).matrix(cohort)  # (block, C)
         if k < c:
-            s = np.partition(s, c - k, axis=1)[:, c - k:]
+            s = np.partition(s, c - k, axis=1)[:, c - k :]
         s = s.astype(np.float64)
         mu[lo:hi] = s.mean(axis=1)
         sd[lo:hi] = s.std(axis=1)
@@ -51,8 +51,9 @@ def check_cohort(cohort: ScoreSpace, space: ScoreSpace, source: str | None = Non
     if len(cohort) < 2:
         raise InputError(f"a normalisation cohort needs at least 2 embeddings, got {len(cohort)}", source)
     if cohort.z.shape[1] != space.z.shape[1]:
-        raise InputError(f"cohort rows are {cohort.z.shape[1]}-d but the trial embeddings map to "
-                         f"{space.z.shape[1]}-d", source)
+        raise InputError(
+            f"cohort rows are {cohort.z.shape[1]}-d but the trial embeddings map to {space.z.shape[1]}-d", source
+        )
 
 
 def normalize_scores(

@@ -74,18 +74,26 @@ def _check_inputs(r: ScoreRequest) -> None:
     if len(r.names) > n_systems:
         raise InputError(f"{len(r.names)} --name options for {n_systems} systems")
     if r.trials is not None and not computed:
-        raise InputError("EMB.h5 is missing: give TRIALS EMB.h5 to score, or --scores FILE for the metrics of an "
-                         "existing scores file")
+        raise InputError(
+            "EMB.h5 is missing: give TRIALS EMB.h5 to score, or --scores FILE for the metrics of an "
+            "existing scores file"
+        )
     if not computed and not r.scores_files:
         raise InputError("nothing to score: give TRIALS EMB.h5, or --scores FILE")
-    needs_emb = {"--cohort": r.cohort, "--train": r.train, "--plda": r.plda, "--save-plda": r.save_plda,
-                 "--lda-dim": r.lda_dim}
+    needs_emb = {
+        "--cohort": r.cohort,
+        "--train": r.train,
+        "--plda": r.plda,
+        "--save-plda": r.save_plda,
+        "--lda-dim": r.lda_dim,
+    }
     for opt, value in needs_emb.items():
         if value is not None and not computed:
             raise InputError(f"{opt} needs TRIALS EMB.h5 (the scores of a --scores file are taken as they are)")
     if not computed and (r.options.norm != "none" or r.options.backend != "cosine"):
-        raise InputError("--norm and --backend need TRIALS EMB.h5 (the scores of a --scores file are taken as "
-                         "they are)")
+        raise InputError(
+            "--norm and --backend need TRIALS EMB.h5 (the scores of a --scores file are taken as they are)"
+        )
 
 
 def _check_backend(r: ScoreRequest) -> None:
@@ -121,18 +129,27 @@ def _check_outputs(r: ScoreRequest) -> None:
     from spkemb.scoring.plots import check_plot_path
 
     inputs: dict[str, str | Path | None] = {
-        "trial list": r.trials, "embedding store": r.embeddings, "cohort": r.cohort, "PLDA training store": r.train,
-        "PLDA model": r.plda, "calibration": r.calibration,
+        "trial list": r.trials,
+        "embedding store": r.embeddings,
+        "cohort": r.cohort,
+        "PLDA training store": r.train,
+        "PLDA model": r.plda,
+        "calibration": r.calibration,
         **{f"scores file {i + 1}": f for i, f in enumerate(r.scores_files)},
         **{f"manifest {i + 1}": m for i, m in enumerate(r.manifests)},
     }
-    outputs = {"-o": r.output, "--fit-calibration": r.fit_calibration, "--save-plda": r.save_plda, "--det": r.det,
-               "--hist": r.hist}
+    outputs = {
+        "-o": r.output,
+        "--fit-calibration": r.fit_calibration,
+        "--save-plda": r.save_plda,
+        "--det": r.det,
+        "--hist": r.hist,
+    }
     given = [(opt, p) for opt, p in outputs.items() if p is not None and p != "-"]
     for _opt, p in given:
         refuse_output_onto_inputs(p, inputs)
     for i, (opt_a, a) in enumerate(given):
-        for opt_b, b in given[i + 1:]:
+        for opt_b, b in given[i + 1 :]:
             if same_file(a, b):
                 raise InputError(f"{opt_a} and {opt_b} name the same file", a)
     for plot in (r.det, r.hist):
@@ -178,8 +195,11 @@ def _same_encoder(store: Any, other: dict[str, Any], path: str | None, what: str
     for key in ENCODER_KEYS:
         mine, theirs = store.attrs.get(key), other.get(key)
         if mine and theirs and mine != theirs:
-            raise InputError(f"this {what} comes from another encoder than {r.embeddings} ({key} differs); scores "
-                             "across encoders mean nothing (--allow-mixed-encoders if you mean it)", path)
+            raise InputError(
+                f"this {what} comes from another encoder than {r.embeddings} ({key} differs); scores "
+                "across encoders mean nothing (--allow-mixed-encoders if you mean it)",
+                path,
+            )
 
 
 def _primary(r: ScoreRequest, say: Callable[[str], None]) -> tuple[ScoredTrials, Plda | None]:
@@ -226,16 +246,22 @@ def _calibrate(r: ScoreRequest, st: ScoredTrials, say: Callable[[str], None]) ->
 
         before, after = compute_cllr(st.scores, st.labels), compute_cllr(cal.apply(st.scores, quality), st.labels)
         cal.system = system
-        cal.fitted_on = {"trials": len(st.table), "targets": int(st.labels.sum()), "cllr_before": before,
-                         "cllr_after": after}
+        cal.fitted_on = {
+            "trials": len(st.table),
+            "targets": int(st.labels.sum()),
+            "cllr_before": before,
+            "cllr_after": after,
+        }
         say(f"calibration fitted on {len(st.table)} trials: Cllr {before:.3f} -> {after:.3f} bits")
         return cal
     if r.calibration is not None:
         cal = Calibration.load(r.calibration)
         for key in ("backend", "norm"):
             if key in cal.system and key in system and cal.system[key] != system[key]:
-                raise InputError(f"the calibration was fitted on {key} {cal.system[key]!r} scores, these are "
-                                 f"{system[key]!r}", r.calibration)
+                raise InputError(
+                    f"the calibration was fitted on {key} {cal.system[key]!r} scores, these are {system[key]!r}",
+                    r.calibration,
+                )
         st.scores = cal.apply(st.scores, _durations(r, st))
         st.system["calibrated"] = True
     return None
@@ -282,8 +308,9 @@ def run_score(r: ScoreRequest, say: Callable[[str], None] = lambda _m: None) -> 
     _check_request(r)
     primary, plda = _primary(r, say)
     if primary.skipped:
-        say(f"skipped {primary.skipped} of {primary.total} trials: {len(primary.missing)} ids are not in "
-            f"{r.embeddings}")
+        say(
+            f"skipped {primary.skipped} of {primary.total} trials: {len(primary.missing)} ids are not in {r.embeddings}"
+        )
     cal = _calibrate(r, primary, say)
     extra = r.scores_files if r.embeddings else r.scores_files[1:]
     systems = [(_default_name(r, None if r.embeddings else r.scores_files[0]), primary)]

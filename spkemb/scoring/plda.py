@@ -45,12 +45,12 @@ class Plda:
     """A trained back-end: the preprocessing and the two covariances, all in the preprocessed space."""
 
     lda_mean: np.ndarray  # (D,) applied before the LDA projection
-    lda: np.ndarray       # (D, d)
-    whiten: np.ndarray    # (d, d), applied after subtracting ``center``
-    center: np.ndarray    # (d,)
-    mu: np.ndarray        # (d,) speaker mean
-    between: np.ndarray   # (d, d) speaker covariance B
-    within: np.ndarray    # (d, d) noise covariance W
+    lda: np.ndarray  # (D, d)
+    whiten: np.ndarray  # (d, d), applied after subtracting ``center``
+    center: np.ndarray  # (d,)
+    mu: np.ndarray  # (d,) speaker mean
+    between: np.ndarray  # (d, d) speaker covariance B
+    within: np.ndarray  # (d, d) noise covariance W
     encoder: dict[str, Any] = field(default_factory=dict)  # ENCODER_KEYS of the training store, when known
 
     @property
@@ -81,14 +81,22 @@ class Plda:
         return float(_log_gauss(np.concatenate([x1, x2]), joint) - _log_gauss(x1, tot) - _log_gauss(x2, tot))
 
     @classmethod
-    def fit(cls, vectors: np.ndarray, speakers: list[str] | None, options: PldaOptions = PldaOptions(),
-            source: str | Path | None = None) -> Plda:
+    def fit(
+        cls,
+        vectors: np.ndarray,
+        speakers: list[str] | None,
+        options: PldaOptions = PldaOptions(),
+        source: str | Path | None = None,
+    ) -> Plda:
         x, spk = _check_training(vectors, speakers, source)
         n_spk = int(spk.max()) + 1
         dim = min(x.shape[1], n_spk - 1) if options.lda_dim is None else options.lda_dim
         if not 1 <= dim <= min(x.shape[1], n_spk - 1):
-            raise InputError(f"--lda-dim must be between 1 and {min(x.shape[1], n_spk - 1)} (the embedding size "
-                             f"and the number of training speakers - 1), got {dim}", source)
+            raise InputError(
+                f"--lda-dim must be between 1 and {min(x.shape[1], n_spk - 1)} (the embedding size "
+                f"and the number of training speakers - 1), got {dim}",
+                source,
+            )
         # Imported before the BLAS limit: it only reaches libraries already loaded (scipy brings its own).
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis  # type: ignore[import-untyped]
 
@@ -115,8 +123,13 @@ class Plda:
 
         buf = io.BytesIO()
         arrays: dict[str, Any] = {"format": np.array(FORMAT), **{k: getattr(self, k) for k in _ARRAYS}}
-        arrays.update({k: np.array(v if isinstance(v, str) else json.dumps(v, sort_keys=True))
-                       for k, v in self.encoder.items() if k in ENCODER_KEYS and v})
+        arrays.update(
+            {
+                k: np.array(v if isinstance(v, str) else json.dumps(v, sort_keys=True))
+                for k, v in self.encoder.items()
+                if k in ENCODER_KEYS and v
+            }
+        )
         np.savez(buf, **arrays)
         atomic_write_bytes(path, buf.getvalue())
 
@@ -186,8 +199,9 @@ def _check_training(
     vectors: np.ndarray, speakers: list[str] | None, source: str | Path | None
 ) -> tuple[np.ndarray, np.ndarray]:
     if not speakers or not any(speakers):
-        raise InputError("the PLDA training store has no speaker labels (extract it from a manifest with a "
-                         "speaker column)", source)
+        raise InputError(
+            "the PLDA training store has no speaker labels (extract it from a manifest with a speaker column)", source
+        )
     x = np.asarray(vectors, dtype=np.float64)
     keep = np.array([bool(s) for s in speakers])
     names, spk = np.unique(np.asarray(speakers, dtype=object)[keep].astype(str), return_inverse=True)
@@ -195,8 +209,11 @@ def _check_training(
     if len(names) < 2:
         raise InputError(f"PLDA needs at least 2 training speakers, the store has {len(names)}", source)
     if np.bincount(spk).max() < 2:
-        raise InputError("PLDA needs speakers with at least 2 embeddings each to learn the within-speaker "
-                         "covariance; every training speaker has one", source)
+        raise InputError(
+            "PLDA needs speakers with at least 2 embeddings each to learn the within-speaker "
+            "covariance; every training speaker has one",
+            source,
+        )
     if not np.isfinite(x).all():
         raise InputError("the PLDA training store holds non-finite embeddings", source)
     return x, spk
@@ -218,7 +235,7 @@ def _em(y: np.ndarray, spk: np.ndarray, iterations: int) -> tuple[np.ndarray, np
     for _ in range(iterations):
         b_inv, w_inv = np.linalg.inv(between), np.linalg.inv(within)
         gamma = np.empty((n_spk, dim))
-        post_cov_sum = np.zeros((dim, dim))       # sum over speakers of Cov(y_s)
+        post_cov_sum = np.zeros((dim, dim))  # sum over speakers of Cov(y_s)
         post_cov_weighted = np.zeros((dim, dim))  # sum of n_s Cov(y_s)
         for n in np.unique(counts):
             members = counts == n

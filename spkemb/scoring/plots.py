@@ -68,8 +68,9 @@ def _thin(x: np.ndarray, y: np.ndarray, span: float) -> tuple[np.ndarray, np.nda
     return x[keep], y[keep]
 
 
-def det_figure(systems: Sequence[PlotSystem], fmt: str = "png", p_target: float = 0.01,
-               title: str | None = None) -> bytes:
+def det_figure(
+    systems: Sequence[PlotSystem], fmt: str = "png", p_target: float = 0.01, title: str | None = None
+) -> bytes:
     """The DET plot of ``systems`` as image bytes (format ``png``, ``svg`` or ``pdf``)."""
     from scipy.special import ndtri  # type: ignore[import-untyped]
 

@@ -29,7 +29,7 @@ __all__ = ["TrialTable", "read_trial_table", "resolve_rows", "format_scores", "w
 _LABEL_NAMES = ("nontarget", "target")
 # Bytes that make pyarrow's single-space split differ from str.split() (or start a comment).
 _SLOW_BYTES = (b"\t", b"\r", b"\x0b", b"\x0c", b"#")
-_HINT_DROP = 4      # leading folders tried off either side's ids to explain a missing trial id
+_HINT_DROP = 4  # leading folders tried off either side's ids to explain a missing trial id
 _HINT_SAMPLE = 100  # missing ids that vote for a common prefix
 
 
@@ -62,9 +62,12 @@ class TrialTable:
         if mask.all():
             return self
         m = pa.array(mask)
-        return TrialTable(self.enroll.filter(m), self.test.filter(m),
-                          None if self.labels is None else self.labels[mask],
-                          None if self.scores is None else self.scores[mask])
+        return TrialTable(
+            self.enroll.filter(m),
+            self.test.filter(m),
+            None if self.labels is None else self.labels[mask],
+            None if self.scores is None else self.scores[mask],
+        )
 
 
 def _pool() -> Any:
@@ -111,8 +114,9 @@ def _fast_table(data: bytes) -> TrialTable | None:
             pa.py_buffer(data),
             read_options=pcsv.ReadOptions(autogenerate_column_names=True),
             parse_options=pcsv.ParseOptions(delimiter=" ", quote_char=False, double_quote=False, escape_char=False),
-            convert_options=pcsv.ConvertOptions(column_types={f"f{i}": pa.string() for i in range(5)},
-                                                strings_can_be_null=False),
+            convert_options=pcsv.ConvertOptions(
+                column_types={f"f{i}": pa.string() for i in range(5)}, strings_can_be_null=False
+            ),
             memory_pool=_pool(),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -207,16 +211,22 @@ def id_hint(missing: list[str], ids: list[str]) -> str:
         if 2 * count >= len(sample):  # a prefix common to (at least) half the missing ids
             u, folder = example[side, prefix], prefix.strip("/")
             if side == "trial":
-                return (f"the trial ids carry the prefix {prefix!r} that the store's ids lack ({u!r} is "
-                        f"{u[len(prefix):]!r} there): strip it from the trial list, or prepare the audio with "
-                        f"--id-prefix {folder} (and extract again)")
-            return (f"the store's ids carry the prefix {prefix!r} that the trial ids lack ({u!r} is {prefix + u!r} "
-                    f"there): prepare the folder ROOT/{folder} instead of ROOT (and extract again), or put "
-                    f"{prefix!r} before the trial list's ids")
+                return (
+                    f"the trial ids carry the prefix {prefix!r} that the store's ids lack ({u!r} is "
+                    f"{u[len(prefix) :]!r} there): strip it from the trial list, or prepare the audio with "
+                    f"--id-prefix {folder} (and extract again)"
+                )
+            return (
+                f"the store's ids carry the prefix {prefix!r} that the trial ids lack ({u!r} is {prefix + u!r} "
+                f"there): prepare the folder ROOT/{folder} instead of ROOT (and extract again), or put "
+                f"{prefix!r} before the trial list's ids"
+            )
     tail = missing[0].split("/")[-1]
     near = next((u for u in ids if u.endswith("/" + tail) or u == tail), ids[0])
-    return (f"no prefix common to the missing ids explains them; store ids look like {near!r} (use --skip-missing "
-            "to score the trials that are there)")
+    return (
+        f"no prefix common to the missing ids explains them; store ids look like {near!r} (use --skip-missing "
+        "to score the trials that are there)"
+    )
 
 
 def resolve_rows(
@@ -252,11 +262,15 @@ def resolve_rows(
         if not skip_missing:
             shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
             noun = "trial id is" if len(missing) == 1 else "trial ids are"
-            raise InputError(f"{len(missing)} {noun} not in the embedding store: {shown}; {id_hint(missing, ids)}",
-                             source)
+            raise InputError(
+                f"{len(missing)} {noun} not in the embedding store: {shown}; {id_hint(missing, ids)}", source
+            )
         if not keep.any():
-            raise InputError(f"none of the {len(table)} trials has both ids in the embedding store "
-                             f"({len(missing)} ids missing, e.g. {missing[0]})", source)
+            raise InputError(
+                f"none of the {len(table)} trials has both ids in the embedding store "
+                f"({len(missing)} ids missing, e.g. {missing[0]})",
+                source,
+            )
     return enroll[keep], test[keep], keep, missing
 
 
@@ -268,12 +282,15 @@ def format_scores(table: TrialTable, scores: np.ndarray, labels: np.ndarray | No
     s = np.round(np.asarray(scores, dtype=np.float64), 6) + 0.0  # + 0.0 turns -0.0 into 0.0
     cols: dict[str, Any] = {"e": table.enroll, "t": table.test, "s": pa.array(s)}
     if labels is not None:
-        cols["l"] = pa.DictionaryArray.from_arrays(pa.array(np.asarray(labels, dtype=np.int8)),
-                                                   pa.array(_LABEL_NAMES))
+        cols["l"] = pa.DictionaryArray.from_arrays(pa.array(np.asarray(labels, dtype=np.int8)), pa.array(_LABEL_NAMES))
     sink = pa.BufferOutputStream(memory_pool=_pool())
     try:
-        pcsv.write_csv(pa.table(cols), sink, memory_pool=_pool(),
-                       write_options=pcsv.WriteOptions(include_header=False, quoting_style="none", delimiter=" "))
+        pcsv.write_csv(
+            pa.table(cols),
+            sink,
+            memory_pool=_pool(),
+            write_options=pcsv.WriteOptions(include_header=False, quoting_style="none", delimiter=" "),
+        )
     except pa.ArrowInvalid:  # an id with a quote character: Arrow will not write it unquoted
         return _format_slowly(table, s, labels).encode()
     return memoryview(sink.getvalue())  # Arrow's buffer as it is: no copy of the (tens of MB of) text

@@ -53,10 +53,10 @@ class ScoreOptions:
 class ScoredTrials:
     """Scores of the kept trials of a list, with their labels and what produced them."""
 
-    table: TrialTable             # the scored trials, in list order
-    scores: np.ndarray            # float64, one per trial of ``table``
-    labels: np.ndarray | None     # int8, when the list is labelled
-    total: int                    # trials in the list, skipped ones included
+    table: TrialTable  # the scored trials, in list order
+    scores: np.ndarray  # float64, one per trial of ``table``
+    labels: np.ndarray | None  # int8, when the list is labelled
+    total: int  # trials in the list, skipped ones included
     missing: list[str] = field(default_factory=list)
     system: dict[str, Any] = field(default_factory=dict)
 
@@ -74,8 +74,14 @@ class ScoredTrials:
 
     def summary(self, p_targets: tuple[float, ...] = (0.01, 0.05)) -> dict[str, Any]:
         """Metrics (None when unlabelled), counts and the system description, for ``--json``."""
-        out: dict[str, Any] = {"eer": None, "eer_threshold": None, "cllr": None, "mincllr": None,
-                               "targets": None, "nontargets": None}
+        out: dict[str, Any] = {
+            "eer": None,
+            "eer_threshold": None,
+            "cllr": None,
+            "mincllr": None,
+            "targets": None,
+            "nontargets": None,
+        }
         for p in p_targets:
             out[f"mindcf_p{p:g}"] = out[f"actdcf_p{p:g}"] = None
         if self.labels is not None:
@@ -112,11 +118,15 @@ def score_trials(
     if coh is not None and (coh.ndim != 2 or len(coh) == 0):
         raise InputError("the cohort store is empty", cohort_source)
     if coh is not None and coh.shape[1] != vectors.shape[1]:
-        raise InputError(f"cohort embeddings are {coh.shape[1]}-d but {source or 'the store'} holds "
-                         f"{vectors.shape[1]}-d embeddings", cohort_source)
+        raise InputError(
+            f"cohort embeddings are {coh.shape[1]}-d but {source or 'the store'} holds {vectors.shape[1]}-d embeddings",
+            cohort_source,
+        )
     if plda is not None and options.backend == "plda" and plda.dim != vectors.shape[1]:
-        raise InputError(f"the PLDA model takes {plda.dim}-d embeddings but {source or 'the store'} holds "
-                         f"{vectors.shape[1]}-d embeddings")
+        raise InputError(
+            f"the PLDA model takes {plda.dim}-d embeddings but {source or 'the store'} holds "
+            f"{vectors.shape[1]}-d embeddings"
+        )
     enroll_idx, test_idx, keep, missing = resolve_rows(table, store.ids, options.skip_missing, source=source)
     if options.norm in EMBEDDING_NORMS:
         normalizer = Normalizer.fit(coh if coh is not None else vectors, options.norm)
@@ -142,5 +152,6 @@ def read_scores(path: str | Path) -> ScoredTrials:
         raise InputError("not a scores file: expected 'enroll test score [target|nontarget]' lines", path)
     if np.isnan(table.scores).any():
         raise InputError(f"not a scores file: {int(np.isnan(table.scores).sum())} lines have no score", path)
-    return ScoredTrials(table, table.scores, table.labels, len(table), [], {"scores_file": str(path),
-                                                                            "calibrated": False})
+    return ScoredTrials(
+        table, table.scores, table.labels, len(table), [], {"scores_file": str(path), "calibrated": False}
+    )

@@ -46,16 +46,18 @@ def assign_labels(utts: Sequence[Utterance], labels: dict[str, str] | None, labe
         ids = {u.utt_id for u in utts}
         missing = [k for k in labels if k not in ids]
         if missing:
-            raise InputError(f"{len(missing)} labelled utterance(s) are not in the manifest (e.g. {missing[0]!r}); "
-                             "the labels must come from the same manifest", labels_path)
+            raise InputError(
+                f"{len(missing)} labelled utterance(s) are not in the manifest (e.g. {missing[0]!r}); "
+                "the labels must come from the same manifest",
+                labels_path,
+            )
         named = {u.utt_id: labels.get(u.utt_id) for u in utts}
         if not any(named.values()):
             raise InputError("the labels cover no utterance of the manifest", labels_path)
     else:
         named = {u.utt_id: u.speaker or None for u in utts}
         if not any(named.values()):
-            raise InputError("the manifest has no speaker column values; give --labels FILE (e.g. from "
-                             "spkemb cluster)")
+            raise InputError("the manifest has no speaker column values; give --labels FILE (e.g. from spkemb cluster)")
     kept = [u for u in utts if named[u.utt_id]]
     classes = sorted({str(named[u.utt_id]) for u in kept})
     if len(classes) < 2:
@@ -92,8 +94,11 @@ def load_init(encoder: nn.Module, init: str | Path) -> dict[str, int]:
     mismatched = [k for k, v in source.items() if k in target and target[k].shape != v.shape]
     if mismatched:
         k = mismatched[0]
-        raise InputError(f"does not fit the encoder being finetuned: {k} is {tuple(source[k].shape)} there, "
-                         f"{tuple(target[k].shape)} here (another architecture or size?)", path)
+        raise InputError(
+            f"does not fit the encoder being finetuned: {k} is {tuple(source[k].shape)} there, "
+            f"{tuple(target[k].shape)} here (another architecture or size?)",
+            path,
+        )
     shared = {k: v for k, v in source.items() if k in target}
     if not shared or len(shared) < len(target):
         raise InputError(f"loads {len(shared)} of the encoder's {len(target)} tensors: another architecture?", path)
@@ -130,8 +135,11 @@ def run_finetune(
     if cfg.batch_size // k < 2:
         raise InputError(f"batch_size {cfg.batch_size} holds fewer than 2 speakers of {k} items each")
     if init is not None and (cfg.encoder_kwargs or {}).get("frontend_weights"):
-        raise InputError("--init gives every weight of the encoder, its WavLM frontend's too, so --frontend-weights "
-                         "(or frontend_weights in the config) would be overwritten: give one of them", init)
+        raise InputError(
+            "--init gives every weight of the encoder, its WavLM frontend's too, so --frontend-weights "
+            "(or frontend_weights in the config) would be overwritten: give one of them",
+            init,
+        )
     seed_everything(cfg.seed)
     prepare_cpu(cfg)
     encoder = build_encoder_from(cfg, reporter)
@@ -151,13 +159,30 @@ def run_finetune(
     out = Path(out_dir)
 
     def export(path: Path) -> None:
-        save_encoder(method.encoder, path, extra={"method": "supervised", "init": str(init) if init else None,
-                                                  "classes": len(data.classes), "config": config_dict(cfg)})
+        save_encoder(
+            method.encoder,
+            path,
+            extra={
+                "method": "supervised",
+                "init": str(init) if init else None,
+                "classes": len(data.classes),
+                "config": config_dict(cfg),
+            },
+        )
         atomic_write_text(out / "classes.txt", "".join(f"{c}\n" for c in data.classes))
 
-    reporter.message(f"{len(data.utts)} utterances of {len(data.classes)} speakers"
-                     + (f"; {data.unlabelled} without a label left out" if data.unlabelled else ""))
-    summary = Trainer(method, dataset, collate_crops, cfg, out, export_encoder=export, reporter=reporter,
-                      sampler_factory=sampler).fit()
-    return {**summary, "classes": len(data.classes), "utterances": len(data.utts), "unlabelled": data.unlabelled,
-            "init": str(init) if init else None, "init_tensors": loaded["loaded"] if loaded else 0}
+    reporter.message(
+        f"{len(data.utts)} utterances of {len(data.classes)} speakers"
+        + (f"; {data.unlabelled} without a label left out" if data.unlabelled else "")
+    )
+    summary = Trainer(
+        method, dataset, collate_crops, cfg, out, export_encoder=export, reporter=reporter, sampler_factory=sampler
+    ).fit()
+    return {
+        **summary,
+        "classes": len(data.classes),
+        "utterances": len(data.utts),
+        "unlabelled": data.unlabelled,
+        "init": str(init) if init else None,
+        "init_tensors": loaded["loaded"] if loaded else 0,
+    }

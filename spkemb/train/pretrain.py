@@ -46,8 +46,11 @@ def random_encoder(cfg: TrainConfig, out_dir: Path, reporter: Reporter | None = 
     if not cfg.overwrite:
         for existing in ("encoder.pt", "checkpoints"):
             if (out_dir / existing).exists():
-                raise InputError(f"already holds {existing}; refusing to replace it with a random encoder "
-                                 "(choose another -o, or --overwrite)", out_dir)
+                raise InputError(
+                    f"already holds {existing}; refusing to replace it with a random encoder "
+                    "(choose another -o, or --overwrite)",
+                    out_dir,
+                )
     torch.manual_seed(cfg.seed)
     enc = build_encoder_from(cfg, reporter)
     out_dir.mkdir(parents=True, exist_ok=True)

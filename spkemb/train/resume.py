@@ -20,18 +20,27 @@ from spkemb.train.report import Reporter
 __all__ = ["pick_checkpoint", "restore_state", "trim_metrics", "OPERATIONAL"]
 
 #: settings that may change on resume without changing what is computed
-OPERATIONAL = {"device", "num_workers", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every",
-               "resume", "overwrite"}
+OPERATIONAL = {
+    "device",
+    "num_workers",
+    "checkpoint_every",
+    "checkpoint_minutes",
+    "keep_checkpoints",
+    "log_every",
+    "resume",
+    "overwrite",
+}
 
 
 def _refusal(out_dir: Path, ckpt_dir: Path) -> str | None:
     existing = list_checkpoints(ckpt_dir)
     if existing:
-        return (f"already holds checkpoints (newest {existing[-1][1].name}); pass --resume to continue that run, "
-                "--overwrite to start it again, or choose another output folder")
+        return (
+            f"already holds checkpoints (newest {existing[-1][1].name}); pass --resume to continue that run, "
+            "--overwrite to start it again, or choose another output folder"
+        )
     if (out_dir / "encoder.pt").exists():
-        return ("already holds a trained encoder.pt; pass --overwrite to replace it, or choose another output "
-                "folder")
+        return "already holds a trained encoder.pt; pass --overwrite to replace it, or choose another output folder"
     return None
 
 

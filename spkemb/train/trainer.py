@@ -63,8 +63,15 @@ from spkemb.train.report import MetricsWindow, Reporter, StepReport
 from spkemb.train.resume import pick_checkpoint, restore_state, trim_metrics
 from spkemb.train.schedule import lr_at, progress
 
-__all__ = ["Trainer", "TrainingInterrupted", "BatchSampler", "seed_everything", "skip_none_collate", "to_device",
-           "CollatedBatch"]
+__all__ = [
+    "Trainer",
+    "TrainingInterrupted",
+    "BatchSampler",
+    "seed_everything",
+    "skip_none_collate",
+    "to_device",
+    "CollatedBatch",
+]
 
 
 class TrainingInterrupted(WorkError):
@@ -231,8 +238,9 @@ class Trainer:
         if ckpt is not None:
             assert self.ckpt_path is not None
             parts = {"method": method, "optimizer": self.optimizer, "scaler": self.scaler, "sampler": self.sampler}
-            st.step, st.base_elapsed, st.skipped = restore_state(ckpt, self.ckpt_path, parts, cfg, self.device,
-                                                                 self.reporter)
+            st.step, st.base_elapsed, st.skipped = restore_state(
+                ckpt, self.ckpt_path, parts, cfg, self.device, self.reporter
+            )
             st.last_saved, st.last_saved_elapsed, st.last_path = st.step, st.base_elapsed, self.ckpt_path
         else:
             seed_everything(cfg.seed + self.rank)
@@ -298,8 +306,10 @@ class Trainer:
                 if empty:  # every item of this batch was unreadable (on some rank)
                     empty_run += 1
                     if empty_run > self.sampler.batches_per_epoch:
-                        raise WorkError("a whole epoch of training items was unreadable (the dataset returned None "
-                                        "for every item); check the manifest's audio paths")
+                        raise WorkError(
+                            "a whole epoch of training items was unreadable (the dataset returned None "
+                            "for every item); check the manifest's audio paths"
+                        )
                     continue
                 empty_run = 0
                 self._step(batch.data, n_items, elapsed)
@@ -322,8 +332,15 @@ class Trainer:
     def _step(self, data: Any, n_items: int, elapsed: float) -> None:
         """One optimiser step with its schedule, hooks, metrics and report."""
         cfg, st, method = self.cfg, self.state, self.method
-        st.lr = lr_at(st.step, elapsed, base_lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
-                      max_steps=cfg.max_steps, max_minutes=cfg.max_minutes)
+        st.lr = lr_at(
+            st.step,
+            elapsed,
+            base_lr=cfg.lr,
+            min_lr=cfg.min_lr,
+            warmup_steps=cfg.warmup_steps,
+            max_steps=cfg.max_steps,
+            max_minutes=cfg.max_minutes,
+        )
         method.progress = progress(st.step, elapsed, cfg.max_steps, cfg.max_minutes)  # type: ignore[assignment]
         method.on_step_start(st.step)  # type: ignore[operator]
         loss_value, logs = self._forward_backward(data, st.lr)
@@ -331,8 +348,11 @@ class Trainer:
         method.after_step(st.step, cfg.max_steps)  # type: ignore[operator]
         self.window.add(loss_value, n_items * self.crops_per_item, logs)
         if self.main:
-            self.reporter.step(StepReport(st.step, cfg.max_steps, self.sampler.epoch, loss_value, st.lr,
-                                          self.window.crops_per_s(), elapsed))
+            self.reporter.step(
+                StepReport(
+                    st.step, cfg.max_steps, self.sampler.epoch, loss_value, st.lr, self.window.crops_per_s(), elapsed
+                )
+            )
         if st.step % cfg.log_every == 0:
             self._log_line()
         if st.step % cfg.checkpoint_every == 0:
@@ -392,8 +412,10 @@ class Trainer:
             st.last_path = save_checkpoint(state, ckpt_dir, st.step, self.cfg.keep_checkpoints)
         except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
             reason = getattr(err, "strerror", None) or " ".join(str(err).split())[:200]
-            raise WorkError(f"{ckpt_dir}: cannot write the checkpoint of step {st.step} ({reason}); earlier "
-                            "checkpoints are intact: free space and resume") from None
+            raise WorkError(
+                f"{ckpt_dir}: cannot write the checkpoint of step {st.step} ({reason}); earlier "
+                "checkpoints are intact: free space and resume"
+            ) from None
         self.reporter.checkpoint(st.last_path, st.step)
 
     def _log_line(self) -> None:
