@@ -6,8 +6,14 @@ pairs (:meth:`Options.from_mapping`, with generic coercion by the field's type),
 (:meth:`Options.to_dict`), the CLI defaults (``MyOptions.field_name`` is the default value) and the
 documentation (:meth:`Options.describe`, used by ``--help`` and the README tables).
 
-Validation of values lives in ``__post_init__`` and raises :class:`ValueError`; ``from_mapping``
-turns that, an unknown key and a wrongly typed value into an :class:`~spkemb.errors.InputError`.
+Validation of values lives in ``__post_init__`` and raises :class:`ValueError` whose message starts
+with the field it is about (``"batch_size: must be at least 1"``); ``from_mapping`` turns that, an
+unknown key and a wrongly typed value into an :class:`~spkemb.errors.InputError`.
+
+An option set may hold another (``gate: GateOptions = opt(GateOptions(), ...)``): in a mapping it is
+a nested mapping, or dotted keys (``gate.threshold``); ``to_dict`` writes it nested. A class that
+moved options keeps reading their old keys through ``renamed`` (old key -> dotted new key), with a
+:class:`DeprecationWarning`.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from spkemb.errors import InputError
 
@@ -30,6 +37,8 @@ def opt(default: Any, help: str) -> Any:  # noqa: A002 - the word users see
     """A dataclass field with ``help`` text; list, dict and tuple defaults are copied per instance."""
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    if isinstance(default, Options):  # a nested option set: a fresh copy per instance
+        return dataclasses.field(default_factory=lambda: default.replace(), metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})
 
 
@@ -46,14 +55,55 @@ class OptionDoc:
 class Options:
     """Mixin for option dataclasses (``@dataclass class FooOptions(Options): ...``)."""
 
+    #: old keys still read, with a DeprecationWarning: ``{"gate_threshold": "gate.threshold"}``
+    renamed: ClassVar[dict[str, str]] = {}
+
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
 
     @classmethod
+    def field_defaults(cls) -> dict[str, Any]:
+        """Every field's declared default, without building an instance (a class may refuse its
+        all-defaults instance, e.g. a training config without a bound on the run)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+        return out
+
+    @classmethod
     def defaults(cls) -> dict[str, Any]:
-        """Every option with its default value."""
-        return cls().to_dict()
+        """Every option with its default value, as plain data."""
+        return {k: _plain(v) for k, v in cls.field_defaults().items()}
+
+    @classmethod
+    def normalise(cls, values: Mapping[str, Any] | None, what: str = "") -> dict[str, Any]:
+        """``values`` with ``-`` in keys read as ``_``, dotted keys nested (``gate.threshold: 0.6`` ->
+        ``gate: {threshold: 0.6}``) and renamed keys moved to their new place (with a warning).
+        Keys are not checked here (:meth:`from_mapping` does)."""
+        out: dict[str, Any] = {}
+        for raw_key, value in (values or {}).items():
+            key = str(raw_key).replace("-", "_")
+            if key in cls.renamed:
+                new = cls.renamed[key]
+                warnings.warn(
+                    f"{what + ': ' if what else ''}option {key!r} is now {new!r}; the old name will go",
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
+                key = new
+            head, dot, rest = key.partition(".")
+            if dot:
+                inner = out.get(head)
+                out[head] = {**(inner if isinstance(inner, Mapping) else {}), rest: value}
+            elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+                out[key] = {**out[key], **value}
+            else:
+                out[key] = value
+        return out
 
     @classmethod
     def from_mapping(
@@ -68,8 +118,8 @@ class Options:
         hints = _hints(cls)
         known = cls.field_names()
         out: dict[str, Any] = {}
-        for raw_key, value in (values or {}).items():
-            key = str(raw_key).replace("-", "_")
+        for raw_key, value in cls.normalise(values, what).items():
+            key = str(raw_key)
             if key not in hints:
                 raise InputError(
                     f"{prefix}unknown key {raw_key!r}: no option of that name (options: {', '.join(known)})", source
@@ -104,7 +154,9 @@ class Options:
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
+    """The type of each field (class variables such as ``renamed`` left out)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in get_type_hints(cls).items() if k in names}
 
 
 def _plain(value: Any) -> Any:
@@ -114,6 +166,8 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, Options):
+        return value.to_dict()
     return value
 
 
@@ -137,6 +191,12 @@ def coerce(value: Any, hint: Any, key: str, source: str | Path | None = None) ->
     Lenient where config files are: ``2.0`` is an int, ``"1e-3"`` (PyYAML reads it as a string) a
     float, ``"10_000"`` an int; never lenient about bools (``1`` is not ``true``).
     """
+    if isinstance(hint, type) and issubclass(hint, Options):  # a nested option set
+        if isinstance(value, hint):
+            return value
+        if isinstance(value, Mapping):
+            return hint.from_mapping(value, key, source)
+        raise InputError(f"{key}: expected a mapping of {hint.__name__} options, got {value!r}", source)
     try:
         return _coerce(value, hint)
     except (TypeError, ValueError):

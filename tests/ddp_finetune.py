@@ -50,7 +50,7 @@ def run_rank(rank: int, world: int, port: int, out_dir: str, manifest: str) -> N
         "method": "supervised", "device": "cpu", "batch_size": 4, "max_steps": 4, "seed": 1, "log_every": 1,
         "encoder_kwargs": {"channels": 16, "mfa_channels": 48, "attention_channels": 8, "se_channels": 8,
                            "embed_dim": 16},
-        "method_options": {"loss": "aam+supcon-aam", "loss_gate": True, "gate_warmup_epochs": 0,
+        "method_options": {"loss": "aam+supcon-aam", "loss_gate": True, "gate": {"warmup_epochs": 0},
                            "crop_seconds": 0.5},
     })  # fmt: skip
     torch.manual_seed(100 + rank)  # ranks start different: DDP must broadcast rank 0's weights

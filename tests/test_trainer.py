@@ -211,14 +211,23 @@ def test_fp16_on_cpu_is_refused(tmp_path: Path) -> None:
 
 def test_config_yaml_toml_overrides_and_unknown_keys(tmp_path: Path) -> None:
     y = tmp_path / "c.yaml"
-    y.write_text("method: dino\nbatch-size: 32\nlr: 1e-3\nmax_steps: 100\nmethod_options: {n_local: 4, t: 0.04}\n")
+    y.write_text(
+        "method: dino\nbatch-size: 32\nlr: 1e-3\nmax_steps: 100\nmethod_options: {local_crops: 4, teacher_temp: 0.04}\n"
+    )
     t = tmp_path / "c.toml"
-    t.write_text('method = "moco"\nbatch_size = 16\nmax_minutes = 30\n[method_options]\nqueue = 1024\n')
+    t.write_text('method = "moco"\nbatch_size = 16\nmax_minutes = 30\n[method_options]\nqueue_size = 1024\n')
     cy = merge_config(load_config(y), {}, source=y)
     assert (cy.method, cy.batch_size, cy.lr, cy.max_steps) == ("dino", 32, 0.001, 100)
-    ct = merge_config(load_config(t), {"batch_size": None, "lr": 0.5, "method_options": {"t": 0.2}}, source=t)
+    ct = merge_config(load_config(t), {"batch_size": None, "lr": 0.5, "method_options": {"temperature": 0.2}}, source=t)
     assert (ct.method, ct.batch_size, ct.lr, ct.max_minutes) == ("moco", 16, 0.5, 30.0)
-    assert ct.method_options == {"queue": 1024, "t": 0.2}
+    assert ct.method_options == {"queue_size": 1024, "temperature": 0.2}
+    with pytest.raises(InputError, match="method 'moco': unknown key 'queue'") as err:  # before any work
+        merge_config(load_config(t), {"method_options": {"queue": 8}}, source=t)
+    assert err.value.path == str(t)
+    with pytest.raises(InputError, match="encoder 'ecapa': unknown key 'chanels'"):
+        merge_config({"max_steps": 1}, {"encoder_kwargs": {"chanels": 8}})
+    with pytest.raises(InputError, match="data_options: unknown key 'noize'"):
+        merge_config({"max_steps": 1}, {"data_options": {"noize": ["x"]}})
     over = merge_config(load_config(y), {"batch_size": 8, "precision": "bf16", "device": "cpu"}, source=y)
     assert (over.batch_size, over.precision, over.device) == (8, "bf16", "cpu")
 

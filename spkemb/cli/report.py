@@ -8,7 +8,8 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from spkemb.cli.common import busy_notice, console, log_interval
+from spkemb.cli.console import busy_notice, console
+from spkemb.cli.progress import log_interval
 from spkemb.train.report import Reporter, StepReport
 
 

@@ -36,46 +36,46 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning  # type: ignore[import-untyped]
-from sklearn.mixture import GaussianMixture  # type: ignore[import-untyped]
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
 from torch import nn
 
 from spkemb import distributed as dist_
+from spkemb.options import Options, opt
 
 __all__ = ["GateOptions", "GateSummary", "LossGate", "gate_losses"]
 
 
 @dataclass
-class GateOptions:
-    """``threshold``: keep a sample when P(low-loss component | loss) > threshold. ``min_samples``:
-    fewer samples seen in an epoch keep everything. ``seed``: the mixture's ``random_state``;
-    ``reg_covar``: its variance floor, on losses scaled to [0, 1] (DivideMix's 5e-4).
-    ``warmup_epochs``: the first fits keep everything and correct nothing (a fresh classifier's
-    first epoch has high losses everywhere). ``bic_check``: keep everything when one Gaussian
-    explains the losses better than two (BIC); ``False`` always splits, as DivideMix does (for
-    small data, where a network fits the wrong labels too and their losses never form a mode).
-    ``correct``, ``confidence``, ``patience``: label correction (see the module docstring)."""
+class GateOptions(Options):
+    """The loss gate and label correction (``method_options.gate`` of finetuning); see the module
+    docstring. ``bic_check=False`` always splits, as DivideMix does (for small data, where a network
+    fits the wrong labels too and their losses never form a mode)."""
 
-    threshold: float = 0.5
-    min_samples: int = 32
-    seed: int = 0
-    reg_covar: float = 5e-4
-    warmup_epochs: int = 1
-    bic_check: bool = True
-    correct: bool = False
-    confidence: float = 0.9
-    patience: int = 2
+    threshold: float = opt(0.5, "keep an item when P(low-loss component | loss) exceeds this")
+    min_samples: int = opt(32, "an epoch with fewer items seen keeps everything")
+    seed: int = opt(0, "random_state of the mixture fits")
+    reg_covar: float = opt(5e-4, "the mixture's variance floor, on losses scaled to [0, 1] (DivideMix's 5e-4)")
+    warmup_epochs: int = opt(1, "epochs whose fits keep everything and correct nothing")
+    bic_check: bool = opt(
+        True,
+        "keep everything in an epoch whose losses one Gaussian explains better than two (false: always split, "
+        "as DivideMix)",
+    )
+    correct: bool = opt(False, "label correction: relabel items confidently predicted as another speaker")
+    confidence: float = opt(0.9, "the probability a correcting prediction must exceed")
+    patience: int = opt(2, "epochs running a prediction must disagree before relabelling")
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold < 1.0 or not 0.0 < self.confidence <= 1.0:
-            raise ValueError(
-                f"threshold must be in [0, 1) and confidence in (0, 1], got {self.threshold}, {self.confidence}"
-            )
-        if self.min_samples < 2 or self.patience < 1 or self.warmup_epochs < 0 or self.reg_covar <= 0:
-            raise ValueError(
-                f"need min_samples >= 2, patience >= 1, warmup_epochs >= 0, reg_covar > 0; got {self.min_samples}, "
-                f"{self.patience}, {self.warmup_epochs}, {self.reg_covar}"
-            )
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold: must be in [0, 1) (got {self.threshold})")
+        if not 0.0 < self.confidence <= 1.0:
+            raise ValueError(f"confidence: must be in (0, 1] (got {self.confidence})")
+        for name, low in (("min_samples", 2), ("patience", 1), ("warmup_epochs", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}: must be at least {low} (got {getattr(self, name)})")
+        if self.reg_covar <= 0:
+            raise ValueError(f"reg_covar: must be positive (got {self.reg_covar})")
 
 
 @dataclass

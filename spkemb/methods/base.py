@@ -105,6 +105,8 @@ class Method(nn.Module):
     #: ``pretrain`` (self-supervised) or ``finetune`` (trained on labels)
     kind: ClassVar[str] = "pretrain"
     options: Any
+    #: the fraction of the run done, in [0, 1] (set by the trainer before every ``forward``)
+    progress: float
     #: how many crops (encoder inputs) one dataset item becomes; for the crops/s throughput figure
     crops_per_item: int = 1
     #: re-broadcast buffers from rank 0 before every forward under DDP (off: the method syncs them)
@@ -120,7 +122,7 @@ class Method(nn.Module):
     def resolve(cls, options: Any | None, kwargs: dict[str, Any]) -> Any:
         """The options from an options object and/or keyword overrides (``ValueError`` for a bad value)."""
         if options is None:
-            return cls.Options(**kwargs)  # type: ignore[call-arg]
+            return cls.Options(**kwargs)
         return options.replace(**kwargs) if kwargs else options
 
     @property
@@ -132,6 +134,10 @@ class Method(nn.Module):
     def views(options: Any) -> list[tuple[int, float]]:  # pragma: no cover - abstract
         """The crops one dataset item must become: ``[(n_crops, seconds), ...]`` per group."""
         raise NotImplementedError
+
+    def crop_views(self) -> list[tuple[int, float]]:
+        """The crops this method trains on: its :meth:`views` of its own options."""
+        return type(self).views(self.options)
 
     def forward(self, batch: Any) -> tuple[Tensor, dict[str, float]]:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement forward(batch) -> (loss, logs)")

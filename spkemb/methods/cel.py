@@ -63,7 +63,7 @@ class CEL(Method):
         self.crops_per_item = self.n_crops
 
     @staticmethod
-    def views(o: CELOptions) -> ViewSpec:  # type: ignore[override]
+    def views(o: CELOptions) -> ViewSpec:
         return [(int(o.n_crops), float(o.crop_seconds))]
 
     def forward(self, batch: Any) -> tuple[Tensor, dict[str, float]]:

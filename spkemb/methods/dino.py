@@ -104,7 +104,7 @@ class DINO(Method):
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
     @staticmethod
-    def views(o: DINOOptions) -> ViewSpec:  # type: ignore[override]
+    def views(o: DINOOptions) -> ViewSpec:
         spec: ViewSpec = [(int(o.global_crops), float(o.global_seconds))]
         if int(o.local_crops) > 0:
             spec.append((int(o.local_crops), float(o.local_seconds)))

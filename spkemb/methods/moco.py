@@ -123,7 +123,7 @@ class MoCo(Method):
         self.register_buffer("queue_fill", torch.zeros((), dtype=torch.long))
 
     @staticmethod
-    def views(o: MoCoOptions) -> ViewSpec:  # type: ignore[override]
+    def views(o: MoCoOptions) -> ViewSpec:
         return [(2, float(o.crop_seconds))]
 
     def groups_for(self, batch_size: int) -> int:

@@ -63,7 +63,7 @@ class SimCLR(Method):
         self.crops_per_item = 2
 
     @staticmethod
-    def views(o: SimCLROptions) -> ViewSpec:  # type: ignore[override]
+    def views(o: SimCLROptions) -> ViewSpec:
         return [(2, float(o.crop_seconds))]
 
     def forward(self, batch: Any) -> tuple[Tensor, dict[str, float]]:

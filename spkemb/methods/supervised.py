@@ -13,8 +13,10 @@ finetune job. The loss is one of
 
 Noisy labels (Miara et al. 2024): with ``loss_gate`` a 2-component Gaussian mixture is fitted to
 the per-item losses at the end of every epoch, and the next epoch trains only on the low-loss
-items (:class:`~spkemb.losses.gate.LossGate`); ``label_correction`` relabels items whose prediction
-is confident and disagrees for ``correction_patience`` epochs. Both are logged (``gate_*``).
+items (:class:`~spkemb.losses.gate.LossGate`, options ``gate``); ``gate.correct`` relabels items whose
+prediction is confident and disagrees for ``gate.patience`` epochs. Both are logged (``gate_*``). The
+gate's options were flat keys once (``gate_threshold``, ``label_correction``, ...): they are still
+read, with a DeprecationWarning (``SupervisedOptions.renamed``).
 
 The classifier head, the labels and the gate's state are part of the method's ``state_dict``, so
 checkpoints resume exactly. Only the encoder is exported to ``encoder.pt``.
@@ -23,7 +25,7 @@ checkpoints resume exactly. Only the encoder is exported to ``encoder.pt``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -41,8 +43,8 @@ from spkemb.options import Options, opt
 
 __all__ = ["Supervised", "SupervisedOptions", "LOSSES"]
 
-LOSSES = ("aam", "subcenter-aam", "supcon-aam", "aam+supcon-aam")
 Loss = Literal["aam", "subcenter-aam", "supcon-aam", "aam+supcon-aam"]
+LOSSES: tuple[str, ...] = get_args(Loss)
 
 
 @dataclass
@@ -80,33 +82,33 @@ class SupervisedOptions(Options):
     encoder_lr_scale: float = opt(1.0, "the encoder's learning rate relative to the head's (e.g. 0.1)")
     layer_decay: float = opt(1.0, "layer-wise lr decay for encoders with `layers()` (deep frontends)")
     loss_gate: bool = opt(False, "train each epoch only on the low-loss items of the previous one")
-    gate_threshold: float = opt(0.5, "keep an item when P(low-loss component) exceeds this")
-    gate_warmup_epochs: int = opt(1, "epochs before the gate starts dropping")
-    gate_bic_check: bool = opt(
-        True,
-        "keep everything in an epoch whose losses one Gaussian explains better than "
-        "two (false: always split, as DivideMix)",
-    )
-    label_correction: bool = opt(False, "relabel items confidently predicted as another speaker")
-    correction_confidence: float = opt(0.9, "the probability a correcting prediction must exceed")
-    correction_patience: int = opt(2, "epochs running a prediction must disagree before relabelling")
-    seed: int = opt(0, "seed of the gate's mixture fits")
+    gate: GateOptions = opt(GateOptions(), "the loss gate and label correction (gate.correct)")
+
+    renamed: ClassVar[dict[str, str]] = {
+        "gate_threshold": "gate.threshold", "gate_warmup_epochs": "gate.warmup_epochs",
+        "gate_bic_check": "gate.bic_check", "label_correction": "gate.correct",
+        "correction_confidence": "gate.confidence", "correction_patience": "gate.patience", "seed": "gate.seed",
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.n_crops < 1 or (
-            self.loss != "aam" and self.loss != "subcenter-aam" and self.n_crops < 2 and self.items_per_speaker < 2
-        ):
-            raise ValueError("supcon losses need positives: n_crops >= 2 or items_per_speaker >= 2")
-        if self.items_per_speaker < 1 or self.crop_seconds <= 0:
-            raise ValueError("items_per_speaker must be >= 1 and crop_seconds > 0")
+            raise ValueError(f"loss: must be one of {', '.join(LOSSES)} (got {self.loss!r})")
+        if self.n_crops < 1:
+            raise ValueError(f"n_crops: must be at least 1 (got {self.n_crops})")
+        if self.loss in ("supcon-aam", "aam+supcon-aam") and self.n_crops < 2 and self.items_per_speaker < 2:
+            raise ValueError("n_crops: supcon losses need positives: n_crops >= 2 or items_per_speaker >= 2")
+        if self.items_per_speaker < 1:
+            raise ValueError(f"items_per_speaker: must be at least 1 (got {self.items_per_speaker})")
+        if self.crop_seconds <= 0:
+            raise ValueError(f"crop_seconds: must be positive (got {self.crop_seconds})")
         if self.loss_gate and self.loss == "supcon-aam":
-            raise ValueError("the loss gate needs a classifier loss (aam, subcenter-aam or aam+supcon-aam)")
+            raise ValueError("loss_gate: the loss gate needs a classifier loss (aam, subcenter-aam or aam+supcon-aam)")
         if self.supcon_scale <= 0:
-            raise ValueError(f"supcon_scale must be > 0, got {self.supcon_scale}")
-        if not 0 < self.encoder_lr_scale or not 0 < self.layer_decay <= 1:
-            raise ValueError("encoder_lr_scale must be > 0 and layer_decay in (0, 1]")
+            raise ValueError(f"supcon_scale: must be > 0 (got {self.supcon_scale})")
+        if not 0 < self.encoder_lr_scale:
+            raise ValueError(f"encoder_lr_scale: must be > 0 (got {self.encoder_lr_scale})")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay: must be in (0, 1] (got {self.layer_decay})")
 
 
 @register_method("supervised", kind="finetune")
@@ -137,11 +139,7 @@ class Supervised(Method):
         dim = embed_dim_of(encoder)
         self.head = self._make_head(o, dim)
         self.schedule = MarginScheduler(final=o.margin, hold=o.margin_hold_steps, ramp=o.margin_ramp_steps)
-        self.gate = LossGate(lab, GateOptions(
-            threshold=o.gate_threshold, warmup_epochs=o.gate_warmup_epochs, bic_check=o.gate_bic_check,
-            correct=o.label_correction,
-            confidence=o.correction_confidence, patience=o.correction_patience, seed=o.seed,
-        )) if o.loss_gate or o.label_correction else None  # fmt: skip
+        self.gate = LossGate(lab, o.gate) if o.loss_gate or o.gate.correct else None
         self.crops_per_item = o.n_crops
         self.current_margin = self.schedule(0)
         self.last_gate: dict[str, float] = {}
@@ -182,7 +180,7 @@ class Supervised(Method):
         return aam
 
     @staticmethod
-    def views(o: SupervisedOptions) -> ViewSpec:  # type: ignore[override]
+    def views(o: SupervisedOptions) -> ViewSpec:
         return [(int(o.n_crops), float(o.crop_seconds))]
 
     # -- optimiser groups and schedules ---------------------------------------------------------

@@ -6,6 +6,9 @@ Its options are one dataclass (the class attribute ``Options``, a :class:`spkemb
 its constructor takes ``(options=None, **kwargs)``, and its ``config`` dict holds ``name`` plus the
 options (``{"name": ..., **options.to_dict()}``), which rebuild it: ``build_encoder(**config)``.
 A class attribute ``parameter_free = True`` marks a built-in baseline that needs no weights file.
+Names and discovery are those of the method registry (:class:`spkemb.registry.Registry`): ``ECAPA``
+and ``wavlm_mhfa`` find ``ecapa`` and ``wavlm-mhfa``; the modules of this package that hold a
+``@register_encoder`` are imported on the first lookup.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from typing import Any
 
 from torch import nn
 
-from spkemb.errors import InputError
 from spkemb.options import Options
+from spkemb.registry import Registry, normalise_name
 
 __all__ = [
     "register_encoder",
@@ -27,21 +30,16 @@ __all__ = [
     "is_parameter_free",
 ]
 
-_ENCODERS: dict[str, type[nn.Module]] = {}
-
-
-def _key(name: str) -> str:
-    return str(name).strip().lower().replace("_", "-")
+ENCODERS: Registry[nn.Module] = Registry("encoder", "models", "register_encoder")
+_key = normalise_name
 
 
 def register_encoder(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator that makes an encoder buildable by ``name``."""
-    key = _key(name)
+    """Class decorator that makes an encoder buildable by ``name`` (write it as a literal: the command
+    line reads it from the source)."""
 
     def decorate(cls: type[nn.Module]) -> type[nn.Module]:
-        if key in _ENCODERS and _ENCODERS[key] is not cls:
-            raise ValueError(f"encoder {key!r} is already registered by {_ENCODERS[key].__qualname__}")
-        _ENCODERS[key] = cls
+        key = ENCODERS.add(name, cls)
         setattr(cls, "encoder_name", key)  # noqa: B010 - a class attribute nn.Module does not declare
         return cls
 
@@ -50,21 +48,17 @@ def register_encoder(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 def list_encoders() -> list[str]:
     """Names of the registered encoders, sorted."""
-    return sorted(_ENCODERS)
+    return ENCODERS.names()
 
 
 def encoder_class(name: str) -> type[nn.Module]:
     """The class registered as ``name``; unknown names raise :class:`InputError`."""
-    key = _key(name)
-    if key not in _ENCODERS:
-        known = ", ".join(list_encoders()) or "none"
-        raise InputError(f"unknown encoder {name!r} (known: {known})")
-    return _ENCODERS[key]
+    return ENCODERS.get(name)
 
 
 def _options_class(name: str) -> type[Options]:
     """The options dataclass of encoder ``name`` (every encoder class has an ``Options`` attribute)."""
-    return getattr(encoder_class(name), "Options")  # type: ignore[no-any-return]  # noqa: B009
+    return getattr(encoder_class(name), "Options")  # noqa: B009
 
 
 def encoder_options(name: str) -> dict[str, Any]:
@@ -74,8 +68,8 @@ def encoder_options(name: str) -> dict[str, Any]:
 
 def is_parameter_free(name: str) -> bool:
     """True for a built-in baseline that works without a weights file (e.g. ``mfcc-stats``)."""
-    key = _key(name)
-    return key in _ENCODERS and bool(getattr(_ENCODERS[key], "parameter_free", False))
+    ENCODERS.load_builtins()
+    return name in ENCODERS and bool(getattr(ENCODERS.get(name), "parameter_free", False))
 
 
 def build_encoder(name: str, **kwargs: Any) -> nn.Module:

@@ -64,35 +64,62 @@ class TrainConfig(Options):
     method_options: dict[str, Any] = opt({}, "the method's options (its options dataclass)")
     data_options: dict[str, Any] = opt({}, "data options: augmentation and crop sampling (DataOptions)")
 
-    def validate(self, source: str | Path | None = None) -> TrainConfig:
-        """Raise :class:`InputError` (naming ``source``) for a value out of range; return self."""
-
-        def bad(key: str, why: str) -> InputError:
-            return InputError(f"{key}: {why} (got {getattr(self, key)!r})", source)
-
+    def __post_init__(self) -> None:
+        """Every value in range (``ValueError`` naming the field); ``device`` normalised."""
         self.device = str(self.device).strip().lower()
         if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
+            raise _bad(self, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         if self.precision not in PRECISIONS:
-            raise bad("precision", f"must be one of {', '.join(PRECISIONS)}")
+            raise _bad(self, "precision", f"must be one of {', '.join(PRECISIONS)}")
         if not is_device_spec(self.device):
-            raise bad("device", "must be auto, cpu, cuda or cuda:N")
+            raise _bad(self, "device", "must be auto, cpu, cuda or cuda:N")
         for key in ("batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, key) < 1:
-                raise bad(key, "must be at least 1")
+                raise _bad(self, key, "must be at least 1")
         for key in ("warmup_steps", "num_workers", "seed", "lr", "min_lr", "weight_decay"):
             if getattr(self, key) < 0:
-                raise bad(key, "must not be negative")
+                raise _bad(self, key, "must not be negative")
         if self.max_steps is None and self.max_minutes is None:
-            raise InputError("set max_steps or max_minutes (or both) to bound the run", source)
+            raise ValueError("max_steps: set max_steps or max_minutes (or both) to bound the run")
         if self.max_steps is not None and self.max_steps < 1:
-            raise bad("max_steps", "must be at least 1")
+            raise _bad(self, "max_steps", "must be at least 1")
         for key in ("max_minutes", "checkpoint_minutes"):
             if getattr(self, key) is not None and getattr(self, key) <= 0:
-                raise bad(key, "must be positive")
+                raise _bad(self, key, "must be positive")
         if self.grad_clip is not None and self.grad_clip < 0:
-            raise bad("grad_clip", "must not be negative")
-        return self
+            raise _bad(self, "grad_clip", "must not be negative")
+
+
+def _bad(cfg: TrainConfig, key: str, why: str) -> ValueError:
+    return ValueError(f"{key}: {why} (got {getattr(cfg, key)!r})")
+
+
+@dataclass
+class OptionSets:
+    """The three mapping fields of a :class:`TrainConfig` as their option classes."""
+
+    encoder: Options
+    method: Options | None  # None for pretrain's ``method: none`` (a random encoder)
+    data: Options
+
+
+def typed_options(cfg: TrainConfig, source: str | Path | None = None) -> OptionSets:
+    """``encoder_kwargs``, ``method_options`` and ``data_options`` built into the encoder's, the
+    method's and :class:`~spkemb.train.data.DataOptions`: an unknown name, an unknown key or a bad
+    value raises :class:`InputError` (naming ``source``) before any work. Imports the registries.
+    ``cfg.method_options`` gets the method's renamed keys moved to their new place (with a warning)."""
+    from spkemb.methods import method_class
+    from spkemb.models.registry import encoder_class
+    from spkemb.train.data import DataOptions
+
+    enc_cls: type[Options] = getattr(encoder_class(cfg.encoder), "Options")  # noqa: B009
+    encoder = enc_cls.from_mapping(cfg.encoder_kwargs, f"encoder {cfg.encoder!r}", source)
+    method = None
+    if cfg.method != "none":
+        options_cls, what = method_class(cfg.method).Options, f"method {cfg.method!r}"
+        cfg.method_options = options_cls.normalise(cfg.method_options, what)  # renamed keys moved (warned once)
+        method = options_cls.from_mapping(cfg.method_options, what, source)
+    return OptionSets(encoder, method, DataOptions.from_mapping(cfg.data_options, "data_options", source))
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -128,11 +155,16 @@ def merge_config(
     file_dict: Mapping[str, Any] | None,
     overrides: Mapping[str, Any] | None = None,
     source: str | Path | None = None,
+    check_options: bool = True,
 ) -> TrainConfig:
     """Defaults < ``file_dict`` (read from ``source``) < ``overrides`` (``None`` = not given).
 
     Unknown keys, wrongly typed values and values out of range raise :class:`InputError` naming
-    ``source`` (for overrides: no file) and the key.
+    ``source`` (for overrides: no file) and the key; so do the keys and values of ``encoder_kwargs``,
+    ``method_options`` and ``data_options`` (:func:`typed_options`, which imports the registries;
+    ``check_options=False`` leaves that to the job). The three mappings are kept as plain mappings
+    (nested and with renamed keys moved, see :meth:`Options.normalise`), merged key by key. Pretrain's
+    ``method: none`` (a random encoder, no steps) needs no bound: it gets ``max_steps: 1``.
     """
     values: dict[str, Any] = {}
     for origin, mapping in ((source, file_dict or {}), (None, overrides or {})):
@@ -144,10 +176,26 @@ def merge_config(
             if value is None and origin is None:
                 continue  # not given on the command line
             value = coerce(value, _HINTS[key], key, origin)
-            if key in _DICT_FIELDS and key in values:
-                value = {**values[key], **value}
+            if key in _DICT_FIELDS:
+                value = Options.normalise(_deep_merge(values.get(key, {}), Options.normalise(value)))
             values[key] = value
-    return TrainConfig(**values).validate(source)
+    if values.get("method") == "none" and values.get("max_steps") is None and values.get("max_minutes") is None:
+        values["max_steps"] = 1  # a random encoder trains no steps; the config still validates
+    try:
+        cfg = TrainConfig(**values)
+    except ValueError as err:
+        raise InputError(str(err), source) from None
+    if check_options:
+        typed_options(cfg, source)
+    return cfg
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base`` key by key, nested mappings too."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:

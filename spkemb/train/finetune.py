@@ -9,7 +9,7 @@ The experiment folder also gets ``classes.txt`` (class index -> label, one per l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,10 @@ from torch import nn
 from spkemb.data.manifest import Utterance
 from spkemb.errors import InputError
 from spkemb.fileio import atomic_write_text
-from spkemb.train.config import TrainConfig, config_dict
+from spkemb.train.config import TrainConfig, config_dict, merge_config, typed_options
 from spkemb.train.report import Reporter
 
-__all__ = ["run_finetune", "assign_labels", "load_init", "LabelledSet"]
+__all__ = ["run_finetune", "finetune_config", "assign_labels", "load_init", "LabelledSet"]
 
 
 @dataclass
@@ -57,7 +57,9 @@ def assign_labels(utts: Sequence[Utterance], labels: dict[str, str] | None, labe
     else:
         named = {u.utt_id: u.speaker or None for u in utts}
         if not any(named.values()):
-            raise InputError("the manifest has no speaker column values; give --labels FILE (e.g. from spkemb cluster)")
+            raise InputError(
+                "the manifest has no speaker column values; give `labels` (a labels file, e.g. from spkemb cluster)"
+            )
     kept = [u for u in utts if named[u.utt_id]]
     classes = sorted({str(named[u.utt_id]) for u in kept})
     if len(classes) < 2:
@@ -77,10 +79,27 @@ def init_path(init: str | Path) -> Path:
 
 
 def init_config(init: str | Path) -> dict[str, Any]:
-    """The encoder config stored in an ``--init`` file (name plus options)."""
+    """The encoder config stored in an ``init`` file (name plus options)."""
     from spkemb.models import load_encoder
 
     return dict(load_encoder(init_path(init)).config)  # type: ignore[arg-type]
+
+
+def finetune_config(
+    file_cfg: Mapping[str, Any] | None,
+    overrides: Mapping[str, Any] | None,
+    init: str | Path | None = None,
+    source: str | Path | None = None,
+) -> TrainConfig:
+    """The finetune configuration: defaults < ``file_cfg`` (read from ``source``) < ``overrides``
+    (``None``: not given), method ``supervised``. With ``init`` and no encoder named (in either), the
+    encoder is the architecture stored in ``init`` (its options under any ``encoder_kwargs`` given)."""
+    over = {**(overrides or {}), "method": "supervised"}
+    if init is not None and over.get("encoder") is None and "encoder" not in (file_cfg or {}):
+        arch = init_config(init)  # the architecture of the pretrained encoder
+        over["encoder"] = str(arch.pop("name"))
+        over["encoder_kwargs"] = {**arch, **(over.get("encoder_kwargs") or {})}
+    return merge_config(file_cfg, over, source=source)
 
 
 def load_init(encoder: nn.Module, init: str | Path) -> dict[str, int]:
@@ -118,7 +137,6 @@ def run_finetune(
     """Finetune ``cfg.encoder`` (from ``init`` when given) on the labelled ``utts`` into ``out_dir``."""
     from spkemb.data.crops import collate_crops
     from spkemb.data.pk_sampler import PKSampler
-    from spkemb.methods import method_views
     from spkemb.methods.supervised import Supervised, SupervisedOptions
     from spkemb.models import save_encoder
     from spkemb.train.data import DataOptions, crop_dataset
@@ -127,17 +145,16 @@ def run_finetune(
 
     reporter = reporter or Reporter()
     data = assign_labels(utts, labels, labels_path)
-    DataOptions.from_mapping(cfg.data_options, "data_options")
-    opts = dict(cfg.method_options)
-    opts["n_classes"] = len(data.classes)
-    views = method_views("supervised", **opts)
-    k = int(opts.get("items_per_speaker", 1))
+    typed = typed_options(cfg)  # bad keys refused before any work
+    assert isinstance(typed.method, SupervisedOptions) and isinstance(typed.data, DataOptions)
+    options = typed.method.replace(n_classes=len(data.classes))
+    k = options.items_per_speaker
     if cfg.batch_size // k < 2:
-        raise InputError(f"batch_size {cfg.batch_size} holds fewer than 2 speakers of {k} items each")
+        raise InputError(f"batch_size: {cfg.batch_size} holds fewer than 2 speakers of {k} items each")
     if init is not None and (cfg.encoder_kwargs or {}).get("frontend_weights"):
         raise InputError(
-            "--init gives every weight of the encoder, its WavLM frontend's too, so --frontend-weights "
-            "(or frontend_weights in the config) would be overwritten: give one of them",
+            "`init` gives every weight of the encoder, its WavLM frontend's too, so "
+            "`encoder_kwargs.frontend_weights` would be overwritten: give one of them",
             init,
         )
     seed_everything(cfg.seed)
@@ -146,12 +163,12 @@ def run_finetune(
     loaded = load_init(encoder, init) if init is not None else None
     if loaded is not None:
         reporter.message(f"init: loaded {loaded['loaded']} of {loaded['total']} encoder tensors from {init}")
-    options = SupervisedOptions.from_mapping(opts, "method 'supervised'")
     try:
         method = Supervised(encoder, options, labels=data.targets)
     except ValueError as err:
         raise InputError(f"method 'supervised': {err}") from None
-    dataset = crop_dataset(data.utts, cfg.data_options, views, int(encoder.sample_rate), cfg.seed)  # type: ignore[arg-type]
+    sr = int(getattr(encoder, "sample_rate"))  # noqa: B009
+    dataset = crop_dataset(data.utts, typed.data, method.crop_views(), sr, cfg.seed)
 
     def sampler(n: int, batch_size: int, seed: int, rank: int, world: int) -> PKSampler:
         return PKSampler.from_batch_size(data.targets, batch_size, k, seed, rank, world)

@@ -6,6 +6,7 @@ knows about the command line, so a Python user can run the same job.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,24 @@ from torch import nn
 
 from spkemb.data.manifest import Utterance
 from spkemb.errors import InputError
-from spkemb.train.config import TrainConfig, config_dict, dump_config
+from spkemb.train.config import TrainConfig, config_dict, dump_config, merge_config, typed_options
 from spkemb.train.report import Reporter
+
+
+def pretrain_config(
+    file_cfg: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None, source: str | Path | None = None
+) -> TrainConfig:
+    """The pretrain configuration: defaults < ``file_cfg`` (read from ``source``) < ``overrides``
+    (``None``: not given), checked (see :func:`~spkemb.train.config.merge_config`; ``method: none``
+    needs no bound on the run) and its method one of ``none`` and the pretrain methods."""
+    from spkemb.methods import list_methods
+
+    cfg = merge_config(file_cfg, overrides, source=source, check_options=False)
+    names = list_methods("pretrain")
+    if cfg.method not in ("none", *names):
+        raise InputError(f"method {cfg.method!r}: choose none, {', '.join(names)}", source)
+    typed_options(cfg, source)
+    return cfg
 
 
 def build_encoder_from(cfg: TrainConfig, reporter: Reporter | None = None) -> nn.Module:
@@ -38,7 +55,7 @@ def prepare_cpu(cfg: TrainConfig) -> None:
 
 
 def random_encoder(cfg: TrainConfig, out_dir: Path, reporter: Reporter | None = None) -> dict[str, Any]:
-    """``--method none``: a randomly initialised encoder (seeded), for baselines and plumbing."""
+    """``method: none``: a randomly initialised encoder (seeded), for baselines and plumbing."""
     import torch
 
     from spkemb.models import describe_encoder, save_encoder
@@ -48,7 +65,7 @@ def random_encoder(cfg: TrainConfig, out_dir: Path, reporter: Reporter | None = 
             if (out_dir / existing).exists():
                 raise InputError(
                     f"already holds {existing}; refusing to replace it with a random encoder "
-                    "(choose another -o, or --overwrite)",
+                    "(choose another output folder, or set `overwrite`)",
                     out_dir,
                 )
     torch.manual_seed(cfg.seed)
@@ -70,24 +87,24 @@ def run_pretrain(
     names = list_methods("pretrain")
     if cfg.method not in ("none", *names):
         raise InputError(f"method {cfg.method!r}: choose none, {', '.join(names)}")
+    typed = typed_options(cfg)  # bad keys refused before any work
     if cfg.method == "none":
         return random_encoder(cfg, out, reporter)
     from spkemb.data.crops import collate_crops
-    from spkemb.methods import build_method, method_views
+    from spkemb.methods import build_method
     from spkemb.models import save_encoder
     from spkemb.train.data import DataOptions, crop_dataset
     from spkemb.train.trainer import Trainer, seed_everything
 
     if not utts:
         raise InputError("the manifest has no utterances to train on")
-    DataOptions.from_mapping(cfg.data_options, "data_options")  # bad keys refused before any work
-    seed_everything(cfg.seed)  # initial weights (and heads, queues) follow --seed
+    seed_everything(cfg.seed)  # initial weights (and heads, queues) follow the seed
     prepare_cpu(cfg)
     encoder = build_encoder_from(cfg, reporter)
     sr = int(getattr(encoder, "sample_rate"))  # noqa: B009
-    method = build_method(cfg.method, encoder, **cfg.method_options)
-    views = method_views(cfg.method, **cfg.method_options)
-    dataset = crop_dataset(utts, cfg.data_options, views, sr, cfg.seed)
+    method = build_method(cfg.method, encoder, typed.method)
+    assert isinstance(typed.data, DataOptions)
+    dataset = crop_dataset(utts, typed.data, method.crop_views(), sr, cfg.seed)
 
     def export(path: Path) -> None:
         save_encoder(method.encoder, path, extra={"method": cfg.method, "config": config_dict(cfg)})

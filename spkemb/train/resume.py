@@ -36,11 +36,11 @@ def _refusal(out_dir: Path, ckpt_dir: Path) -> str | None:
     existing = list_checkpoints(ckpt_dir)
     if existing:
         return (
-            f"already holds checkpoints (newest {existing[-1][1].name}); pass --resume to continue that run, "
-            "--overwrite to start it again, or choose another output folder"
+            f"already holds checkpoints (newest {existing[-1][1].name}); pass `resume` to continue that run, "
+            "`overwrite` to start it again, or choose another output folder"
         )
     if (out_dir / "encoder.pt").exists():
-        return "already holds a trained encoder.pt; pass --overwrite to replace it, or choose another output folder"
+        return "already holds a trained encoder.pt; pass `overwrite` to replace it, or choose another output folder"
     return None
 
 

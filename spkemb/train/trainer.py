@@ -1,6 +1,7 @@
 """The one Trainer behind ``pretrain`` and ``finetune``.
 
-It takes a :class:`~spkemb.methods.base.Method` (which turns a batch into a loss), a dataset, a
+It takes a :class:`~spkemb.methods.base.Method` (which turns a batch into a loss; its contract is
+in :mod:`spkemb.methods.base`), a dataset, a
 collate function and a :class:`~spkemb.train.config.TrainConfig`, and runs the steps: device and
 precision, DDP under torchrun, optimiser, warm-up + cosine schedule, gradient clipping,
 checkpoints and bit-for-bit resume, metrics.jsonl. What the user sees goes through a
@@ -54,6 +55,7 @@ from spkemb import distributed as dist_
 from spkemb.data.sampler import ResumableSampler
 from spkemb.errors import InputError, WorkError
 from spkemb.locking import output_lock
+from spkemb.methods.base import Method
 from spkemb.runtime import check_precision, worker_init
 from spkemb.train.batching import CollatedBatch, SkipNoneCollate, skip_none_collate, to_device
 from spkemb.train.checkpoint import CHECKPOINT_DIR, capture_rng, save_checkpoint
@@ -158,7 +160,7 @@ class Trainer:
 
     def __init__(
         self,
-        method: nn.Module,
+        method: Method,
         dataset: Dataset,
         collate_fn: Callable[[list[Any]], Any] | None,
         cfg: TrainConfig,
@@ -183,7 +185,10 @@ class Trainer:
 
     def fit(self, resume: bool | None = None) -> dict[str, Any]:
         """Train until ``max_steps`` or ``max_minutes``; return a summary (also on --json)."""
-        cfg = self.cfg.validate()
+        try:  # the values again, in case one was set by hand after the config was built
+            cfg = self.cfg = self.cfg.replace()
+        except ValueError as err:
+            raise InputError(str(err)) from None
         resume = cfg.resume if resume is None else resume
         with contextlib.ExitStack() as stack:
             if int(os.environ.get("RANK", "0")) == 0:  # one writer per experiment folder (the group is not up yet)
@@ -252,25 +257,25 @@ class Trainer:
         self.model = self._wrap(method)
         self.loader = self._make_loader()
         self.params = [p for p in method.parameters() if p.requires_grad]
-        self.crops_per_item = int(getattr(method, "crops_per_item", 1))
+        self.crops_per_item = int(method.crops_per_item)
         self.window = MetricsWindow()
         st.lr, st.t0 = cfg.lr, time.monotonic()
 
-    def _wrap(self, method: nn.Module) -> nn.Module:
+    def _wrap(self, method: Method) -> nn.Module:
         if self.world == 1:
             return method
         return DistributedDataParallel(
             method,
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            forward_sync_buffers=bool(getattr(method, "ddp_sync_buffers", False)),
-            find_unused_parameters=bool(getattr(method, "ddp_find_unused_parameters", False)),
+            forward_sync_buffers=method.ddp_sync_buffers,
+            find_unused_parameters=method.ddp_find_unused_parameters,
         )
 
     def _make_loader(self) -> DataLoader:
         cfg = self.cfg
         return DataLoader(
             self.dataset,
-            batch_sampler=self.sampler,  # type: ignore[arg-type]
+            batch_sampler=self.sampler,
             collate_fn=SkipNoneCollate(self.collate_fn),
             num_workers=cfg.num_workers,
             pin_memory=self.device.type == "cuda",
@@ -291,7 +296,7 @@ class Trainer:
         while not self._finished(st.elapsed()):
             assert self.loader is not None
             batches = iter(self.loader)  # moves the sampler to the next epoch when this one is used up
-            self.method.on_epoch_start(self.sampler.epoch)  # type: ignore[operator]
+            self.method.on_epoch_start(self.sampler.epoch)
             for batch in batches:
                 empty, n_skipped, n_items, elapsed, stop = self._agree(batch)
                 if stop:  # a signal reached some rank: checkpoint what is done, on every rank alike
@@ -341,11 +346,11 @@ class Trainer:
             max_steps=cfg.max_steps,
             max_minutes=cfg.max_minutes,
         )
-        method.progress = progress(st.step, elapsed, cfg.max_steps, cfg.max_minutes)  # type: ignore[assignment]
-        method.on_step_start(st.step)  # type: ignore[operator]
+        method.progress = progress(st.step, elapsed, cfg.max_steps, cfg.max_minutes)
+        method.on_step_start(st.step)
         loss_value, logs = self._forward_backward(data, st.lr)
         st.step += 1
-        method.after_step(st.step, cfg.max_steps)  # type: ignore[operator]
+        method.after_step(st.step, cfg.max_steps)
         self.window.add(loss_value, n_items * self.crops_per_item, logs)
         if self.main:
             self.reporter.step(
@@ -373,7 +378,7 @@ class Trainer:
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        self.method.before_optimizer_step(self.state.step)  # type: ignore[operator]
+        self.method.before_optimizer_step(self.state.step)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss_value, logs or {}

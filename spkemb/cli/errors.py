@@ -1,0 +1,67 @@
+"""How a subcommand fails: known errors as one clear line on stderr and an exit status."""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import typer
+
+from spkemb.cli.console import console
+from spkemb.errors import InputError, WorkError
+
+__all__ = ["fail", "guarded", "not_yet", "cli_message"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one line on stderr and return the Exit to raise."""
+    console.print(f"[bold red]spkemb: error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def cli_message(err: InputError, flags: Mapping[str, str] | None = None) -> str:
+    """The error's line with option fields named as the command's ``flags`` (field -> flag): a field
+    the core quotes (`` `resume` ``), and a leading ``field:`` of an error not about a file
+    (``max_steps: must be at least 1`` -> ``--max-steps: ...``; in a config file's error the key stays)."""
+    flags = flags or {}
+    message = re.sub(r"`([\w.]+)`", lambda m: flags.get(m.group(1), m.group(1)), err.message)
+    head = re.match(r"([a-z_][\w.]*): ", message)
+    if err.path is None and head and head.group(1) in flags:
+        message = f"{flags[head.group(1)]}{message[head.end(1) :]}"
+    return f"{err.path}: {message}" if err.path else message
+
+
+def guarded(func: F) -> F:
+    """Turn known errors into one clear line and an exit status (2 bad input, 1 failed work)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except InputError as err:
+            from spkemb.cli.params import command_flags
+
+            raise fail(cli_message(err, command_flags(func)), 2) from None
+        except WorkError as err:
+            raise fail(str(err), 1) from None
+        except BrokenPipeError:  # `spkemb score ... | head`: the reader left; not an error
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+        except OSError as err:  # an unwritable or missing path (2), a full disk (1): still one line
+            where = f"{err.filename}: " if err.filename else ""
+            usage = isinstance(err, PermissionError | FileNotFoundError | IsADirectoryError | NotADirectoryError)
+            raise fail(f"{where}{err.strerror or err}", 2 if usage else 1) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; rerun the same command to resume (training: with --resume)", 130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def not_yet(command: str, issue: str) -> typer.Exit:
+    """For subcommands whose issue has not landed: say so plainly, exit 2."""
+    return fail(f"'spkemb {command}' is not implemented yet ({issue}); nothing was done", 2)
