@@ -58,6 +58,11 @@ class UtteranceDataset(Dataset):
             x = load_audio(u.path, self.sr, u.start, u.end)
         except InputError as err:
             return Loaded(row, [], err.message)
+        return Loaded(row, self.pieces(x))
+
+    def pieces(self, x: np.ndarray) -> list[np.ndarray]:
+        """The encoder inputs of decoded audio ``x``: after VAD, repeated up to the minimum length,
+        and cut into windows when chunking (their embeddings are averaged)."""
         if self.vad:
             x = energy_vad(x, self.sr)
         if len(x) < self.min_len:
@@ -67,8 +72,8 @@ class UtteranceDataset(Dataset):
             starts = list(range(0, len(x) - self.chunk + 1, self.hop or self.chunk))
             if starts[-1] + self.chunk < len(x):
                 starts.append(len(x) - self.chunk)
-            return Loaded(row, [x[s : s + self.chunk] for s in starts])
-        return Loaded(row, [x])
+            return [x[s : s + self.chunk] for s in starts]
+        return [x]
 
 
 @dataclass
