@@ -252,7 +252,7 @@ def _read_tensor_file(path: Path) -> Mapping[str, Any]:
         )
     for wrapper in ("state_dict", "model"):
         if isinstance(payload.get(wrapper), Mapping):
-            return payload[wrapper]  # type: ignore[no-any-return]
+            return payload[wrapper]
     return payload
 
 

@@ -69,7 +69,7 @@ class Calibration:
         x = np.column_stack([s] + [quality[q] for q in quality])
         if not np.isfinite(x).all():
             raise InputError("the calibration set has non-finite scores or quality measures", source)
-        from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+        from sklearn.linear_model import LogisticRegression
 
         # Standardise the features for the solver, fold the scaling back into the weights.
         mean, std = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-12)

@@ -163,8 +163,8 @@ def _durations(r: ScoreRequest, st: ScoredTrials) -> dict[str, np.ndarray]:
     """The quality features the request names, for the primary system's trials."""
     if "duration" not in r.quality:
         return {}
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.compute as pc  # type: ignore[import-untyped]
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     from spkemb.data.manifest import read_manifest
 

@@ -98,7 +98,7 @@ class Plda:
                 source,
             )
         # Imported before the BLAS limit: it only reaches libraries already loaded (scipy brings its own).
-        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis  # type: ignore[import-untyped]
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
         with _one_blas_thread():
             return cls._fit(x, spk, dim, options, LinearDiscriminantAnalysis)
@@ -166,7 +166,7 @@ def _one_blas_thread() -> Any:
     """A context with BLAS/LAPACK on one thread. The matrices here are small (D <= a few hundred), so
     one thread is as fast, while a multi-threaded OpenBLAS on a busy machine was measured 9x slower
     (a 1,013 x 192 PLDA fit: 22 s instead of 2.5 s; a 192 x 192 eigh: 0.76 s)."""
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
 

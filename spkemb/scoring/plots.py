@@ -40,7 +40,7 @@ def check_plot_path(path: str | Path) -> str:
     return fmt
 
 
-def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
+def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -49,7 +49,7 @@ def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
     return fig
 
 
-def _render(fig, fmt: str) -> bytes:  # type: ignore[no-untyped-def]
+def _render(fig, fmt: str) -> bytes:
     """The figure as ``fmt`` bytes; SVG keeps its text as text (smaller, searchable) and no date."""
     import matplotlib
 
@@ -72,7 +72,7 @@ def det_figure(
     systems: Sequence[PlotSystem], fmt: str = "png", p_target: float = 0.01, title: str | None = None
 ) -> bytes:
     """The DET plot of ``systems`` as image bytes (format ``png``, ``svg`` or ``pdf``)."""
-    from scipy.special import ndtri  # type: ignore[import-untyped]
+    from scipy.special import ndtri
 
     lo, hi = ndtri(np.array(_LIMITS))
     fig = _figure(5.5, 5.2 + 0.2 * len(systems))

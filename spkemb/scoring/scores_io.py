@@ -22,7 +22,7 @@ from spkemb.data.trials import Trials, parse_trial_lines
 from spkemb.errors import InputError
 
 if TYPE_CHECKING:
-    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow as pa
 
 __all__ = ["TrialTable", "read_trial_table", "resolve_rows", "format_scores", "write_scores"]
 
@@ -48,7 +48,7 @@ class TrialTable:
 
     @classmethod
     def from_trials(cls, trials: Trials, scores: np.ndarray | None = None) -> TrialTable:
-        import pyarrow as pa  # type: ignore[import-untyped]
+        import pyarrow as pa
 
         return cls(pa.array(trials.enroll, pa.string()), pa.array(trials.test, pa.string()), trials.labels, scores)
 
@@ -57,7 +57,7 @@ class TrialTable:
 
     def take(self, mask: np.ndarray) -> TrialTable:
         """The trials where the boolean ``mask`` is true, in order."""
-        import pyarrow as pa  # type: ignore[import-untyped]
+        import pyarrow as pa
 
         if mask.all():
             return self
@@ -105,9 +105,9 @@ def _fast_table(data: bytes) -> TrialTable | None:
     """Parse a clean file with pyarrow; None when the file needs the line parser (or is malformed)."""
     if not data.isascii() or any(b in data for b in _SLOW_BYTES):
         return None
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.compute as pc  # type: ignore[import-untyped]
-    import pyarrow.csv as pcsv  # type: ignore[import-untyped]
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
 
     try:
         tab = pcsv.read_csv(
@@ -238,8 +238,8 @@ def resolve_rows(
     """Map the trials' ids to rows of ``ids`` (a store's utt_ids), as
     :func:`spkemb.scoring.backends.resolve_ids` does for a :class:`~spkemb.data.trials.Trials`:
     ``(enroll_idx, test_idx, keep_mask, missing)`` with a hash lookup in Arrow instead of a dict."""
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.compute as pc  # type: ignore[import-untyped]
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     value_set = pa.array(ids, pa.string())
 
@@ -276,8 +276,8 @@ def resolve_rows(
 
 def format_scores(table: TrialTable, scores: np.ndarray, labels: np.ndarray | None) -> bytes | memoryview:
     """``enroll test score [target|nontarget]`` lines (score rounded to 6 decimals, shortest form)."""
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.csv as pcsv  # type: ignore[import-untyped]
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
 
     s = np.round(np.asarray(scores, dtype=np.float64), 6) + 0.0  # + 0.0 turns -0.0 into 0.0
     cols: dict[str, Any] = {"e": table.enroll, "t": table.test, "s": pa.array(s)}
