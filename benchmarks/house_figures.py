@@ -6,7 +6,9 @@ import cycles, option idioms and hand-typed CLI defaults. Static: reads the sour
 
 Module cycles count every ``import``/``from ... import`` of a spkemb module, lazy (function-level)
 ones too, because a lazy import is still a dependency a reader must follow; a cycle is a strongly
-connected component of more than one module (Tarjan). Option idioms: option classes (dataclasses
+connected component of more than one module (Tarjan). An import of a module's own parent package
+(``from spkemb import __version__`` in ``spkemb.embeddings.store``) is no edge: Python has imported
+the parent before the module in any case. Option idioms: option classes (dataclasses
 named ``*Options``/``*Config``) that are not :class:`spkemb.options.Options`, and the checking
 methods (``validate``/``check``/``resolved``) next to ``__post_init__``.
 """
@@ -77,7 +79,7 @@ def module_graph(trees: dict[str, tuple[Path, ast.Module]] | None = None) -> dic
             for t in targets:
                 while t not in trees and "." in t:
                     t = t.rsplit(".", 1)[0]
-                if t in trees and t != mod:
+                if t in trees and t != mod and not mod.startswith(t + "."):
                     graph[mod].add(t)
     return graph
 
@@ -170,6 +172,31 @@ def hand_typed_defaults() -> list[str]:
     return found
 
 
+def _command_options(path: Path) -> dict[str, str | None]:
+    """``parameter -> its own help text`` of the command function in ``path``, for the parameters
+    it declares itself (``= typer.Option(...)``); a shared ``Annotated`` alias maps to ``None``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    func = next(n for n in tree.body if isinstance(n, ast.FunctionDef))
+    args = func.args.args
+    defaults = [None] * (len(args) - len(func.args.defaults)) + list(func.args.defaults)
+    out: dict[str, str | None] = {}
+    for a, d in zip(args, defaults, strict=True):
+        if isinstance(d, ast.Call) and getattr(d.func, "attr", "") == "Option":
+            helps = [k.value for k in d.keywords if k.arg == "help"]
+            out[a.arg] = ast.unparse(helps[0]) if helps else ""
+        else:
+            out[a.arg] = None
+    return out
+
+
+def duplicated_training_options() -> tuple[int, int]:
+    """(options declared by both pretrain and finetune, of those with different help texts)."""
+    pre = _command_options(PKG / "cli" / "pretrain.py")
+    fin = _command_options(PKG / "cli" / "finetune.py")
+    both = [k for k in pre if k in fin and pre[k] is not None and fin[k] is not None]
+    return len(both), sum(pre[k] != fin[k] for k in both)
+
+
 def figures() -> dict[str, Any]:
     trees = _trees()
     modules = []
@@ -193,6 +220,7 @@ def figures() -> dict[str, Any]:
         "cycles": [" <-> ".join(c) for c in cyc],
         "option_classes_not_Options": not_options,
         "option_check_methods": checkers,
+        "options_declared_twice_and_drifting": duplicated_training_options(),
         "hand_typed_cli_defaults": len(hand),
         "hand_typed_cli_defaults_at": hand,
     }
