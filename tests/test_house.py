@@ -32,6 +32,17 @@ def test_registries_match_what_the_command_line_reads_from_the_source() -> None:
     assert encoder_names() == list_encoders()
 
 
+def test_both_registries_normalise_names_and_discover_alike() -> None:
+    from spkemb.methods.registry import METHODS
+    from spkemb.models.registry import ENCODERS
+    from spkemb.registry import Registry
+
+    assert isinstance(METHODS, Registry) and isinstance(ENCODERS, Registry)
+    assert method_class(" SimCLR ") is method_class("simclr")
+    assert encoder_class("WavLM_MHFA") is encoder_class("wavlm-mhfa")
+    assert METHODS.names() == method_names() and ENCODERS.names() == encoder_names()
+
+
 @pytest.mark.parametrize("name", list_methods())
 def test_every_method_states_its_options_once(name: str) -> None:
     cls = method_class(name)

@@ -52,8 +52,11 @@ def test_gate_options_are_an_options_class_nested_in_supervised() -> None:
 def test_the_old_flat_gate_keys_still_read_with_a_deprecation_warning() -> None:
     old = {"gate_threshold": 0.6, "gate_warmup_epochs": 0, "gate_bic_check": False, "label_correction": True,
            "correction_confidence": 0.8, "correction_patience": 3, "seed": 4}  # fmt: skip
-    with pytest.warns(DeprecationWarning, match="'gate_threshold' is now 'gate.threshold'"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
         o = SupervisedOptions.from_mapping(old)
+    said = [str(w.message) for w in caught if w.category is DeprecationWarning]
+    assert len(said) == 7 and "option 'gate_threshold' is now 'gate.threshold'; the old name will go" in said
     assert o.gate == GateOptions(
         threshold=0.6, warmup_epochs=0, bic_check=False, correct=True, confidence=0.8, patience=3, seed=4
     )

@@ -47,7 +47,8 @@ A method states its options once, as a dataclass (``Options``, a subclass of
 :class:`spkemb.options.Options` with ``help`` per field and checks in ``__post_init__``), takes
 ``(encoder, options=None, **kwargs)`` (``self.resolve`` builds the options from either) and is
 registered by name with ``@register_method("name")`` (:mod:`spkemb.methods.registry`). ``views``
-(a static method of the options) says which crops the data must make; ``config`` (the name plus the
+(a static method of the options) says which crops the data must make, and ``method.crop_views()``
+says it of a built method; ``config`` (the name plus the
 options) is saved with the encoder. ``kind`` is ``"pretrain"`` (no labels) or ``"finetune"``.
 
 State and checkpoints

@@ -2,12 +2,17 @@
 
 Typical use::
 
-    from spkemb.train import Trainer, load_config, merge_config, seed_everything
+    from spkemb.train import Trainer, merge_config, seed_everything
 
-    cfg = merge_config(load_config(config_file) if config_file else {}, cli_options, source=config_file)
+    cfg = merge_config(load_config(config_file) if config_file else {}, overrides, source=config_file)
     seed_everything(cfg.seed)                      # before building the method: reproducible init
     method = build_method(cfg.method, encoder, **cfg.method_options)   # a spkemb.methods.Method
-    summary = Trainer(method, dataset, collate, cfg, out_dir, export_encoder=save).fit()
+    dataset = crop_dataset(utts, DataOptions(), method.crop_views(), encoder.sample_rate, cfg.seed)
+    summary = Trainer(method, dataset, collate_crops, cfg, out_dir, export_encoder=save).fit()
+
+(``examples/python_api.py`` runs this at toy sizes.) The commands' jobs are
+:func:`.pretrain.run_pretrain` and :func:`.finetune.run_finetune`, their configurations
+:func:`.pretrain.pretrain_config` and :func:`.finetune.finetune_config`.
 
 Modules: :mod:`.config` (TrainConfig, YAML/TOML), :mod:`.schedule` (warm-up + cosine),
 :mod:`.checkpoint` (atomic save, resume), :mod:`.resume` (refusals, picking and restoring a
