@@ -17,7 +17,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from spkemb.cli.common import Precision, busy_notice, complete_device, console, guarded, print_json, progress
+from spkemb.cli.common import Precision, busy_notice, complete_device, console, fail, guarded, print_json, progress
 from spkemb.embeddings.job import ExtractJob
 from spkemb.embeddings.plan import ExtractOptions
 from spkemb.errors import InputError
@@ -129,9 +129,7 @@ def extract(
     except RankFailed as err:
         if err.quiet:  # another rank says it
             raise typer.Exit(err.code) from None
-        if err.code == 2:
-            raise InputError(str(err)) from None
-        raise
+        raise fail(str(err), err.code) from None
     if summary.get("rank", 0) != 0:
         return
     _report(summary, skipped)

@@ -75,11 +75,16 @@ def split_by_audio(durations: Sequence[float], world: int) -> list[range]:
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (torchrun stopping the ranks after one failed) as Ctrl-C: the store is closed cleanly."""
+def _sigterm_stops(rank: int, world: int) -> Iterator[None]:
+    """SIGTERM (torchrun stopping the ranks after one failed) raises :class:`RankFailed`: the store
+    is closed cleanly, and the rank says so in one line."""
 
     def interrupt(*_: object) -> None:
-        raise KeyboardInterrupt
+        raise RankFailed(
+            f"rank {rank} of {world}: stopped by torchrun (another rank failed: see torchrun's report); the rows "
+            "embedded so far are kept: rerun the same torchrun command to resume",
+            128 + signal.SIGTERM,
+        )
 
     try:
         old = signal.signal(signal.SIGTERM, interrupt)
@@ -149,7 +154,7 @@ def _embed_share(
     if stale is not None and stale[1]:  # a finished part of another run: this rank's own file to replace
         store.unlink()
     try:
-        with _sigterm_interrupts():
+        with _sigterm_stops(rank, len(parts)):
             summary = extract_part(
                 job.replace(overwrite=False),
                 options,
@@ -160,6 +165,8 @@ def _embed_share(
                 on_notice=on_notice if rank == 0 else _only_skipped(on_notice),
                 shard=f"rank {rank} of {len(parts)}",
             )
+    except RankFailed:
+        raise
     except InputError as err:
         return {"error": str(err), "code": 2}
     except WorkError as err:
