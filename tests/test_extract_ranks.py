@@ -142,3 +142,12 @@ def test_a_rank_that_fails_is_named_once(manifest: Path, tmp_path: Path) -> None
     [line] = logs[0].strip().splitlines()[-1:]
     assert line.startswith("spkemb: error: rank 1 of 2: no utterance could be read"), logs[0]
     assert "error" not in logs[1]  # said once, by rank 0
+
+
+def test_a_store_made_otherwise_is_refused_once(manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "e.h5"
+    assert runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(out), "--chunk", "1"]).exit_code == 0
+    codes, logs = _torchrun(["extract", "mfcc-stats", str(manifest), "-o", str(out)], tmp_path)
+    assert codes == [2, 2], logs
+    assert "other extraction options" in logs[0] and "--overwrite" in logs[0]
+    assert "error" not in logs[1]

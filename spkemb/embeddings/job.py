@@ -117,11 +117,12 @@ def run_extract(
             else:
                 part = [utts[i] for i in shard_rows(len(utts), parse_shard(job.shard))]
                 summary = extract_part(job, options, part, sha, on_progress=on_progress, on_notice=on_notice)
-            _export(job, summary)
+            export_store(job, summary)
     return summary
 
 
-def _export(job: ExtractJob, summary: dict[str, Any]) -> None:
+def export_store(job: ExtractJob, summary: dict[str, Any]) -> None:
+    """``--export``: write the store of ``summary`` as ``job.export`` files beside it, listed in the summary."""
     if job.export:
         from spkemb.embeddings.export import export_embeddings
         from spkemb.embeddings.store import read_embeddings

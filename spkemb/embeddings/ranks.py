@@ -112,7 +112,10 @@ def run_ranks(
     rank, world = int(os.environ.get("RANK", "0")), launched_world()
     part = [utts[i] for i in shard_rows(len(utts), parse_shard(job.shard))]
     sha = encoder_checksum(job.model)
-    done = up_to_date(job, job.output, part, options, sha)  # (torch-free, alike on every rank)
+    try:
+        done = up_to_date(job, job.output, part, options, sha)  # (torch-free, alike on every rank)
+    except InputError as err:  # a complete store made otherwise: said once
+        raise RankFailed(str(err), 2, quiet=rank != 0) from None
     if done is not None:
         return {**done, "rank": rank, "world_size": world}
     with contextlib.ExitStack() as stack:
@@ -224,7 +227,7 @@ def _finish(
     world: int,
 ) -> dict[str, Any]:
     """Rank 0: merge the ranks' stores into the output and remove them; the job's summary."""
-    from spkemb.embeddings.job import _export
+    from spkemb.embeddings.job import export_store
     from spkemb.embeddings.store import merge_stores, read_embeddings
 
     if rank != 0:
@@ -255,5 +258,5 @@ def _finish(
         "rank": 0,
         "world_size": world,
     }
-    _export(job, summary)
+    export_store(job, summary)
     return summary
