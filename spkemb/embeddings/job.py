@@ -102,7 +102,6 @@ def run_extract(
     if not utts:
         raise InputError("manifest has no utterances", job.manifest)
     check_outputs(job.output, job.model, job.manifest, job.merge, job.export, utts)  # and not onto the audio either
-    check_model(job.model)  # a mistyped model is named before anything is said of the output
     from spkemb.embeddings.ranks import launched_world, run_ranks
 
     if launched_world() > 1:
@@ -146,6 +145,8 @@ def merge_shards(job: ExtractJob, utts: Sequence[Utterance], sha: str) -> dict[s
 
     existing = None if job.overwrite else existing_store(job.output, sha, utts, ExtractOptions())
     if existing is not None:  # (the shards' options are the merge's: only encoder and utterances compare)
+        if "encoder" in existing[1]:
+            check_model(job.model)  # a mistyped model is named before the store made otherwise
         refuse_replacing(job.output, existing[0]["embeddings"], [d for d in existing[1] if d != "options"])
     check_shard_sources(job.merge, utts, job.manifest)
     # The merged store records the whole manifest's digest, as one extraction of it would: a later
@@ -168,6 +169,8 @@ def up_to_date(
     existing = None if job.overwrite else existing_store(output, sha, part, options)
     if existing is None:
         return None
+    if "encoder" in existing[1]:
+        check_model(job.model)  # a mistyped model is named before the store made otherwise
     refuse_replacing(output, existing[0]["embeddings"], existing[1])
     done = existing[0]
     return {
