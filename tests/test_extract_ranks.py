@@ -118,13 +118,14 @@ def test_two_ranks_equal_one_process_and_resume_after_a_rank_is_killed(
     assert read_embeddings(rank_store(out, 0, 2)).ids  # rank 0's part is finished and kept
     assert partial_path(rank_store(out, 1, 2)).exists()  # rank 1's rows so far, to resume
 
+    (tmp_path / "emb.h5.rank2-of-3.partial").write_bytes(b"x")  # left by a run with another world size
     codes, logs = _torchrun(["extract", *common, "-o", str(out), "--json"], tmp_path)
     assert codes == [0, 0], logs
     assert "torchrun: world size 2" in logs[0] and "from an earlier run" in logs[0]
     a, b = read_embeddings(single), read_embeddings(out)
     assert a.ids == b.ids and a.speakers == b.speakers
     np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-5)
-    assert not list(tmp_path.glob("emb.h5.rank*"))  # the ranks' parts are merged and removed
+    assert not list(tmp_path.glob("emb.h5.rank*"))  # the ranks' parts are merged and removed, stale ones too
     # the merged store is the single extraction's equal: a plain rerun finds nothing to do
     res = runner.invoke(app, ["extract", *common, "-o", str(out)])
     assert res.exit_code == 0 and "already complete" in res.output

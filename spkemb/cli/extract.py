@@ -66,7 +66,9 @@ def extract(
         E.device, metavar="[auto|cpu|cuda|cuda:N]", autocompletion=complete_device, help=_help(E, "device")
     ),
     threads: int | None = typer.Option(J.threads, metavar="N", help=_help(J, "threads")),
-    shard: str | None = typer.Option(J.shard, metavar="I/N", help=_help(J, "shard") + " Merge them with --merge."),
+    shard: str | None = typer.Option(
+        J.shard, metavar="I/N", help=_help(J, "shard") + " Merge the shards' stores with --merge."
+    ),
     merge: list[Path] | None = typer.Option(None, metavar="SHARD.h5", help=_help(J, "merge") + " Repeat the option."),
     export: ExportFormat | None = typer.Option(J.export, help=_help(J, "export")),
     overwrite: bool = typer.Option(J.overwrite, "--overwrite", help=_help(J, "overwrite")),

@@ -50,7 +50,7 @@ class ExtractJob(Options):
     model: str = opt("", "encoder file (encoder.pt), experiment folder, or built-in baseline name (mfcc-stats)")
     manifest: str = opt("", "manifest TSV ('-' for stdin)")
     output: str = opt("", "HDF5 store to write")
-    shard: str | None = opt(None, "embed only shard I/N (0-based) of the manifest, to merge the shards' stores later")
+    shard: str | None = opt(None, "embed only shard I/N (0-based) of the manifest")
     merge: list[str] = opt([], "merge these shard stores into the output, in manifest order, instead of extracting")
     export: str | None = opt(None, "also write the store as npy (+ .ids.txt) or Kaldi text .ark/.scp beside it")
     overwrite: bool = opt(

@@ -19,6 +19,7 @@ each and ``--merge`` on one remain.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import signal
 from collections.abc import Iterator, Sequence
@@ -240,7 +241,9 @@ def _finish(
         expect_sha256=sha,
         manifest_sha256=utterances_digest(part),
     )
-    for s in stores:
+    out_path = Path(job.output)
+    # this run's parts, and the unfinished ones of a run with another world size
+    for s in [*stores, *out_path.parent.glob(glob.escape(out_path.name) + ".rank*-of-*")]:
         s.unlink(missing_ok=True)
     oks = [o["ok"] for o in outcomes]
     audio = sum(float(o.get("audio_seconds", 0.0)) for o in oks)
