@@ -14,7 +14,8 @@
 #      `torchrun --standalone --nproc_per_node NPROC -m spkemb pretrain|finetune`;
 #   4. `spkemb extract --json` of the CEL encoder (fp32, bf16, fp16 on CUDA) and of a WavLM-Base+ MHFA
 #      encoder with random weights (`pretrain --method none`), with the realtime factors, and the
-#      cosine between the fp32 and low-precision embeddings.
+#      cosine between the fp32 and low-precision embeddings; `torchrun -m spkemb extract` (XNPROC ranks)
+#      against one process, and its rerun;
 # Each step prints `PASS name seconds [note]`, `FAIL name rc=N seconds` plus the tail of its stderr, or
 # `SKIP name (why)`, and the script goes on. At the end: a summary table, summary.tsv, summary.json,
 # extract.tsv, console.log and logs.tar.gz (every step's stdout/stderr, each run's config.yaml and
@@ -29,6 +30,7 @@
 #   DEVICE=cuda|cuda:N|cpu  STEPS=3  BATCH=8  CHANNELS= (ECAPA channels; empty = the configs' 256)
 #   WORKERS= (DataLoader workers in training; default 2 on CUDA, 0 on CPU)
 #   NPROC=1 (torchrun processes: one GPU each, so 1 on a one-GPU machine; 2 on the CPU runs gloo DDP)
+#   XNPROC (ranks of the torchrun extraction; default 2 on the CPU, NPROC on CUDA)
 #   SPEAKERS=8 UTTS=4 (training corpus, 3-5 s utterances)
 #   XSPEAKERS/XUTTS (extraction corpus of 6-10 s utterances; default 40 x 10 on CUDA, none on CPU: the
 #     training corpus, and its first 8 utterances for WavLM)
@@ -392,6 +394,37 @@ extract_all() {
   done
 }
 extract_all ecapa ecapa-cel "$D/exp/pretrain-cel-bf16" "$XMAN"
+
+# ==== BEGIN torchrun extraction (issue 18 item 3) ========================================================
+# `torchrun -m spkemb extract`: the ranks embed their parts (cuda:LOCAL_RANK each, NCCL; gloo on the CPU)
+# and rank 0 merges them. Checked against one process on the same utterances (--max-batch 1: no padding,
+# so the batches cannot differ), then rerun: the merged store must be found complete. XNPROC ranks
+# (default: 2 on the CPU, NPROC on CUDA, as two ranks cannot share one GPU under NCCL).
+XNPROC=${XNPROC:-$([ "$ON_CPU" = 1 ] && echo 2 || echo "$NPROC")}
+[ -s "$XMAN" ] && head -n 17 "$XMAN" >"$D/tr.tsv"  # the header and 16 utterances
+TREXP=$D/exp/pretrain-cel-bf16
+TRARGS=("$D/tr.tsv" --device "$DEVICE" --max-batch 1 --json)
+run_step extract-torchrun-single "$D/tr.tsv:$TREXP/encoder.pt" "${SPK[@]}" extract "$TREXP" "${TRARGS[@]}" \
+  -o "$D/tr-single.h5"
+run_step "extract-torchrun-$XNPROC" "$D/tr.tsv:$TREXP/encoder.pt" "$PY" -m torch.distributed.run \
+  --standalone --nproc_per_node "$XNPROC" -m spkemb extract "$TREXP" "${TRARGS[@]}" -o "$D/tr-ranks.h5"
+CHECK=check_stdout run_step extract-torchrun-same "$D/tr-single.h5:$D/tr-ranks.h5" "$PY" -c '
+import sys, numpy as np
+from spkemb.embeddings.store import read_embeddings
+a, b = read_embeddings(sys.argv[1]), read_embeddings(sys.argv[2])
+if a.ids != b.ids:
+    sys.exit("the torchrun store holds other utterances, or another order")
+d = float(np.abs(a.vectors - b.vectors).max())
+print(f"same ids and order; max |difference| {d:.2e} over {len(a)} utts")
+sys.exit(0 if np.allclose(a.vectors, b.vectors, atol=1e-4, rtol=1e-4) else 1)' "$D/tr-single.h5" "$D/tr-ranks.h5"
+CHECK=check_stdout run_step extract-torchrun-rerun "$D/tr-ranks.h5" "$PY" -c '
+import json, subprocess, sys
+out = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+done = out.returncode == 0 and json.loads(out.stdout.strip().splitlines()[-1]).get("up_to_date")
+print("rerun: already complete" if done else f"rerun did not find the store complete: {out.stderr[-300:]}")
+sys.exit(0 if done else 1)' "$PY" -m torch.distributed.run --standalone --nproc_per_node "$XNPROC" -m spkemb extract \
+  "$TREXP" "${TRARGS[@]}" -o "$D/tr-ranks.h5"
+# ==== END torchrun extraction ===========================================================================
 
 # WavLM Base+ (94 M parameters) + MHFA with random weights, as benchmarks/bench_wavlm.py builds it.
 WAV=$D/exp/wavlm-base-plus-random

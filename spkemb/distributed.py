@@ -32,9 +32,11 @@ def local_world_size() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
-def setup(device: str = "auto") -> torch.device:
+def setup(device: str = "auto", timeout: float | None = None) -> torch.device:
     """Resolve the device and, under torchrun with WORLD_SIZE > 1, join the process group.
 
+    ``timeout``: seconds a collective may wait for the other ranks (default: torch's, 10 to 30
+    minutes); a job whose ranks finish at very different times (extraction) needs more.
     Idempotent: a group that is already initialised is kept as it is.
     """
     dev = resolve_device(device)
@@ -43,6 +45,10 @@ def setup(device: str = "auto") -> torch.device:
     if env_world_size() > 1 and not is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
+        if timeout is not None:
+            import datetime
+
+            kwargs["timeout"] = datetime.timedelta(seconds=timeout)
         dist.init_process_group(backend=backend, init_method="env://", **kwargs)
     return dev
 

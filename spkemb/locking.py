@@ -100,8 +100,11 @@ def _acquire(lock: Path, path: Path, what: str) -> int | None:
             same = False
         if same:
             record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+            except OSError:  # a full disk: the lock holds without its note of who holds it
+                pass
             return fd
         os.close(fd)  # the holder removed the file between our open and our lock: try the new one
     raise InputError(f"cannot take the lock of this {what} (its lock file keeps changing)", path)

@@ -79,6 +79,10 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
             "spkemb extract mfcc-stats manifest.tsv -o mfcc.h5 --export npy",
         ),
         (
+            "On the 4 GPUs of one machine (rank 0 merges the ranks' parts):",
+            "torchrun --nproc_per_node 4 -m spkemb extract exp/cel manifest.tsv -o emb.h5",
+        ),
+        (
             "On 2 machines, then merged:",
             "spkemb extract exp/cel manifest.tsv -o emb.0.h5 --shard 0/2\n"
             "spkemb extract exp/cel manifest.tsv -o emb.1.h5 --shard 1/2\n"

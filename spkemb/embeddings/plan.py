@@ -19,29 +19,44 @@ from typing import TYPE_CHECKING, Any
 
 from spkemb.encoder_files import encoder_path
 from spkemb.errors import InputError
+from spkemb.options import Options, opt
 
 if TYPE_CHECKING:
     from spkemb.data.manifest import Utterance
 
 
 @dataclass
-class ExtractOptions:
-    batch_seconds: float = 120.0  # padded audio seconds per batch
-    max_batch: int = 64
-    workers: int | None = None  # None: 0 on the CPU (decoding in a worker steals the model's cores), 4 on CUDA
-    chunk: float | None = None  # seconds; average embeddings of windows of long utterances
-    hop: float | None = None
-    vad: bool = False
-    precision: str = "fp32"
-    device: str = "auto"
+class ExtractOptions(Options):
+    """How ``extract`` embeds: what changes the embeddings (:meth:`identity`) and what changes only its speed."""
+
+    batch_seconds: float = opt(120.0, "padded audio seconds per batch (length-bucketed)")
+    max_batch: int = opt(64, "at most this many utterances per batch")
+    workers: int | None = opt(
+        None,
+        "worker processes decoding audio (0 = in the main process); none: 0 on the CPU, where a worker "
+        "steals the model's cores, 4 on CUDA",
+    )
+    chunk: float | None = opt(None, "embed long utterances in windows of this many seconds and average them")
+    hop: float | None = opt(None, "hop between windows in seconds; none: the chunk length")
+    vad: bool = opt(False, "drop low-energy frames before embedding")
+    precision: str = opt(
+        "fp32", "numeric precision: bf16 autocast is fast on CPUs with AMX/AVX512-BF16 and on GPUs; fp16 is for CUDA"
+    )
+    device: str = opt(
+        "auto", "device (auto, cpu, cuda, cuda:N); under torchrun on CUDA each rank takes cuda:LOCAL_RANK"
+    )
 
     def __post_init__(self) -> None:
         if self.chunk is not None and self.chunk <= 0:
-            raise InputError(f"--chunk {self.chunk}: must be a positive number of seconds")
+            raise ValueError(f"chunk {self.chunk}: must be a positive number of seconds")
         if self.hop is not None and (self.hop <= 0 or self.chunk is None):
-            raise InputError(f"--hop {self.hop}: needs --chunk, and must be positive")
-        if self.batch_seconds <= 0 or self.max_batch < 1:
-            raise InputError("--batch-seconds and --max-batch must be positive")
+            raise ValueError(f"hop {self.hop}: needs a chunk length too, and must be positive")
+        if self.batch_seconds <= 0:
+            raise ValueError(f"batch_seconds {self.batch_seconds}: must be positive")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch {self.max_batch}: must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers {self.workers}: must be 0 or more")
 
     def identity(self) -> dict:
         """What changes the embeddings (and so must match to resume)."""
@@ -49,15 +64,15 @@ class ExtractOptions:
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
-    """``I/N`` (0-based I) -> (I, N)."""
+    """``I/N`` (0-based I) -> (I, N); a bad spec raises :class:`ValueError` naming the ``shard`` option."""
     if not spec:
         return 0, 1
     try:
         i, n = (int(x) for x in spec.split("/"))
     except ValueError:
-        raise InputError(f"--shard {spec!r}: expected I/N, e.g. 0/4") from None
+        raise ValueError(f"shard {spec!r}: expected I/N, e.g. 0/4") from None
     if n < 1 or not 0 <= i < n:
-        raise InputError(f"--shard {spec!r}: need 0 <= I < N")
+        raise ValueError(f"shard {spec!r}: need 0 <= I < N")
     return i, n
 
 
