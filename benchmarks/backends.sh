@@ -4,7 +4,7 @@
 # one DET plot of them all (benchmarks/det.png).
 #
 # Everything the back-ends learn comes from train-clean-100 (speaker-disjoint from test-other): its
-# recordings (one of ~12 s per speaker) are cut into 3-s segments (benchmarks/segments.py), so each
+# recordings (one of ~12 s per speaker) are cut into 3-s segments (spkemb prepare --segment 3), so each
 # speaker has several items. The segments are the AS-norm cohort, the PLDA training set, and the
 # source of the calibration's development trials (`spkemb prepare SEGMENTS --trials`); the test
 # trials are never used to fit anything.
@@ -15,7 +15,7 @@ T=$L/trials-test-other.txt
 STEPS=${CEL_STEPS:-150}
 DET=${DET_PNG:-$B/det.png}
 
-[ -f "$W/train-seg.tsv" ] || python "$B/segments.py" "$W/train.tsv" -o "$W/train-seg.tsv"
+[ -f "$W/train-seg.tsv" ] || spkemb prepare "$W/train.tsv" -o "$W/train-seg.tsv" --segment 3
 [ -f "$W/dev-trials.txt" ] || spkemb prepare "$W/train-seg.tsv" --trials "$W/dev-trials.txt" --seed 0
 
 if [ ! -f "$W/cel-$STEPS/encoder.pt" ]; then  # --resume: an interrupted run continues from its checkpoint

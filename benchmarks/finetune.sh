@@ -20,7 +20,7 @@ SEED=${SEED:-0}
 FT_TAG=${FT_TAG:-}
 B="$W/finetune"
 mkdir -p "$B"
-[ -f "$W/train-seg.tsv" ] || python benchmarks/segments.py "$W/train.tsv" -o "$W/train-seg.tsv" --seconds 3
+[ -f "$W/train-seg.tsv" ] || spkemb prepare "$W/train.tsv" -o "$W/train-seg.tsv" --segment 3
 noise=(--noise "$C/noise/speech-commands-background")
 
 report() {  # report NAME EXP: extract test-other, score, one JSON line

@@ -130,3 +130,58 @@ def refuse_output_onto_inputs(
             raise InputError(f"the output is the command's {what} input; choose another {option}", out)
     if not folder and out.is_dir():
         raise InputError(f"the output is an existing folder; {option} must name a file", out)
+
+
+class OutputGroup:
+    """The outputs of one run, all written or none: each file is written to a temporary beside its
+    target (fsynced), and only when every one is written are they renamed into place. A failure while
+    writing any of them (a full disk for the last plot) removes the temporaries and leaves every
+    existing output as it was. A device or pipe (``/dev/null``) is written at commit time.
+
+    ``with OutputGroup() as out: out.write_bytes(p, data); ...`` commits on a clean exit.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []  # (temporary, target)
+        self._devices: list[tuple[Path, bytes | memoryview]] = []
+
+    def write_bytes(self, path: str | Path, data: bytes | memoryview) -> None:
+        p = Path(path)
+        if p.exists() and not p.is_file() and not p.is_dir():
+            self._devices.append((p, data))
+            return
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_fitting(p.name, 24)}.", suffix=".tmp", dir=p.parent)
+        self._staged.append((Path(tmp), p))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+
+    def write_text(self, path: str | Path, text: str) -> None:
+        self.write_bytes(path, text.encode("utf-8"))
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged, self._devices = [], []
+
+    def commit(self) -> None:
+        for p, data in self._devices:
+            with open(p, "wb") as f:
+                f.write(data)
+        for tmp, target in self._staged:
+            os.replace(tmp, target)
+        for folder in {target.parent for _, target in self._staged}:
+            fsync_dir(folder)
+        self._staged, self._devices = [], []
+
+    def __enter__(self) -> OutputGroup:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()

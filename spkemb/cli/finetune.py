@@ -92,7 +92,14 @@ def finetune(
     label_map = read_labels(labels) if labels else None
     summary = run_training(
         lambda reporter: run_finetune(
-            utts, cfg, output, init=init, labels=label_map, labels_path=labels, reporter=reporter
+            utts,
+            cfg,
+            output,
+            init=init,
+            labels=label_map,
+            labels_path=labels,
+            reporter=reporter,
+            manifest_path=manifest,
         )
     )
     if summary is None:

@@ -128,6 +128,25 @@ def prepare(
         case_sensitive=False,
         help="voxceleb: 'label enroll test' (1 = target); kaldi: 'enroll test target|nontarget'.",
     ),
+    segment: float | None = typer.Option(
+        None,
+        "--segment",
+        metavar="SECONDS",
+        help="Cut every recording into segments of SECONDS (manifest start/end columns; ids UTT@START-END), "
+        "e.g. for a PLDA training set, a cohort or development trials from one recording per speaker.",
+    ),
+    segment_min: float | None = typer.Option(
+        None,
+        "--segment-min",
+        metavar="SECONDS",
+        help="Keep a shorter last segment down to this. [default: 2/3 of --segment]",
+    ),
+    segment_max: float | None = typer.Option(
+        None,
+        "--segment-max",
+        metavar="SECONDS",
+        help="Draw segment lengths uniformly in [--segment-min, --segment-max] (seeded by --seed).",
+    ),
     export_kaldi: Path | None = typer.Option(
         None, "--export-kaldi", metavar="DIR", help="Also write a Kaldi data folder (wav.scp, utt2spk, spk2utt)."
     ),
@@ -143,19 +162,11 @@ def prepare(
     its ROOT's folder name as a prefix. An output that would replace an input (a ROOT manifest, an
     --exclude-speakers-of manifest, a Kaldi ROOT for --export-kaldi) is refused before anything is read.
     """
-    from spkemb.data.prepare import prepare_manifest
+    from spkemb.data.prepare import PrepareOptions, prepare_manifest
 
     # Check what only the CLI cares about (where output goes) before the slow part; prepare_manifest
     # checks its own arguments before it reads any audio. Bad usage fails fast and writes nothing.
-    on_stdout = [
-        name for name, used in (("-o -", output == "-"), ("--trials -", trials == "-"), ("--json", json_out)) if used
-    ]
-    if len(on_stdout) > 1:
-        raise InputError(f"{' and '.join(on_stdout)} would all write to stdout; send all but one to files")
-    if threads is not None and workers is not None:
-        raise InputError("--workers is the old name of --threads: give one of them")
-    if output is None and trials is None and export_kaldi is None:
-        raise InputError("nothing to write: give -o MANIFEST ('-' for stdout), --trials OUT or --export-kaldi DIR")
+    _check_usage(output, trials, json_out, threads, workers, export_kaldi)
 
     bar = progress(transient=True)
     task = None
@@ -186,12 +197,11 @@ def prepare(
             )
 
     try:
-        result = prepare_manifest(
-            roots,
+        options = PrepareOptions(
             layout=layout.value,
             speaker_regex=speaker_regex,
             min_duration=min_duration,
-            workers=threads if threads is not None else workers if workers is not None else DEFAULT_WORKERS,
+            workers=_threads(threads, workers),
             speaker_level=speaker_level,
             id_prefix=id_prefix,
             output=output,
@@ -199,10 +209,17 @@ def prepare(
             targets=targets,
             nontargets=nontargets,
             seed=seed,
-            exclude_speakers_of=exclude_speakers_of or (),
+            exclude_speakers_of=tuple(str(m) for m in exclude_speakers_of or ()),
             trials_format=trials_format.value,
-            export_kaldi=export_kaldi,
+            export_kaldi=None if export_kaldi is None else str(export_kaldi),
             verify=verify,
+            segment=segment,
+            segment_min=segment_min,
+            segment_max=segment_max,
+        )
+        result = prepare_manifest(
+            roots,
+            options,
             on_progress=on_progress,
             on_read=on_read,
             on_verify=lambda root, done, total: on_progress(root, done, total, "decoding"),
@@ -233,6 +250,8 @@ def prepare(
         console.print(f"Kaldi data folder → {export_kaldi}", highlight=False, markup=False, soft_wrap=True)
     for hint in result.speaker_hints:
         _warn_speaker_folder(hint, n_spk)
+    for note in result.notes(layout.value):
+        console.print("[yellow]note:[/] " + escape(note), highlight=False, soft_wrap=True)
     if json_out:
         print_json(
             {
@@ -248,6 +267,32 @@ def prepare(
                 "speaker_folder_warnings": [h.speaker for h in result.speaker_hints],
             }
         )
+
+
+def _check_usage(
+    output: str | None,
+    trials: str | None,
+    json_out: bool,
+    threads: int | None,
+    workers: int | None,
+    export_kaldi: Path | None,
+) -> None:
+    on_stdout = [
+        name for name, used in (("-o -", output == "-"), ("--trials -", trials == "-"), ("--json", json_out)) if used
+    ]
+    if len(on_stdout) > 1:
+        raise InputError(f"{' and '.join(on_stdout)} would all write to stdout; send all but one to files")
+    if threads is not None and workers is not None:
+        raise InputError("--workers is the old name of --threads: give one of them")
+    if output is None and trials is None and export_kaldi is None:
+        raise InputError("nothing to write: give -o MANIFEST ('-' for stdout), --trials OUT or --export-kaldi DIR")
+
+
+def _threads(threads: int | None, workers: int | None) -> int:
+    """--threads, or its old name --workers, or the default."""
+    if threads is not None:
+        return threads
+    return workers if workers is not None else DEFAULT_WORKERS
 
 
 def _warn_speaker_folder(h: SpeakerFolderHint, speakers: int) -> None:

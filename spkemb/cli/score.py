@@ -207,7 +207,9 @@ def score(
         embeddings=s(embeddings),
         scores_files=list(scores_files or []),
         output=output,
-        options=ScoreOptions(backend=backend.value, norm=norm.value, top_k=top_k, skip_missing=skip_missing),
+        options=ScoreOptions.from_mapping(
+            {"backend": backend.value, "norm": norm.value, "top_k": top_k, "skip_missing": skip_missing}
+        ),
         cohort=s(cohort),
         train=s(train),
         plda=s(plda),

@@ -113,6 +113,14 @@ class CropDataset(Dataset):
     def crops_per_item(self) -> int:
         return sum(n for n, _ in self.views)
 
+    @property
+    def speed_factors(self) -> tuple[float, ...]:
+        """The speed factors an item may get: 1.0 first, then the others in the perturbation's order.
+        An item's ``speed`` is its factor's position here (0 at normal speed)."""
+        if self.speed is None:
+            return (1.0,)
+        return (1.0, *[f for f in self.speed.factors if f != 1.0])
+
     def __getitem__(self, i: int) -> dict[str, Any] | None:
         index = int(i)
         epoch = int(getattr(i, "epoch", self.epoch))
@@ -140,7 +148,7 @@ class CropDataset(Dataset):
                     stacklevel=1,
                 )
                 return None
-        return {"views": [np.stack(g) for g in groups], "index": index}
+        return {"views": [np.stack(g) for g in groups], "index": index, "speed": self.speed_factors.index(factor)}
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -217,21 +225,39 @@ def disjoint_offsets(sizes: Sequence[int], avail: int, rng: np.random.Generator)
     return starts
 
 
+def resample_note(utts: Sequence[Utterance], rate: int) -> str | None:
+    """A notice when some of ``utts`` are at another sample rate than the model's ``rate`` (they are
+    resampled on the fly: 8-kHz audio holds nothing above 4 kHz, which a 16-kHz model expects)."""
+    rates: dict[int, int] = {}
+    for u in utts:
+        if int(u.sample_rate) != rate:
+            rates[int(u.sample_rate)] = rates.get(int(u.sample_rate), 0) + 1
+    if not rates:
+        return None
+    found = ", ".join(f"{n} at {r / 1000:g} kHz" for r, n in sorted(rates.items()))
+    n = sum(rates.values())
+    return f"note: {n} of {len(utts)} utterances ({found}) are resampled to the model's {rate / 1000:g} kHz"
+
+
 def collate_crops(items: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     """Stack items of :class:`CropDataset` into a batch.
 
     Returns ``{"views": [float32 tensor (B, n_crops, samples) per group], "index": long tensor (B,),
-    "skipped": number of ``None`` items left out}``. ``index`` holds the utterance (manifest row)
-    of each batch row, so a method can tell when two rows are the same utterance.
+    "speed": long tensor (B,), "skipped": number of ``None`` items left out}``. ``index`` holds the
+    utterance (manifest row) of each batch row, so a method can tell when two rows are the same
+    utterance; ``speed`` the position of its speed factor in :attr:`CropDataset.speed_factors` (0 when
+    not sped up), so supervised training can make each speed a class of its own.
     """
     kept = [it for it in items if it is not None]
     skipped = len(items) - len(kept)
     if not kept:
-        return {"views": [], "index": torch.zeros(0, dtype=torch.long), "skipped": skipped}
+        empty = torch.zeros(0, dtype=torch.long)
+        return {"views": [], "index": empty, "speed": empty, "skipped": skipped}
     n_groups = len(kept[0]["views"])
     views = [torch.from_numpy(np.stack([it["views"][g] for it in kept])) for g in range(n_groups)]
     index = torch.tensor([int(it["index"]) for it in kept], dtype=torch.long)
-    return {"views": views, "index": index, "skipped": skipped}
+    speed = torch.tensor([int(it.get("speed", 0)) for it in kept], dtype=torch.long)
+    return {"views": views, "index": index, "speed": speed, "skipped": skipped}
 
 
 def measure_loader(dataset: CropDataset, batch_size: int, workers: int, seconds: float) -> float:

@@ -15,9 +15,10 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spkemb.errors import InputError
+from spkemb.options import Options, opt
 
 if TYPE_CHECKING:
     from spkemb.data.layouts import SpeakerFolderHint
@@ -51,6 +52,30 @@ class PrepareResult:
     problems: list[Problem]
     trials: Trials | None = None
     speaker_hints: list[SpeakerFolderHint] = field(default_factory=list)
+
+    def notes(self, layout: str = "auto", model_rate: int = 16000) -> list[str]:
+        """What a user should hear about the result: no speakers found (and the regex layout that
+        finds them in file names), audio at another sample rate than the models take."""
+        out = []
+        if self.utterances and self.speakers == 0 and layout in ("auto", "flat"):
+            example = self.utterances[0].utt_id
+            out.append(
+                f"no utterance has a speaker: the files are not in speaker folders (e.g. {example!r}). If the file "
+                "names hold the speaker (FSDD's 0_jackson_0.wav), prepare again with --layout regex --speaker-regex "
+                "RE, its group 'speaker' the name (e.g. '^[^_]+_(?P<speaker>[^_]+)_'); training and trials need "
+                "speakers"
+            )
+        rates: dict[int, int] = {}
+        for u in self.utterances:
+            if int(u.sample_rate) != model_rate:
+                rates[int(u.sample_rate)] = rates.get(int(u.sample_rate), 0) + 1
+        if rates:
+            found = ", ".join(f"{n} at {r / 1000:g} kHz" for r, n in sorted(rates.items()))
+            out.append(
+                f"{sum(rates.values())} files ({found}) are not at {model_rate / 1000:g} kHz: the encoders take "
+                f"{model_rate / 1000:g} kHz and resample them as they read them (8-kHz audio holds nothing above 4 kHz)"
+            )
+        return out
 
     @property
     def speakers(self) -> int:
@@ -272,37 +297,79 @@ def draw_trials(
     return generate_trials(utts, targets, nontargets, seed=seed, exclude_speakers=excluded)
 
 
+@dataclass
+class PrepareOptions(Options):
+    """What :func:`prepare_manifest` reads and writes (``spkemb prepare``'s options); checked when made
+    (an :class:`InputError` naming the option)."""
+
+    layout: str = opt("auto", "folder layout (spkemb.data.layouts.LAYOUTS) or kaldi")
+    speaker_regex: str | None = opt(None, "--layout regex: a regex whose group 'speaker' names the speaker")
+    min_duration: float = opt(0.0, "leave out files shorter than this (seconds)")
+    workers: int = opt(DEFAULT_WORKERS, "threads reading audio headers")
+    output: str | None = opt(None, "the manifest to write ('-': stdout)")
+    trials: str | None = opt(None, "the trial list to write ('-': stdout)")
+    targets: int | None = opt(None, "target trials (None: draw_trials' default)")
+    nontargets: int | None = opt(None, "non-target trials (None: draw_trials' default)")
+    seed: int = opt(0, "seed of the trial draw and of random segment lengths")
+    exclude_speakers_of: tuple[str, ...] = opt((), "manifests whose speakers the trials leave out")
+    trials_format: str = opt("voxceleb", "voxceleb or kaldi")
+    export_kaldi: str | None = opt(None, "a Kaldi data folder to write")
+    verify: bool = opt(False, "decode every file instead of reading headers")
+    speaker_level: str | None = opt(None, "the folder level that names the speaker (N or parent)")
+    id_prefix: str | None = opt(None, "put before every utt_id")
+    segment: float | None = opt(None, "cut every recording into segments of this many seconds")
+    segment_min: float | None = opt(None, "keep a shorter last segment down to this (default: 2/3 of segment)")
+    segment_max: float | None = opt(None, "draw segment lengths uniformly in [segment_min, segment_max]")
+
+    def __post_init__(self) -> None:
+        self.exclude_speakers_of = tuple(str(m) for m in self.exclude_speakers_of)
+        if self.speaker_level is not None:
+            self.speaker_level = str(self.speaker_level)
+        check_arguments(
+            min_duration=self.min_duration,
+            workers=self.workers,
+            trials=self.trials,
+            targets=self.targets,
+            nontargets=self.nontargets,
+            exclude_speakers_of=self.exclude_speakers_of,
+        )
+        check_layout(self.layout, self.speaker_regex, self.speaker_level, self.id_prefix)
+        self._check_segments()
+
+    def _check_segments(self) -> None:
+        seg, low, high = self.segment, self.segment_min, self.segment_max
+        if seg is None:
+            if low is not None or high is not None:
+                raise InputError("--segment-min and --segment-max go with --segment SECONDS")
+            return
+        if not seg > 0:
+            raise InputError(f"--segment must be > 0 seconds, got {seg:g}")
+        if low is not None and not 0 < low <= seg:
+            raise InputError(f"--segment-min must be in (0, --segment {seg:g}], got {low:g}")
+        if high is not None and not high >= (seg * 2 / 3 if low is None else low):
+            raise InputError(f"--segment-max must be at least --segment-min, got {high:g}")
+
+
 def prepare_manifest(
     roots: Sequence[str | Path],
+    options: PrepareOptions | None = None,
     *,
-    layout: str = "auto",
-    speaker_regex: str | None = None,
-    min_duration: float = 0.0,
-    workers: int = DEFAULT_WORKERS,
-    output: str | Path | None = None,
-    trials: str | Path | None = None,
-    targets: int | None = None,
-    nontargets: int | None = None,
-    seed: int = 0,
-    exclude_speakers_of: Iterable[str | Path] = (),
-    trials_format: str = "voxceleb",
-    export_kaldi: str | Path | None = None,
-    verify: bool = False,
-    speaker_level: str | int | None = None,
-    id_prefix: str | None = None,
     on_progress: ReadProgressFn | None = None,
     on_verify: ReadProgressFn | None = None,
     on_read: ReadFn | None = None,
+    **kwargs: Any,
 ) -> PrepareResult:
-    """Read ``roots`` and write a manifest to ``output``, trials to ``trials``, a Kaldi folder to ``export_kaldi``.
+    """Read ``roots`` and write a manifest to ``output``, trials to ``trials``, a Kaldi folder to
+    ``export_kaldi`` (the fields of ``options``, or of a :class:`PrepareOptions` made of ``kwargs``).
 
     Each output is optional (``-`` writes the manifest or the trials to stdout). ``roots`` are audio
     folders read with ``layout`` (``kaldi``: Kaldi data folders; ``auto`` also imports folders that
     hold a ``wav.scp``), or one manifest. Files shorter than ``min_duration`` or unusable are left
-    out and returned as problems; ``workers`` threads read the audio headers. The trials
-    (``targets`` / ``nontargets``, defaults as in :func:`draw_trials`) are drawn with ``seed`` from
-    the labelled utterances, leaving out the speakers of the ``exclude_speakers_of`` manifests, and
-    written in ``trials_format`` (``voxceleb`` or ``kaldi``).
+    out and returned as problems; ``workers`` threads read the audio headers. With ``segment``,
+    every recording is then cut into segments (:func:`~spkemb.data.segments.segment_utterances`).
+    The trials (``targets`` / ``nontargets``, defaults as in :func:`draw_trials`) are drawn with
+    ``seed`` from the labelled utterances (segments), leaving out the speakers of the
+    ``exclude_speakers_of`` manifests, and written in ``trials_format`` (``voxceleb`` or ``kaldi``).
 
     Durations come from the headers; ``verify`` decodes every file instead (slower: it reads all the
     audio), leaving out files that are truncated, corrupt or hold NaN/infinite samples.
@@ -313,39 +380,38 @@ def prepare_manifest(
     ``on_progress`` and ``on_verify`` are passed to :func:`read_inputs`. ``on_read(problems, prefixed)`` is called once
     the inputs are read, before anything else can fail: the files left out, and whether every
     utt_id gets its root's folder name as a prefix (the same utt_id occurs under two roots). Bad
-    input is an :class:`InputError`, raised before any output is written; bad arguments (a negative
-    ``min_duration``, ``targets`` or ``nontargets``, ``workers`` below 1, trial options without
-    ``trials``) are refused before any audio is read.
+    input is an :class:`InputError`, raised before any output is written; bad arguments are refused
+    (by :class:`PrepareOptions`) before any audio is read.
     """
-    from spkemb.data import kaldi, layouts
-    from spkemb.data.manifest import atomic_write_text, format_manifest
+    o = options.replace(**kwargs) if options is not None else PrepareOptions(**kwargs)
+    return _prepare(roots, o, on_progress, on_verify, on_read)
 
-    exclude_speakers_of = list(exclude_speakers_of)
-    check_arguments(
-        min_duration=min_duration,
-        workers=workers,
-        trials=trials,
-        targets=targets,
-        nontargets=nontargets,
-        exclude_speakers_of=exclude_speakers_of,
-    )
-    check_layout(layout, speaker_regex, speaker_level, id_prefix)
+
+def _prepare(
+    roots: Sequence[str | Path],
+    o: PrepareOptions,
+    on_progress: ReadProgressFn | None,
+    on_verify: ReadProgressFn | None,
+    on_read: ReadFn | None,
+) -> PrepareResult:
+    from spkemb.data import layouts
+
     check_outputs(
-        roots, output=output, trials=trials, export_kaldi=export_kaldi, exclude_speakers_of=exclude_speakers_of
+        roots, output=o.output, trials=o.trials, export_kaldi=o.export_kaldi, exclude_speakers_of=o.exclude_speakers_of
     )
-    sources = classify_inputs(roots, layout)
-    excluded = speakers_of_manifests(exclude_speakers_of)
+    sources = classify_inputs(roots, o.layout)
+    excluded = speakers_of_manifests(o.exclude_speakers_of)
     per_root, problems = read_inputs(
         sources,
-        layout,
-        speaker_regex,
-        min_duration=min_duration,
-        workers=workers,
+        o.layout,
+        o.speaker_regex,
+        min_duration=o.min_duration,
+        workers=o.workers,
         on_progress=on_progress,
-        verify=verify,
+        verify=o.verify,
         on_verify=on_verify,
-        speaker_level=speaker_level,
-        id_prefix=id_prefix,
+        speaker_level=o.speaker_level,
+        id_prefix=o.id_prefix,
     )
     if on_read:
         on_read(problems, len(per_root) > 1 and layouts.roots_collide(per_root))
@@ -355,28 +421,13 @@ def prepare_manifest(
             raise InputError("manifest has no utterances", sources[0].path)
         where = per_root[0][0] if len(per_root) == 1 else None
         raise InputError(f"no usable audio: all {len(problems)} file(s) were left out", where)
+    if o.segment is not None:
+        from spkemb.data.segments import segment_utterances
 
-    # Make every output in memory (this is where bad input shows), then write.
-    manifest_text = format_manifest(utts) if output is not None else None
-    trial_list: Trials | None = None
-    trials_text: str | None = None
-    if trials is not None:
-        from spkemb.data.trials import format_trials
-
-        trial_list = draw_trials(utts, targets, nontargets, seed, excluded)
-        trials_text = format_trials(trial_list, trials_format)
-    if export_kaldi is not None:
-        kaldi.write_kaldi_dir(utts, export_kaldi)
-    for path, text in ((trials, trials_text), (output, manifest_text)):
-        if path is None or text is None:
-            continue
-        if str(path) == "-":
-            import sys
-
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        else:
-            atomic_write_text(path, text)
+        utts = segment_utterances(utts, o.segment, o.segment_min, o.segment_max, o.seed)
+        if not utts:
+            raise InputError(f"no recording is as long as one segment (--segment {o.segment:g}, --segment-min)")
+    trial_list = _write_outputs(utts, o, excluded)
     # Per folder ROOT, on its own ids: a manifest's or a Kaldi folder's speakers are its own, and ids
     # prefixed with the ROOT's name (colliding roots) would name the wrong folder level.
     hints = (
@@ -386,7 +437,35 @@ def prepare_manifest(
             if source.kind == "folder"
             for h in layouts.speaker_folder_hints(root_utts)
         ]
-        if layout == "auto" and speaker_level is None
+        if o.layout == "auto" and o.speaker_level is None
         else []
     )
     return PrepareResult(utts, problems, trial_list, hints)
+
+
+def _write_outputs(utts: list[Utterance], o: PrepareOptions, excluded: set[str]) -> Trials | None:
+    """Make every output in memory (this is where bad input shows), then write them; the trials."""
+    from spkemb.data import kaldi
+    from spkemb.data.manifest import atomic_write_text, format_manifest
+
+    manifest_text = format_manifest(utts) if o.output is not None else None
+    trial_list: Trials | None = None
+    trials_text: str | None = None
+    if o.trials is not None:
+        from spkemb.data.trials import format_trials
+
+        trial_list = draw_trials(utts, o.targets, o.nontargets, o.seed, excluded)
+        trials_text = format_trials(trial_list, o.trials_format)
+    if o.export_kaldi is not None:
+        kaldi.write_kaldi_dir(utts, o.export_kaldi)
+    for path, text in ((o.trials, trials_text), (o.output, manifest_text)):
+        if path is None or text is None:
+            continue
+        if str(path) == "-":
+            import sys
+
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            atomic_write_text(path, text)
+    return trial_list

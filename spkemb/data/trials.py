@@ -44,6 +44,11 @@ class Trials:
         return 0 if self.labels is None else int(len(self.labels) - self.labels.sum())
 
 
+def cut(text: str, limit: int = 80) -> str:
+    """``text`` for a message: at most ``limit`` characters (a 200-MB line is not quoted whole)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def read_trials(path: str | Path) -> Trials:
     """Read a trial list (``-`` for stdin); a malformed line raises InputError with its number."""
     return parse_trial_lines(_read_lines(path), path)[0]
@@ -76,7 +81,7 @@ def parse_trial_lines(lines: Iterable[str], path: str | Path | None = None) -> t
         this, label, e, t, score = _parse(fields)
         if this is None:
             raise InputError(
-                f"line {lineno}: cannot parse trial {line.strip()!r} "
+                f"line {lineno}: cannot parse trial {cut(line.strip())!r} "
                 "(expected 'label enroll test', 'enroll test target|nontarget' or 'enroll test')",
                 path,
             )
@@ -84,7 +89,8 @@ def parse_trial_lines(lines: Iterable[str], path: str | Path | None = None) -> t
             kind = this
         elif (kind == "unlabelled") != (this == "unlabelled"):
             raise InputError(
-                f"line {lineno}: {line.strip()!r} has {len(fields)} fields, but the list started as {kind} trials", path
+                f"line {lineno}: {cut(line.strip())!r} has {len(fields)} fields, but the list started as {kind} trials",
+                path,
             )
         enroll.append(e)
         test.append(t)

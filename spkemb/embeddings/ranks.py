@@ -32,7 +32,7 @@ from spkemb.fileio import sibling_path
 
 if TYPE_CHECKING:
     from spkemb.data.manifest import Utterance
-    from spkemb.embeddings.job import ExtractJob, NoticeFn, ProgressFn
+    from spkemb.embeddings.steps import ExtractJob, NoticeFn, ProgressFn
 
 __all__ = ["launched_world", "rank_store", "split_by_audio", "run_ranks", "RankFailed"]
 
@@ -106,7 +106,7 @@ def run_ranks(
     on_notice: NoticeFn | None,
 ) -> dict[str, Any]:
     """This rank's share of ``job`` under torchrun; rank 0 merges and returns the job's summary."""
-    from spkemb.embeddings.job import up_to_date
+    from spkemb.embeddings.steps import up_to_date
     from spkemb.encoder_files import encoder_checksum
     from spkemb.locking import output_lock
 
@@ -148,7 +148,7 @@ def _embed_share(
     on_notice: NoticeFn | None,
 ) -> dict[str, Any]:
     """Embed this rank's rows into its store: ``{"ok": summary}``, or ``{"error": ..., "code": ...}``."""
-    from spkemb.embeddings.job import extract_part
+    from spkemb.embeddings.steps import extract_part
 
     mine = [part[i] for i in parts[rank]]
     if not mine:
@@ -228,7 +228,7 @@ def _finish(
     world: int,
 ) -> dict[str, Any]:
     """Rank 0: merge the ranks' stores into the output and remove them; the job's summary."""
-    from spkemb.embeddings.job import export_store
+    from spkemb.embeddings.steps import export_store
     from spkemb.embeddings.store import merge_stores, read_embeddings
 
     if rank != 0:

@@ -2,9 +2,10 @@
 
 Each format is one module here with ``import_model(src: Path) -> nn.Module``: it reads the peer's
 checkpoint (``torch.load(weights_only=True)``, never unpickled otherwise), builds the spkemb encoder
-that computes what the peer's model computes (front-end included) and loads the weights into it; the
-encoder's ``config`` records where it came from (``config["imported"]``). ``spkemb import-model``
-then saves it as ``encoder.pt``.
+that computes what the peer's model computes (front-end included) and loads the weights into it.
+The encoder's ``config`` rebuilds it as for any encoder; where it came from (format, source path,
+the source files' SHA-256, the peer's own settings) goes in ``model.extra["imported"]``, which
+``spkemb import-model`` saves as the encoder file's ``extra`` (``save_encoder(model, out, extra=model.extra)``).
 """
 
 from __future__ import annotations
@@ -36,5 +37,8 @@ def import_model(fmt: str, src: str | Path) -> nn.Module:
     path = Path(src)
     if not path.exists():
         raise InputError("no such file or folder", path)
-    module = importlib.import_module(FORMATS[key])
+    try:
+        module = importlib.import_module(FORMATS[key])
+    except ModuleNotFoundError as err:  # a format whose importer is not in this build
+        raise InputError(f"model format {key!r} is not supported by this spkemb ({err.name})") from None
     return module.import_model(path)

@@ -24,6 +24,7 @@ checkpoints resume exactly. Only the encoder is exported to ``encoder.pt``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
 
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 
 from spkemb.data.crops import ViewSpec
 from spkemb.distributed import all_gather, all_reduce
+from spkemb.errors import InputError
 from spkemb.losses.aam import AAMOutput, AAMSoftmax, MarginScheduler
 from spkemb.losses.gate import GateOptions, LossGate
 from spkemb.losses.subcenter import SubCenterAAM
@@ -72,6 +74,12 @@ class SupervisedOptions(Options):
     n_crops: int = opt(2, "augmented crops per utterance (SupCon views; AAM sees each)")
     crop_seconds: float = opt(2.0, "length of each crop")
     items_per_speaker: int = opt(1, "K of the P x K batches (P = batch_size // K)")
+    speed_as_speaker: bool = opt(
+        True,
+        "with speed perturbation (data option speed), each speed factor is a class of its own (x3 speakers "
+        "at 0.9/1.0/1.1), as the Kaldi and WeSpeaker recipes do; false: a sped-up item keeps its speaker",
+    )
+    speed_variants: int = opt(1, "speed factors that are classes of their own (set by the finetune job)")
     freeze_encoder_steps: int = opt(0, "train only the classifier head for this many first steps")
     freeze_frontend_steps: int = opt(
         0,
@@ -103,6 +111,8 @@ class SupervisedOptions(Options):
             raise ValueError(f"crop_seconds: must be positive (got {self.crop_seconds})")
         if self.loss_gate and self.loss == "supcon-aam":
             raise ValueError("loss_gate: the loss gate needs a classifier loss (aam, subcenter-aam or aam+supcon-aam)")
+        if self.speed_variants < 1:
+            raise ValueError(f"speed_variants: must be >= 1, got {self.speed_variants}")
         if self.supcon_scale <= 0:
             raise ValueError(f"supcon_scale: must be > 0 (got {self.supcon_scale})")
         if not 0 < self.encoder_lr_scale:
@@ -124,9 +134,16 @@ class Supervised(Method):
     labels: Tensor
 
     def __init__(
-        self, encoder: nn.Module, options: SupervisedOptions | None = None, labels: Any = None, **kwargs: Any
+        self,
+        encoder: nn.Module,
+        options: SupervisedOptions | None = None,
+        labels: Any = None,
+        names: tuple[Sequence[str], Sequence[str]] | None = None,
+        **kwargs: Any,
     ) -> None:
+        """``names``: the items' ids and the classes' names, for messages (a resume with other labels)."""
         super().__init__()
+        self.names = names
         o = self.options = self.resolve(options, kwargs)
         if labels is None:
             raise ValueError("supervised finetuning needs labels (one class per item)")
@@ -152,8 +169,38 @@ class Supervised(Method):
             o.freeze_encoder_steps > 0 or o.freeze_frontend_steps > 0 or o.loss == "subcenter-aam"
         )
 
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load a checkpoint; one trained on other labels (an item of another class) raises InputError
+        naming the first changed item: its classifier head and the new labels would disagree."""
+        old = state_dict.get("labels")
+        if old is not None:
+            self._same_labels(torch.as_tensor(old).cpu().long())
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _same_labels(self, old: Tensor) -> None:
+        new = self.labels.cpu()
+        if old.shape == new.shape and torch.equal(old, new):
+            return
+        if old.shape != new.shape:
+            what = f"it has {old.numel()} labelled items, these labels {new.numel()}"
+        else:
+            changed = torch.nonzero(old != new).reshape(-1)
+            i = int(changed[0])
+            items, classes = self.names if self.names is not None else ([], [])
+            item = repr(items[i]) if i < len(items) else f"item {i}"
+            now = repr(classes[int(new[i])]) if int(new[i]) < len(classes) else f"class {int(new[i])}"
+            what = (
+                f"{changed.numel()} of {new.numel()} items have another class (the first: {item}, class "
+                f"{int(old[i])} then, {now} now)"
+            )
+        raise InputError(
+            f"--resume: the checkpoint was trained on other labels ({what}); resume with the labels it was "
+            "trained on, or start again with --overwrite"
+        )
+
     @staticmethod
     def _make_head(o: SupervisedOptions, dim: int) -> nn.Module:
+        o = o.replace(n_classes=o.n_classes * o.speed_variants)  # each speed of a speaker its own class
         if o.loss == "supcon-aam":
             return SupConAAM(scale=o.supcon_scale, margin=o.margin)
         if o.loss == "subcenter-aam":
@@ -210,12 +257,21 @@ class Supervised(Method):
 
     def on_step_start(self, step: int) -> None:
         self.current_margin = self.schedule.apply(self.head, step)  # type: ignore[arg-type]
+        if self.options.freeze_encoder_steps:
+            self._hold_batch_norms(step < self.options.freeze_encoder_steps)
         if self.options.freeze_frontend_steps:
             frozen = step < self.options.freeze_frontend_steps
             if getattr(self.encoder, "frontend_frozen", None) != frozen:
                 self.encoder.set_frontend_frozen(frozen)  # type: ignore[operator]
         if isinstance(self.head, SubCenterAAM) and self.options.drop_outliers_after is not None:
             self.head.drop_outliers = step >= self.options.drop_outliers_after
+
+    def _hold_batch_norms(self, frozen: bool) -> None:
+        """While the encoder is held still, its batch norms use (and do not update) their running
+        statistics: a frozen encoder's embeddings must stay those of the encoder it started from."""
+        for m in self.encoder.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):  # noqa: SLF001 - every BatchNorm*d
+                m.train(self.training and not frozen)
 
     def before_optimizer_step(self, step: int) -> None:
         """Hold the encoder still for the first ``freeze_encoder_steps`` (the new head learns first)."""
@@ -240,6 +296,9 @@ class Supervised(Method):
         b, n = v.shape[0], v.shape[1]
         z = self.encoder(flatten_views(v)).reshape(n, b, -1).transpose(0, 1)  # (B, V, D)
         labels = (self.gate.labels if self.gate is not None else self.labels)[index]
+        speed = batch.get("speed") if isinstance(batch, dict) else None
+        if self.options.speed_variants > 1 and speed is not None:  # speaker s at speed v: class s + v * n
+            labels = labels + self.options.n_classes * speed.to(labels.device)
         keep = self.gate.keep(index) if self.gate is not None else None
         logs: dict[str, float] = {"margin": float(self.current_margin)}
         if isinstance(self.head, SupConAAM):
@@ -274,7 +333,7 @@ class Supervised(Method):
         if self.gate is None or not self.training:
             return
         b = index.shape[0]
-        pred = out.pred.reshape(b, n_views)[:, 0]
+        pred = out.pred.reshape(b, n_views)[:, 0] % self.options.n_classes  # the speaker, at any speed
         conf = out.conf.reshape(b, n_views).min(dim=1).values
         # every rank records every rank's items: the gate's buffers stay identical on all ranks
         rows = torch.stack([index.double(), per_item.detach().double(), pred.double(), conf.detach().double()], 1)

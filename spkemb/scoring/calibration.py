@@ -92,7 +92,8 @@ class Calibration:
             )
         x = np.column_stack([np.asarray(scores, dtype=np.float64)] + [quality[q] for q in self.quality])
         w = np.array([self.weights[n] for n in self.feature_names])
-        return np.asarray(x @ w + self.bias, dtype=np.float64)
+        with np.errstate(over="ignore"):  # an overflow is refused, naming this file, before anything is written
+            return np.asarray(x @ w + self.bias, dtype=np.float64)
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": 1, **asdict(self)}, indent=2, sort_keys=True) + "\n"
@@ -115,19 +116,30 @@ class Calibration:
             raise InputError(f'not a calibration file (no "format": "{FORMAT}")', path)
         try:
             cal = cls(
-                weights={str(k): float(v) for k, v in d["weights"].items()},
-                bias=float(d["bias"]),
+                weights={str(k): _number(f"weight {k!r}", v) for k, v in d["weights"].items()},
+                bias=_number("bias", d["bias"]),
                 quality=[str(q) for q in d.get("quality", [])],
-                prior=float(d.get("prior", 0.5)),
+                prior=_number("prior", d.get("prior", 0.5)),
                 system=dict(d.get("system", {})),
                 fitted_on=dict(d.get("fitted_on", {})),
             )
+            if not 0.0 < cal.prior < 1.0:
+                raise ValueError(f"prior {cal.prior} is not strictly between 0 and 1")
             unknown = [q for q in cal.quality if q not in QUALITY_MEASURES]
             if unknown or set(cal.weights) != set(cal.feature_names):
                 raise ValueError(f"weights {sorted(cal.weights)} do not match the features {cal.feature_names}")
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InputError(f"malformed calibration file ({err})", path) from None
         return cal
+
+
+def _number(what: str, value: Any) -> float:
+    """A finite JSON number (not a string, a bool, NaN or infinity: Python's JSON reader takes NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} is {value!r}, not a number")
+    if not np.isfinite(value):
+        raise ValueError(f"{what} is {value}, not a finite number")
+    return float(value)
 
 
 def duration_features(enroll_seconds: np.ndarray, test_seconds: np.ndarray) -> np.ndarray:

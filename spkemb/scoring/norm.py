@@ -55,6 +55,13 @@ def check_cohort(cohort: ScoreSpace, space: ScoreSpace, source: str | None = Non
         raise InputError(
             f"cohort rows are {cohort.z.shape[1]}-d but the trial embeddings map to {space.z.shape[1]}-d", source
         )
+    same_bias = cohort.bias is None or bool(np.all(cohort.bias == cohort.bias[:1]))
+    if same_bias and bool((cohort.z == cohort.z[:1]).all()):
+        raise InputError(
+            f"the cohort's {len(cohort)} embeddings are all the same vector: their scores have no spread to "
+            "normalise by (every normalised score would be divided by ~0)",
+            source,
+        )
 
 
 def normalize_scores(

@@ -146,8 +146,14 @@ def _check_outputs(r: ScoreRequest) -> None:
         "--hist": r.hist,
     }
     given = [(opt, p) for opt, p in outputs.items() if p is not None and p != "-"]
-    for _opt, p in given:
-        refuse_output_onto_inputs(p, inputs)
+    for opt, p in given:
+        refuse_output_onto_inputs(p, inputs, option=opt)
+        if _is_hdf5(p):
+            raise InputError(
+                f"{opt} names an existing HDF5 file (an embedding store?), which score never replaces; choose "
+                f"another {opt}",
+                p,
+            )
     for i, (opt_a, a) in enumerate(given):
         for opt_b, b in given[i + 1 :]:
             if same_file(a, b):
@@ -157,6 +163,17 @@ def _check_outputs(r: ScoreRequest) -> None:
             check_plot_path(plot)
     if r.save_plda is not None and Path(r.save_plda).suffix.lower() != ".npz":
         raise InputError("a PLDA model is saved as .npz (plain arrays, no pickle)", r.save_plda)
+
+
+def _is_hdf5(path: str | Path) -> bool:
+    """Whether ``path`` is an existing HDF5 file (its signature at offset 0, where h5py writes it)."""
+    if not Path(path).is_file():  # (a FIFO would block the read)
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
 
 
 def _durations(r: ScoreRequest, st: ScoredTrials) -> dict[str, np.ndarray]:
@@ -209,7 +226,7 @@ def _primary(r: ScoreRequest, say: Callable[[str], None]) -> tuple[ScoredTrials,
     from spkemb.scoring.scores_io import read_trial_table
 
     if r.embeddings is None:
-        return read_scores(r.scores_files[0]), None
+        return read_scores(r.scores_files[0], say), None
     table = read_trial_table(r.trials or "-")
     store = read_embeddings(r.embeddings)
     cohort = read_embeddings(r.cohort) if r.cohort is not None else None
@@ -222,7 +239,7 @@ def _primary(r: ScoreRequest, say: Callable[[str], None]) -> tuple[ScoredTrials,
         plda = Plda.fit(train.vectors, train.speakers, PldaOptions(lda_dim=r.lda_dim), source=r.train)
         plda.encoder = {k: train.attrs[k] for k in ENCODER_KEYS if train.attrs.get(k)}
     elif r.plda is not None:
-        plda = Plda.load(r.plda)
+        plda = Plda.load(r.plda, dim=int(store.vectors.shape[1]) if store.vectors.ndim == 2 else None)
         _same_encoder(store, plda.encoder, r.plda, "PLDA model", r)
     st = score_trials(table, store, r.options, cohort=cohort, plda=plda, source=r.embeddings, cohort_source=r.cohort)
     if cohort is not None and r.options.norm == "asnorm":
@@ -274,15 +291,40 @@ def _default_name(r: ScoreRequest, path: str | None = None) -> str:
     return f"{Path(r.embeddings or '').stem} {o.backend}" + ("" if o.norm == "none" else f" {o.norm}")
 
 
+def _source(r: ScoreRequest, st: ScoredTrials) -> tuple[str, str | None]:
+    """What made a system's scores, for a message: the words and the file to name."""
+    if "scores_file" in st.system and not st.system.get("calibrated"):
+        return "the scores file", str(st.system["scores_file"])
+    made = [f"{st.system.get('backend', 'cosine')} scores of {r.embeddings}"] if r.embeddings else []
+    if r.plda is not None:
+        made.append(f"PLDA model {r.plda}")
+    elif r.train is not None:
+        made.append(f"the PLDA model trained on {r.train}")
+    if st.system.get("calibrated") and r.calibration is not None:
+        return ", ".join(made) + ", after this calibration", r.calibration
+    return ", ".join(made), r.embeddings
+
+
 def _check_systems(r: ScoreRequest, systems: list[tuple[str, ScoredTrials]]) -> None:
-    """Refuse now what the metrics and plots would refuse later, so that nothing after this can."""
+    """Refuse now what the metrics, plots and the scores writer would refuse later, so that nothing
+    after this can."""
     from spkemb.scoring.metrics import check_scores
+    from spkemb.scoring.scores_io import check_finite
 
     for name, st in systems:
+        what, source = _source(r, st)
+        check_finite(st.scores, f"{name} ({what})", source)
         if st.labels is not None:
             check_scores(st.scores, st.labels)
         elif r.det is not None or r.hist is not None:
             raise InputError(f"plots need labelled trials; {name} has no labels")
+
+
+def _calibrated(st: ScoredTrials) -> bool | None:
+    """Whether a system's scores are calibrated: known for scores made (or calibrated) by this run."""
+    if st.system.get("calibrated"):
+        return True
+    return None if "scores_file" in st.system else False
 
 
 def _plots(r: ScoreRequest, systems: list[tuple[str, ScoredTrials]]) -> list[tuple[str, bytes]]:
@@ -290,7 +332,9 @@ def _plots(r: ScoreRequest, systems: list[tuple[str, ScoredTrials]]) -> list[tup
         return []
     from spkemb.scoring.plots import PlotSystem, check_plot_path, det_figure, histogram_figure
 
-    plot_systems = [PlotSystem(name, st.scores, st.labels) for name, st in systems if st.labels is not None]
+    plot_systems = [
+        PlotSystem(name, st.scores, st.labels, _calibrated(st)) for name, st in systems if st.labels is not None
+    ]
     out = []
     if r.det is not None:
         out.append((r.det, det_figure(plot_systems, check_plot_path(r.det), p_target=r.p_targets[0])))
@@ -300,10 +344,12 @@ def _plots(r: ScoreRequest, systems: list[tuple[str, ScoredTrials]]) -> list[tup
 
 
 def run_score(r: ScoreRequest, say: Callable[[str], None] = lambda _m: None) -> ScoreResult:
-    """Do the whole command; every input error is raised before anything is written."""
+    """Do the whole command; every input error is raised before anything is written, and the files
+    of one run (-o, --fit-calibration, --save-plda, --det, --hist) are all written or none is."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from spkemb.fileio import atomic_write_bytes
+    from spkemb.fileio import OutputGroup
+    from spkemb.scoring.scores_io import format_scores
 
     _check_request(r)
     primary, plda = _primary(r, say)
@@ -314,25 +360,31 @@ def run_score(r: ScoreRequest, say: Callable[[str], None] = lambda _m: None) -> 
     cal = _calibrate(r, primary, say)
     extra = r.scores_files if r.embeddings else r.scores_files[1:]
     systems = [(_default_name(r, None if r.embeddings else r.scores_files[0]), primary)]
-    systems += [(_default_name(r, f), read_scores(f)) for f in extra]
+    systems += [(_default_name(r, f), read_scores(f, say)) for f in extra]
     systems = [(r.names[i] if i < len(r.names) else name, st) for i, (name, st) in enumerate(systems)]
     _check_systems(r, systems)
-    # Every input is read and accepted: the scores are written (Arrow's writer and the disk, off the
-    # GIL) while the metrics and plots are computed.
-    with ThreadPoolExecutor(1) as pool:
-        writing = None
-        if r.output is not None or (r.embeddings is not None and not r.json_out):
-            writing = pool.submit(primary.write, r.output)
-        summaries = [(name, {"name": name, **st.summary(r.p_targets)}) for name, st in systems]
-        plots = _plots(r, systems)
-        if writing is not None:
-            writing.result()
-    if cal is not None:
-        summaries[0][1]["calibration"] = {"file": r.fit_calibration, **cal.fitted_on}
-        if r.fit_calibration is not None:
-            cal.save(r.fit_calibration)
-    if plda is not None and r.save_plda is not None:
-        plda.save(r.save_plda)
-    for path, data in plots:
-        atomic_write_bytes(path, data)
+    to_file = r.output is not None and r.output != "-"
+    to_stdout = not to_file and (r.output is not None or (r.embeddings is not None and not r.json_out))
+    with OutputGroup() as out:
+        # Every input is read and accepted: the scores are formatted and staged (Arrow's writer and the
+        # disk, off the GIL) while the metrics and plots are computed; nothing replaces an existing
+        # output until every output of the run is written.
+        with ThreadPoolExecutor(1) as pool:
+            writing = None
+            if to_file:
+                writing = pool.submit(lambda: out.write_bytes(str(r.output), format_scores(*primary.columns())))
+            elif to_stdout:
+                writing = pool.submit(primary.write, None)
+            summaries = [(name, {"name": name, **st.summary(r.p_targets)}) for name, st in systems]
+            plots = _plots(r, systems)
+            if writing is not None:
+                writing.result()
+        if cal is not None:
+            summaries[0][1]["calibration"] = {"file": r.fit_calibration, **cal.fitted_on}
+            if r.fit_calibration is not None:
+                out.write_text(r.fit_calibration, cal.to_json())
+        if plda is not None and r.save_plda is not None:
+            out.write_bytes(r.save_plda, plda.to_bytes())
+        for path, data in plots:
+            out.write_bytes(path, data)
     return ScoreResult(summaries)

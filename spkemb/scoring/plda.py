@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from spkemb.errors import InputError
+from spkemb.options import Options, opt
 from spkemb.scoring.backends import ScoreSpace
 
 __all__ = ["ENCODER_KEYS", "Plda", "PldaOptions"]
@@ -35,9 +37,17 @@ _ARRAYS = ("lda_mean", "lda", "whiten", "center", "mu", "between", "within")
 
 
 @dataclass(frozen=True)
-class PldaOptions:
-    lda_dim: int | None = None  # None: min(embedding size, speakers - 1)
-    iterations: int = 10
+class PldaOptions(Options):
+    """How a PLDA back-end is trained (values checked here; ``lda_dim`` against the data in :meth:`Plda.fit`)."""
+
+    lda_dim: int | None = opt(None, "LDA dimension (None: min(embedding size, training speakers - 1))")
+    iterations: int = opt(10, "EM iterations of the two-covariance model")
+
+    def __post_init__(self) -> None:
+        if self.lda_dim is not None and self.lda_dim < 1:
+            raise ValueError(f"lda_dim: --lda-dim must be at least 1, got {self.lda_dim}")
+        if self.iterations < 0:
+            raise ValueError(f"iterations must be at least 0, got {self.iterations}")
 
 
 @dataclass
@@ -121,6 +131,10 @@ class Plda:
     def save(self, path: str | Path) -> None:
         from spkemb.fileio import atomic_write_bytes
 
+        atomic_write_bytes(path, self.to_bytes())
+
+    def to_bytes(self) -> bytes:
+        """The ``.npz`` file's bytes."""
         buf = io.BytesIO()
         arrays: dict[str, Any] = {"format": np.array(FORMAT), **{k: getattr(self, k) for k in _ARRAYS}}
         arrays.update(
@@ -131,10 +145,14 @@ class Plda:
             }
         )
         np.savez(buf, **arrays)
-        atomic_write_bytes(path, buf.getvalue())
+        return buf.getvalue()
 
     @classmethod
-    def load(cls, path: str | Path) -> Plda:
+    def load(cls, path: str | Path, dim: int | None = None) -> Plda:
+        """Read a model saved by :meth:`save`. The arrays' shapes are read from their headers and
+        checked (against ``dim``, the embedding size of the store it will score, when given) before
+        any array is read, so that a forged file cannot make it allocate more than the model it
+        claims to be; the values are checked after (finite, covariances positive definite)."""
         p = Path(path)
         if not p.is_file():
             raise InputError("no such PLDA model", path)
@@ -142,13 +160,76 @@ class Plda:
             with np.load(p, allow_pickle=False) as z:
                 if "format" not in z.files or str(z["format"]) != FORMAT:
                     raise InputError("not a spkemb PLDA model (.npz without format 'spkemb-plda-v1')", path)
+                _check_shapes(_header_shapes(z, path), dim, path)
                 arrays: dict[str, Any] = {k: np.asarray(z[k], dtype=np.float64) for k in _ARRAYS}
-                model = cls(**arrays, encoder={k: _attr(k, str(z[k])) for k in ENCODER_KEYS if k in z.files})
+                encoder = {k: _attr(k, str(z[k])) for k in ENCODER_KEYS if k in z.files and z[k].size < 1 << 20}
+                model = cls(**arrays, encoder=encoder)
         except InputError:
             raise
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             raise InputError(f"cannot read PLDA model ({str(err).splitlines()[0][:160]})", path) from None
+        _check_values(model, path)
         return model
+
+
+def _header_shapes(z: Any, path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """``name -> (shape, dtype)`` of the model's arrays, from their ``.npy`` headers alone."""
+    fmt = np.lib.format
+    out = {}
+    for key in _ARRAYS:
+        if key not in z.files:
+            raise InputError(f"not a complete PLDA model (no array {key!r})", path)
+        with z.zip.open(f"{key}.npy") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _fortran, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise InputError(f"not a spkemb PLDA model ({key} is a .npy file of version {version})", path)
+        out[key] = (tuple(int(n) for n in shape), dtype)
+    return out
+
+
+def _check_shapes(shapes: dict[str, tuple[tuple[int, ...], np.dtype[Any]]], dim: int | None, path: str | Path) -> None:
+    lda_shape = shapes["lda"][0]
+    if len(lda_shape) != 2 or not 1 <= lda_shape[1] <= lda_shape[0]:
+        raise InputError(f"not a PLDA model: its LDA matrix has shape {lda_shape}", path)
+    big, small = lda_shape
+    if dim is not None and big != dim:
+        raise InputError(f"the PLDA model takes {big}-d embeddings but the store holds {dim}-d embeddings", path)
+    expected = {
+        "lda_mean": (big,),
+        "lda": (big, small),
+        "whiten": (small, small),
+        "center": (small,),
+        "mu": (small,),
+        "between": (small, small),
+        "within": (small, small),
+    }
+    for key, want in expected.items():
+        shape, dtype = shapes[key]
+        if shape != want:
+            raise InputError(f"not a PLDA model: {key} has shape {shape}, expected {want} (LDA {big} -> {small})", path)
+        if dtype.kind != "f":
+            raise InputError(f"not a PLDA model: {key} holds {dtype} values, not floats", path)
+
+
+def _check_values(model: Plda, path: str | Path) -> None:
+    for key in _ARRAYS:
+        if not np.isfinite(getattr(model, key)).all():
+            raise InputError(f"not a usable PLDA model: {key} holds non-finite values", path)
+    for key in ("between", "within"):
+        cov = getattr(model, key)
+        if not np.allclose(cov, cov.T, rtol=1e-6, atol=1e-12 * max(1.0, float(np.abs(cov).max()))):
+            raise InputError(f"not a usable PLDA model: the {key}-speaker covariance is not symmetric", path)
+        evals = np.linalg.eigvalsh(0.5 * (cov + cov.T))
+        if evals.min() <= 0:
+            raise InputError(
+                f"not a usable PLDA model: the {key}-speaker covariance is not positive definite "
+                f"(smallest eigenvalue {evals.min():.3g})",
+                path,
+            )
 
 
 def _attr(key: str, text: str) -> Any:

@@ -18,7 +18,7 @@ import numpy as np
 from spkemb.errors import InputError
 from spkemb.scoring.metrics import det_points
 
-__all__ = ["PLOT_FORMATS", "PlotSystem", "check_plot_path", "det_figure", "histogram_figure"]
+__all__ = ["PLOT_FORMATS", "PlotSystem", "check_plot_path", "det_axes", "det_figure", "histogram_figure"]
 
 PLOT_FORMATS = ("png", "svg", "pdf")
 _TICKS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
@@ -30,6 +30,16 @@ class PlotSystem:
     name: str
     scores: np.ndarray
     labels: np.ndarray
+    calibrated: bool | None = None  # None: not known (a scores file from elsewhere)
+
+    @property
+    def kind(self) -> str:
+        """What the scores are, for the histogram's axis."""
+        if self.calibrated:
+            return "calibrated: log-likelihood ratios (natural log)"
+        if self.calibrated is None:
+            return "as read from the file; calibration not known"
+        return "not calibrated: not log-likelihood ratios"
 
 
 def check_plot_path(path: str | Path) -> str:
@@ -72,6 +82,12 @@ def det_figure(
     systems: Sequence[PlotSystem], fmt: str = "png", p_target: float = 0.01, title: str | None = None
 ) -> bytes:
     """The DET plot of ``systems`` as image bytes (format ``png``, ``svg`` or ``pdf``)."""
+    return _render(det_axes(systems, p_target, title).figure, fmt)
+
+
+def det_axes(systems: Sequence[PlotSystem], p_target: float = 0.01, title: str | None = None):
+    """The DET plot's axes (matplotlib), before rendering. The EER and minDCF markers are not
+    clipped: one at an axis limit (no false alarm at the minDCF point) is drawn whole, not halved."""
     from scipy.special import ndtri
 
     lo, hi = ndtri(np.array(_LIMITS))
@@ -84,8 +100,8 @@ def det_figure(
         (line,) = ax.plot(*_thin(x, y, hi - lo), lw=1.6, color=f"C{k}")
         min_dcf = (p_target * c.p_miss[j] + (1 - p_target) * c.p_fa[j]) / min(p_target, 1 - p_target)
         e = float(np.clip(ndtri(max(eer, 1e-12)), lo, hi))
-        ax.plot([e], [e], "o", ms=7, mfc="none", color=line.get_color())
-        ax.plot([x[j]], [y[j]], "s", ms=6, color=line.get_color())
+        ax.plot([e], [e], "o", ms=7, mfc="none", color=line.get_color(), clip_on=False, zorder=3)
+        ax.plot([x[j]], [y[j]], "s", ms=6, color=line.get_color(), clip_on=False, zorder=3)
         line.set_label(f"{sys_.name}  (EER {100 * eer:.2f} %, minDCF {min_dcf:.3f})")
     ticks = ndtri(np.array(_TICKS))
     labels = [f"{100 * t:g}" for t in _TICKS]
@@ -99,7 +115,7 @@ def det_figure(
     ax.set_title(title or f"DET  (o EER, \u25a0 minDCF at p_target {p_target:g})", fontsize=10)
     ax.grid(True, color="0.88")
     fig.legend(loc="outside lower center", fontsize=8)
-    return _render(fig, fmt)
+    return ax
 
 
 def histogram_figure(systems: Sequence[PlotSystem], fmt: str = "png", bins: int = 60) -> bytes:
@@ -112,8 +128,8 @@ def histogram_figure(systems: Sequence[PlotSystem], fmt: str = "png", bins: int 
         edges = np.histogram_bin_edges(s, bins=bins)
         ax.hist(s[~lab], bins=edges, density=True, alpha=0.55, color="C0", label=f"non-target ({(~lab).sum()})")
         ax.hist(s[lab], bins=edges, density=True, alpha=0.55, color="C3", label=f"target ({lab.sum()})")
-        ax.set_title(sys_.name, fontsize=9)
+        ax.set_title(f"{sys_.name}  (scores {sys_.kind})", fontsize=9)
         ax.set_ylabel("density")
         ax.legend(fontsize=8)
-    axes[-1].set_xlabel("score")
+    axes[-1].set_xlabel("calibrated score (LLR)" if all(s.calibrated for s in systems) else "score")
     return _render(fig, fmt)

@@ -3,15 +3,17 @@ the scores of an existing scores file; summarise either with the verification me
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from spkemb.data.trials import Trials
+from spkemb.data.trials import Trials, cut
 from spkemb.embeddings.store import EmbeddingSet
 from spkemb.errors import InputError
+from spkemb.options import Options, opt
 from spkemb.scoring.backends import Normalizer, ScoreSpace
 from spkemb.scoring.metrics import summarize
 from spkemb.scoring.norm import DEFAULT_TOP_K, SCORE_NORMS, check_cohort, normalize_scores
@@ -24,27 +26,34 @@ NORMS = ("none", *EMBEDDING_NORMS, *SCORE_NORMS)
 
 
 @dataclass(frozen=True)
-class ScoreOptions:
-    """``backend`` cosine or plda; ``norm`` one of :data:`NORMS` (mean/standardize act on the embeddings
-    before the back-end, the others on the scores); ``top_k`` for asnorm (None:
-    :data:`~spkemb.scoring.norm.DEFAULT_TOP_K`)."""
+class ScoreOptions(Options):
+    """How trials are scored. The values are checked when the options are made (a ValueError naming
+    the field; :meth:`~spkemb.options.Options.from_mapping` makes it an InputError); :meth:`check`
+    checks them against the inputs a run has."""
 
-    backend: str = "cosine"
-    norm: str = "none"
-    top_k: int | None = None
-    skip_missing: bool = False
+    backend: str = opt("cosine", "cosine, or plda (needs a PLDA model)")
+    norm: str = opt(
+        "none",
+        "none; mean / standardize act on the embeddings before the back-end; znorm, tnorm, snorm, asnorm on "
+        "the scores (with a cohort)",
+    )
+    top_k: int | None = opt(None, f"asnorm: best cohort scores kept per embedding (None: {DEFAULT_TOP_K})")
+    skip_missing: bool = opt(False, "drop trials whose ids are not in the store instead of failing")
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: unknown back-end {self.backend!r} (choose {', '.join(BACKENDS)})")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm: unknown normalisation {self.norm!r} (choose {', '.join(NORMS)})")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k: --top-k must be at least 1, got {self.top_k}")
+        if self.top_k is not None and self.norm != "asnorm":
+            raise ValueError("top_k: --top-k is for --norm asnorm only")
 
     def check(self, have_cohort: bool, have_plda: bool) -> None:
-        if self.backend not in BACKENDS:
-            raise InputError(f"unknown back-end {self.backend!r} (choose {', '.join(BACKENDS)})")
-        if self.norm not in NORMS:
-            raise InputError(f"unknown normalisation {self.norm!r} (choose {', '.join(NORMS)})")
+        """Refuse options that the run's inputs cannot serve."""
         if self.norm in SCORE_NORMS and not have_cohort:
             raise InputError(f"--norm {self.norm} needs a cohort store (--cohort COHORT.h5)")
-        if self.top_k is not None and self.norm != "asnorm":
-            raise InputError("--top-k is for --norm asnorm only")
-        if self.top_k is not None and self.top_k < 1:
-            raise InputError(f"--top-k must be at least 1, got {self.top_k}")
         if self.backend == "plda" and not have_plda:
             raise InputError("--backend plda needs a model: --train TRAIN.h5 or --plda MODEL.npz")
 
@@ -67,6 +76,10 @@ class ScoredTrials:
     def lines(self) -> str:
         """``enroll test score [target|nontarget]`` lines in the trials' order."""
         return bytes(format_scores(self.table, self.scores, self.labels)).decode()
+
+    def columns(self) -> tuple[TrialTable, np.ndarray, np.ndarray | None]:
+        """What :func:`~spkemb.scoring.scores_io.format_scores` takes."""
+        return self.table, self.scores, self.labels
 
     def write(self, dest: str | Path | None) -> None:
         """Write the score lines to ``dest`` atomically (stdout for None or ``-``)."""
@@ -145,13 +158,43 @@ def score_trials(
     return ScoredTrials(kept, scores, kept.labels, len(table), list(missing), system)
 
 
-def read_scores(path: str | Path) -> ScoredTrials:
-    """An existing scores file (``enroll test score [target|nontarget]``) as a scored list."""
+def read_scores(path: str | Path, say: Callable[[str], None] | None = None) -> ScoredTrials:
+    """An existing scores file (``enroll test score [target|nontarget]``) as a scored list. A trial
+    that appears twice with both labels is refused; one that appears twice with one label is
+    reported through ``say`` (each copy counts in the metrics)."""
     table = read_trial_table(path)
     if table.scores is None:
         raise InputError("not a scores file: expected 'enroll test score [target|nontarget]' lines", path)
     if np.isnan(table.scores).any():
         raise InputError(f"not a scores file: {int(np.isnan(table.scores).sum())} lines have no score", path)
+    _check_repeats(table, path, say)
     return ScoredTrials(
         table, table.scores, table.labels, len(table), [], {"scores_file": str(path), "calibrated": False}
     )
+
+
+def _check_repeats(table: TrialTable, path: str | Path, say: Callable[[str], None] | None) -> None:
+    """Refuse trials listed with both labels; report trials listed more than once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    labels = np.zeros(len(table), dtype=np.int8) if table.labels is None else table.labels
+    tab = pa.table({"e": table.enroll, "t": table.test, "l": pa.array(labels)})
+    groups = tab.group_by(["e", "t"]).aggregate([("l", "min"), ("l", "max"), ("l", "count")])
+    if groups.num_rows == tab.num_rows:
+        return
+    clash = groups.filter(pc.not_equal(groups["l_min"], groups["l_max"]))
+    if clash.num_rows:
+        e, t = clash["e"][0].as_py(), clash["t"][0].as_py()
+        raise InputError(
+            f"{clash.num_rows} trials are listed both as target and as non-target (e.g. {cut(e)} {cut(t)}); "
+            "a scores file lists each trial once",
+            path,
+        )
+    if say is not None:
+        repeated = groups.filter(pc.greater(groups["l_count"], 1))
+        e, t = repeated["e"][0].as_py(), repeated["t"][0].as_py()
+        say(
+            f"note: {path}: {tab.num_rows - groups.num_rows} lines repeat a trial listed before (e.g. "
+            f"{cut(e)} {cut(t)}); each copy counts in the metrics"
+        )

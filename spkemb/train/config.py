@@ -33,6 +33,8 @@ from spkemb.errors import InputError
 from spkemb.fileio import atomic_write_text
 from spkemb.options import Options, coerce, opt
 
+UNBOUNDED = "max_steps: set max_steps or max_minutes (or both) to bound the run"
+
 
 @dataclass
 class TrainConfig(Options):
@@ -80,7 +82,7 @@ class TrainConfig(Options):
             if getattr(self, key) < 0:
                 raise _bad(self, key, "must not be negative")
         if self.max_steps is None and self.max_minutes is None:
-            raise ValueError("max_steps: set max_steps or max_minutes (or both) to bound the run")
+            raise ValueError(UNBOUNDED)
         if self.max_steps is not None and self.max_steps < 1:
             raise _bad(self, "max_steps", "must be at least 1")
         for key in ("max_minutes", "checkpoint_minutes"):
@@ -181,12 +183,16 @@ def merge_config(
             values[key] = value
     if values.get("method") == "none" and values.get("max_steps") is None and values.get("max_minutes") is None:
         values["max_steps"] = 1  # a random encoder trains no steps; the config still validates
+    # The bound is a policy, not a bad value: a mistyped method, encoder or option is named first.
+    bounded = values.get("max_steps") is not None or values.get("max_minutes") is not None
     try:
-        cfg = TrainConfig(**values)
+        cfg = TrainConfig(**(values if bounded else {**values, "max_steps": 1}))
     except ValueError as err:
         raise InputError(str(err), source) from None
     if check_options:
         typed_options(cfg, source)
+    if not bounded:
+        raise InputError(UNBOUNDED, source)
     return cfg
 
 

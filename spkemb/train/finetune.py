@@ -35,8 +35,8 @@ class LabelledSet:
     unlabelled: int  # manifest utterances left out for want of a label
 
 
-def assign_labels(utts: Sequence[Utterance], labels: dict[str, str] | None, labels_path: str | None = None
-                  ) -> LabelledSet:  # fmt: skip
+def assign_labels(utts: Sequence[Utterance], labels: dict[str, str] | None, labels_path: str | None = None,
+                  manifest_path: str | Path | None = None) -> LabelledSet:  # fmt: skip
     """Each utterance's class from ``labels`` (utt_id -> label) or, without it, its speaker.
 
     A labels file that names utterances missing from the manifest, that covers none of them, or
@@ -58,7 +58,8 @@ def assign_labels(utts: Sequence[Utterance], labels: dict[str, str] | None, labe
         named = {u.utt_id: u.speaker or None for u in utts}
         if not any(named.values()):
             raise InputError(
-                "the manifest has no speaker column values; give `labels` (a labels file, e.g. from spkemb cluster)"
+                "the manifest has no speaker column values; give `labels` (a labels file, e.g. from spkemb cluster)",
+                manifest_path,
             )
     kept = [u for u in utts if named[u.utt_id]]
     classes = sorted({str(named[u.utt_id]) for u in kept})
@@ -66,6 +67,75 @@ def assign_labels(utts: Sequence[Utterance], labels: dict[str, str] | None, labe
         raise InputError(f"the labels give {len(classes)} speaker(s); finetuning needs at least 2", labels_path)
     index = {c: i for i, c in enumerate(classes)}
     return LabelledSet(kept, classes, [index[str(named[u.utt_id])] for u in kept], len(utts) - len(kept))
+
+
+RANDOM_FRONTEND = (
+    "{encoder}: no --frontend-weights and no --init, so its WavLM frontend is RANDOM and this run trains it "
+    "from scratch (far more data and time than finetuning a pretrained one). To finetune a pretrained WavLM, "
+    "stop and give --frontend-weights PATH (a torchaudio state dict or a Hugging Face folder)"
+)
+
+
+def check_output(out_dir: str | Path, init: str | Path | None, labels_path: str | None, overwrite: bool) -> None:
+    """Refuse, before anything is loaded, an ``-o`` that is a file (the manifest, the labels, an
+    encoder.pt) or a folder whose own encoder is the ``--init`` one (``--overwrite`` would replace
+    the input this run reads)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError("-o is an existing file; it must name an experiment folder (exp/NAME)", out)
+    from spkemb.fileio import same_file
+
+    if labels_path is not None and same_file(out, labels_path):
+        raise InputError("-o is the --labels file; choose another experiment folder", out)
+    if init is None:
+        return
+    src = Path(init)
+    src = src / "encoder.pt" if src.is_dir() else src
+    try:
+        inside = src.resolve().is_relative_to(out.resolve())
+    except OSError:
+        inside = False
+    if inside:
+        raise InputError(
+            f"--init {init} is inside the -o folder, whose encoder.pt this run "
+            + ("replaces (--overwrite)" if overwrite else "writes")
+            + "; give another -o (or copy the encoder elsewhere first)",
+            out,
+        )
+
+
+def speed_classes(options: Any, dataset: Any, reporter: Reporter) -> Any:
+    """``options`` (SupervisedOptions) with ``speed_variants`` set: with speed perturbation and
+    ``speed_as_speaker``, each speed factor of the dataset is a class of its own (Kaldi's and
+    WeSpeaker's recipes: a speaker at 0.9x and at 1.1x are two more speakers), said once."""
+    factors = tuple(getattr(dataset, "speed_factors", (1.0,)))
+    if len(factors) < 2:
+        return options
+    if not options.speed_as_speaker:
+        reporter.message("speed perturbation: a sped-up item keeps its speaker's class (speed_as_speaker false)")
+        return options
+    n = len(factors)
+    reporter.message(
+        f"speed perturbation: each speed ({', '.join(f'{f:g}' for f in factors)}) is a class of its own, "
+        f"{n * options.n_classes} classes for {options.n_classes} speakers, as the Kaldi and WeSpeaker recipes "
+        "(--method-opt speed_as_speaker=false keeps the speaker's class)"
+    )
+    return options.replace(speed_variants=n)
+
+
+def fit_speakers(batch_size: int, k: int, n_classes: int, reporter: Reporter | None = None) -> int:
+    """P, the distinct speakers of a P x K batch: ``batch_size // k``, or the number of classes when
+    the labels have fewer (a pseudo-label run with fewer clusters than P, the demo's 24 speakers at
+    the loop's batch of 32), with a notice: the batch then holds ``P * k`` items."""
+    p = batch_size // k
+    if n_classes >= p:
+        return p
+    if reporter is not None:
+        reporter.message(
+            f"note: batch_size {batch_size} asks for P={p} distinct speakers per batch (K={k}), the labels have "
+            f"{n_classes}: P={n_classes}, {n_classes * k} items per batch"
+        )
+    return n_classes
 
 
 def init_path(init: str | Path) -> Path:
@@ -133,9 +203,11 @@ def run_finetune(
     labels: dict[str, str] | None = None,
     labels_path: str | None = None,
     reporter: Reporter | None = None,
+    manifest_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Finetune ``cfg.encoder`` (from ``init`` when given) on the labelled ``utts`` into ``out_dir``."""
-    from spkemb.data.crops import collate_crops
+    """Finetune ``cfg.encoder`` (from ``init`` when given) on the labelled ``utts`` (read from
+    ``manifest_path``, named in messages) into ``out_dir``."""
+    from spkemb.data.crops import collate_crops, resample_note
     from spkemb.data.pk_sampler import PKSampler
     from spkemb.methods.supervised import Supervised, SupervisedOptions
     from spkemb.models import save_encoder
@@ -144,7 +216,8 @@ def run_finetune(
     from spkemb.train.trainer import Trainer, seed_everything
 
     reporter = reporter or Reporter()
-    data = assign_labels(utts, labels, labels_path)
+    check_output(out_dir, init, labels_path, bool(cfg.overwrite))
+    data = assign_labels(utts, labels, labels_path, manifest_path)
     typed = typed_options(cfg)  # bad keys refused before any work
     assert isinstance(typed.method, SupervisedOptions) and isinstance(typed.data, DataOptions)
     options = typed.method.replace(n_classes=len(data.classes))
@@ -157,21 +230,29 @@ def run_finetune(
             "`encoder_kwargs.frontend_weights` would be overwritten: give one of them",
             init,
         )
+    p = fit_speakers(cfg.batch_size, k, len(data.classes), reporter)
     seed_everything(cfg.seed)
     prepare_cpu(cfg)
     encoder = build_encoder_from(cfg, reporter)
     loaded = load_init(encoder, init) if init is not None else None
     if loaded is not None:
         reporter.message(f"init: loaded {loaded['loaded']} of {loaded['total']} encoder tensors from {init}")
+    random_frontend = init is None and hasattr(encoder, "frontend_loaded") and encoder.frontend_loaded is None
+    if random_frontend:
+        reporter.message(RANDOM_FRONTEND.format(encoder=cfg.encoder), warning=True)
+    sr = int(getattr(encoder, "sample_rate"))  # noqa: B009
+    dataset = crop_dataset(data.utts, typed.data, Supervised.views(options), sr, cfg.seed)
+    note = resample_note(data.utts, sr)
+    if note:
+        reporter.message(note)
+    options = speed_classes(options, dataset, reporter)
     try:
-        method = Supervised(encoder, options, labels=data.targets)
+        method = Supervised(encoder, options, labels=data.targets, names=([u.utt_id for u in data.utts], data.classes))
     except ValueError as err:
         raise InputError(f"method 'supervised': {err}") from None
-    sr = int(getattr(encoder, "sample_rate"))  # noqa: B009
-    dataset = crop_dataset(data.utts, typed.data, method.crop_views(), sr, cfg.seed)
 
     def sampler(n: int, batch_size: int, seed: int, rank: int, world: int) -> PKSampler:
-        return PKSampler.from_batch_size(data.targets, batch_size, k, seed, rank, world)
+        return PKSampler(data.targets, p, k, seed, rank, world)
 
     out = Path(out_dir)
 
@@ -202,4 +283,5 @@ def run_finetune(
         "unlabelled": data.unlabelled,
         "init": str(init) if init else None,
         "init_tensors": loaded["loaded"] if loaded else 0,
+        **({"frontend": "random"} if random_frontend else {}),
     }

@@ -26,12 +26,13 @@ def pretrain_config(
     needs no bound on the run) and its method one of ``none`` and the pretrain methods."""
     from spkemb.methods import list_methods
 
-    cfg = merge_config(file_cfg, overrides, source=source, check_options=False)
+    # The method is checked first: a mistyped one is named before any other problem of the config.
+    given = [m for m in ((overrides or {}).get("method"), (file_cfg or {}).get("method")) if m is not None]
+    method = str(given[0]) if given else TrainConfig.method
     names = list_methods("pretrain")
-    if cfg.method not in ("none", *names):
-        raise InputError(f"method {cfg.method!r}: choose none, {', '.join(names)}", source)
-    typed_options(cfg, source)
-    return cfg
+    if method not in ("none", *names):
+        raise InputError(f"unknown method {method!r} (choose none, {', '.join(names)})", source)
+    return merge_config(file_cfg, overrides, source=source)
 
 
 def build_encoder_from(cfg: TrainConfig, reporter: Reporter | None = None) -> nn.Module:
