@@ -162,7 +162,7 @@ def test_score_trials_core_without_the_cli() -> None:
     from spkemb.data.trials import Trials
     from spkemb.embeddings.store import EmbeddingSet
     from spkemb.errors import InputError
-    from spkemb.scoring.trials import ScoreOptions, score_trials
+    from spkemb.scoring.trial_scoring import ScoreOptions, score_trials
 
     store = EmbeddingSet(["a", "b", "c"], np.array([[1, 0], [1, 0.1], [0, 1]], dtype=np.float32))
     trials = Trials(["a", "a", "x"], ["b", "c", "a"], np.array([1, 0, 1], dtype=np.int8))

@@ -18,7 +18,7 @@ from spkemb.errors import InputError
 from spkemb.scoring.metrics import summarize
 from spkemb.scoring.plda import Plda, PldaOptions
 from spkemb.scoring.plots import PlotSystem, det_axes, histogram_figure
-from spkemb.scoring.trials import ScoreOptions
+from spkemb.scoring.trial_scoring import ScoreOptions
 
 runner = CliRunner()
 DIM = 8

@@ -10,6 +10,8 @@ from typing import Any
 import typer
 
 from spkemb.cli.common import console, guarded, print_json
+from spkemb.cli.params import shown
+from spkemb.scoring.defaults import DEFAULT_P_TARGETS, DEFAULT_TOP_K
 
 
 class Norm(StrEnum):
@@ -92,7 +94,7 @@ def score(
     top_k: int | None = typer.Option(
         None,
         "--top-k",
-        help="asnorm: best cohort scores kept per embedding [default: 300].",
+        help=f"asnorm: best cohort scores kept per embedding {shown(DEFAULT_TOP_K)}.",
         rich_help_panel="Back-end",
     ),
     train: Path | None = typer.Option(
@@ -116,7 +118,7 @@ def score(
         None,
         "--lda-dim",
         min=1,
-        help="PLDA training: LDA dimension [default: min(embedding size, speakers - 1)].",
+        help="PLDA training: LDA dimension [default: the embedding size, or one less than the speakers where fewer].",
         rich_help_panel="Back-end",
     ),
     calibration: Path | None = typer.Option(
@@ -155,7 +157,8 @@ def score(
         None,
         "--p-target",
         metavar="P",
-        help="DCF operating point(s): minDCF and actDCF at each. Repeatable [default: 0.01 and 0.05].",
+        help="DCF operating point(s): minDCF and actDCF at each. Repeatable "
+        f"{shown(' and '.join(map(str, DEFAULT_P_TARGETS)))}.",
         rich_help_panel="Report",
     ),
     det: Path | None = typer.Option(
@@ -197,7 +200,7 @@ def score(
     leaves an existing -o untouched.
     """
     from spkemb.scoring.pipeline import ScoreRequest, run_score
-    from spkemb.scoring.trials import ScoreOptions
+    from spkemb.scoring.trial_scoring import ScoreOptions
 
     def s(p: Path | None) -> str | None:
         return None if p is None else str(p)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spkemb.errors import InputError
+from spkemb.scoring.defaults import DEFAULT_P_TARGETS
 
 __all__ = [
     "DetCurve",
@@ -261,7 +262,7 @@ def compute_min_cllr(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def summarize(
-    scores: np.ndarray, labels: np.ndarray, p_targets: tuple[float, ...] = (0.01, 0.05)
+    scores: np.ndarray, labels: np.ndarray, p_targets: tuple[float, ...] = DEFAULT_P_TARGETS
 ) -> dict[str, float | int]:
     """The usual report: ``eer`` (PERCENT), ``eer_threshold``, for each ``p`` of ``p_targets``
     ``mindcf_p{p}`` and ``actdcf_p{p}`` (c_miss = c_fa = 1; actDCF treats the scores as LLRs),

@@ -18,12 +18,12 @@ from __future__ import annotations
 import numpy as np
 
 from spkemb.errors import InputError
+from spkemb.scoring.defaults import DEFAULT_TOP_K
 from spkemb.scoring.space import ScoreSpace
 
 __all__ = ["DEFAULT_TOP_K", "SCORE_NORMS", "cohort_stats", "normalize_scores"]
 
 SCORE_NORMS = ("znorm", "tnorm", "snorm", "asnorm")
-DEFAULT_TOP_K = 300  # asnorm: best cohort scores kept per embedding when --top-k is not given
 _EPS = 1e-12
 _MATRIX_ELEMS = 1 << 24  # embeddings x cohort scores per block (64 MB of float32)
 

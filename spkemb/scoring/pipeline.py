@@ -18,9 +18,10 @@ import numpy as np
 
 from spkemb.errors import InputError
 from spkemb.scoring.calibration import QUALITY_MEASURES, Calibration, duration_features
+from spkemb.scoring.defaults import DEFAULT_P_TARGETS
 from spkemb.scoring.norm import DEFAULT_TOP_K
 from spkemb.scoring.plda import ENCODER_KEYS, Plda
-from spkemb.scoring.trials import ScoredTrials, ScoreOptions, read_scores, score_trials
+from spkemb.scoring.trial_scoring import ScoredTrials, ScoreOptions, read_scores, score_trials
 
 __all__ = ["ScoreRequest", "ScoreResult", "run_score"]
 
@@ -43,7 +44,7 @@ class ScoreRequest:
     fit_calibration: str | None = None
     quality: list[str] = field(default_factory=list)
     manifests: list[str] = field(default_factory=list)
-    p_targets: tuple[float, ...] = (0.01, 0.05)
+    p_targets: tuple[float, ...] = DEFAULT_P_TARGETS
     det: str | None = None
     hist: str | None = None
     names: list[str] = field(default_factory=list)  # legend names in system order; defaults for the rest

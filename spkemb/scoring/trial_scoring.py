@@ -15,6 +15,7 @@ from spkemb.embeddings.store import EmbeddingSet
 from spkemb.errors import InputError
 from spkemb.options import Options, opt
 from spkemb.scoring.backends import Normalizer, ScoreSpace
+from spkemb.scoring.defaults import DEFAULT_P_TARGETS
 from spkemb.scoring.metrics import summarize
 from spkemb.scoring.norm import DEFAULT_TOP_K, SCORE_NORMS, check_cohort, normalize_scores
 from spkemb.scoring.plda import Plda
@@ -85,7 +86,7 @@ class ScoredTrials:
         """Write the score lines to ``dest`` atomically (stdout for None or ``-``)."""
         write_scores(dest, self.table, self.scores, self.labels)
 
-    def summary(self, p_targets: tuple[float, ...] = (0.01, 0.05)) -> dict[str, Any]:
+    def summary(self, p_targets: tuple[float, ...] = DEFAULT_P_TARGETS) -> dict[str, Any]:
         """Metrics (None when unlabelled), counts and the system description, for ``--json``."""
         out: dict[str, Any] = {
             "eer": None,
