@@ -45,29 +45,25 @@ class OfflineOptions(AugmentOptions):
     """What an offline augmentation run does; recorded in ``augment-options.json`` to guard resumes.
 
     The augmentation fields are :class:`~spkemb.augment.options.AugmentOptions`'; ``sample_rate``
-    is that of the output audio. :meth:`validate` checks them (:func:`run_offline` calls it).
+    is that of the output audio; the values are checked when the options are made.
     """
 
     seed: int = opt(0, "random seed")
     sample_rate: int = opt(16000, "output sample rate (Hz)")
 
     def __post_init__(self) -> None:
-        pass  # validate() checks, with the messages of `spkemb augment`, before anything is written
-
-    def validate(self) -> None:
-        """Raise :class:`InputError` for options out of range or that would augment nothing.
-
-        Messages name the options as ``spkemb augment`` does. Folders are checked by :func:`run_offline`.
-        """
+        """Raise :class:`InputError` for options out of range or that would augment nothing; messages
+        name the fields (``p_noise: ...``), which the CLI shows as its flags. Folders are checked by
+        :func:`run_offline`."""
         if self.sample_rate < 1:
-            raise InputError(f"--sample-rate must be positive, got {self.sample_rate}")
+            raise InputError(f"sample_rate: must be positive, got {self.sample_rate}")
         try:
             AugmentOptions.__post_init__(self)
-        except ValueError as err:  # name the option as the command line does: p_noise -> --p-noise
+        except ValueError as err:  # AugmentOptions says "p_noise must be ...": one field-first line
             name, _, rest = str(err).partition(" ")
-            raise InputError(f"--{name.replace('_', '-')} {rest}") from None
-        if not (self.noise or self.rir or self.speed or self.gain):
-            raise InputError("nothing to do: give --noise, --rir, --speed or --gain")
+            raise InputError(f"{name}: {rest}") from None
+        if not self.active:
+            raise InputError("nothing to do: give `noise`, `rir`, `speed` or `gain`")
 
     def record(self) -> dict[str, Any]:
         """The options as written to ``augment-options.json``, folders resolved to absolute paths."""
@@ -104,7 +100,7 @@ def run_offline(
     """Write ``copies`` augmented copies of every utterance of ``manifest`` under ``out_dir``.
 
     ``manifest`` is a manifest file (``-`` reads stdin) or the utterances themselves. Bad input
-    (``copies`` or ``workers`` below 1, options that fail :meth:`OfflineOptions.validate`, an
+    (``copies`` or ``workers`` below 1, an
     output path that is not a folder, a missing noise or RIR folder, a bad manifest, an ``utt_id``
     that cannot name a file under ``out_dir``, an ``out_dir`` whose files would replace the input
     manifest or that lies in a noise or RIR folder, an existing ``out_dir`` made with other options,
@@ -118,10 +114,9 @@ def run_offline(
     worker processes are forked first), then after each file with the ``utt_id`` it wrote.
     """
     if copies < 1:
-        raise InputError(f"--copies must be at least 1, got {copies}")
+        raise InputError(f"copies: must be at least 1, got {copies}")
     if workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
-    options.validate()
+        raise InputError(f"workers: must be at least 1, got {workers}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError("output exists and is not a folder", out)

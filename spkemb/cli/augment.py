@@ -43,7 +43,7 @@ def augment(
     """Write augmented copies of the audio in MANIFEST (noise, reverb, speed, gain) to a folder."""
     from spkemb.augment.offline import OfflineOptions, run_offline
 
-    # run_offline checks the values (InputError, before anything is written).
+    # The options check their values (InputError, before anything is written).
     options = OfflineOptions(
         noise=tuple(noise or ()),
         rir=rir,
