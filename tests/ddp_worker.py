@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from spkemb import distributed
 from spkemb.data.sampler import item_rng
 from spkemb.methods.base import Method, ema_update, freeze
+from spkemb.train.report import Reporter
 
 
 class ToyData(Dataset):
@@ -97,6 +98,16 @@ def state_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+class RecordingReporter(Reporter):
+    """Keeps the lines the trainer has for the user."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str, warning: bool = False) -> None:
+        self.lines.append(text)
+
+
 def run_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     """What torchrun would do for one process: set its environment, then run :func:`main`
     (for ``multiprocessing`` with the fork start method, which spares re-importing torch)."""
@@ -140,7 +151,9 @@ def main(out_dir: str) -> None:
         seed=3,
     )
     # item 5 is unreadable: the ranks' batches differ in size once, as with real corrupt audio
-    summary = Trainer(method, ToyData(n=32, bad=(5,)), None, cfg, out / "exp").fit()
+    reporter = RecordingReporter()
+    summary = Trainer(method, ToyData(n=32, bad=(5,)), None, cfg, out / "exp", reporter=reporter).fit()
+    (out / f"messages-{distributed.rank()}.txt").write_text("".join(m + "\n" for m in reporter.lines))
     (out / f"hash-{distributed.rank()}.txt").write_text(
         f"{state_digest(method)} {summary['steps']} {summary['skipped_items']}\n"
     )

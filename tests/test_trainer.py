@@ -173,6 +173,9 @@ def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
     assert metrics_steps(exp) == [1, 2, 3, 4, 5]
     state = load_checkpoint(exp / "checkpoints" / "step-00000005.pt")
     assert state["world_size"] == 2 and len(state["rng"]) == 2
+    said = (tmp_path / "messages-0.txt").read_text()
+    assert "distributed: 2 processes (gloo, cpu); batch 4 per process, 8 per step" in said
+    assert "distributed:" not in (tmp_path / "messages-1.txt").read_text()  # only rank 0 speaks
 
 
 # ---------------------------------------------------------------------------------------------

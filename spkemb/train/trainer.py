@@ -102,6 +102,17 @@ class BatchSampler(Protocol):
 SamplerFactory = Callable[[int, int, int, int, int], BatchSampler]
 
 
+def world_line(world: int, batch_size: int, device: torch.device) -> str:
+    """What a multi-process run tells the user once: processes, back-end, and the batch per step."""
+    import torch.distributed as dist
+
+    backend = dist.get_backend() if dist.is_initialized() else "no process group"
+    return (
+        f"distributed: {world} processes ({backend}, {device.type}); batch {batch_size} per process, "
+        f"{batch_size * world} per step"
+    )
+
+
 def _default_sampler(n: int, batch_size: int, seed: int, rank: int, world: int) -> BatchSampler:
     return ResumableSampler(n, batch_size, seed, rank, world, drop_last=True)
 
@@ -290,6 +301,8 @@ class Trainer:
     def _loop(self) -> None:
         """Epochs of batches until the stopping rule says so."""
         st = self.state
+        if self.main and self.world > 1:  # a torchrun job says how it is spread (issue 21 item 9)
+            self.reporter.message(world_line(self.world, self.cfg.batch_size, self.device))
         if self.main:
             self.reporter.start(self.cfg.method, st.step, self.cfg.max_steps)
         empty_run = 0  # consecutive batches that lost all their items
