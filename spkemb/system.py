@@ -64,8 +64,9 @@ def oversubscription(
 ) -> Busy | None:
     """A :class:`Busy` when other work already keeps the cores busy (1-minute load average of at least
     one, and other threads running now) and ``threads`` more (see :func:`default_threads`) would make
-    the runnable threads exceed the cores by a quarter or more; else ``None``. ``load``, ``cores`` and
-    ``others`` (:func:`others_running`; ``None``: unknown, trust the load) default to the machine's."""
+    the runnable threads exceed the cores by a quarter or more; else ``None`` (always for a
+    one-thread run, which cannot give a core back). ``load``, ``cores`` and ``others``
+    (:func:`others_running`; ``None``: unknown, trust the load) default to the machine's."""
     if load is None:
         try:
             load = os.getloadavg()[0]
@@ -77,6 +78,8 @@ def oversubscription(
         return None
     cores = cores or cpu_cores()
     want = default_threads(threads)
+    if want <= 1:  # one thread is the least a run can take: advice to take fewer would be noise
+        return None
     if load >= 1.0 and load + want > 1.25 * cores:
         return Busy(round(load, 1), cores, want)
     return None

@@ -480,6 +480,7 @@ def test_oversubscription_is_found_from_the_load_average() -> None:
     assert oversubscription(threads=4, load=1.5, cores=16, others=2) is None  # room to spare
     # The previous job of a pipeline has just ended: its load lingers, but nothing else runs now.
     assert oversubscription(threads=2, load=2.1, cores=2, others=0) is None
+    assert oversubscription(threads=1, load=8.0, cores=2, others=8) is None  # one thread: nothing to give back
 
 
 def test_others_running_reads_the_running_count(monkeypatch: pytest.MonkeyPatch) -> None:
