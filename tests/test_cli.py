@@ -12,7 +12,7 @@ from spkemb.cli.app import app
 from spkemb.cli.gendocs import main as gendocs_main
 
 runner = CliRunner()
-COMMANDS = ("prepare", "augment", "pretrain", "finetune", "extract", "cluster", "score")
+COMMANDS = ("prepare", "augment", "pretrain", "finetune", "extract", "cluster", "score", "import-model")
 
 
 def test_help_lists_all_seven_subcommands() -> None:
@@ -38,7 +38,7 @@ def test_man_pages_document_every_option() -> None:
 
     top = typer.main.get_command(app)
     parent = top.context_class(top, info_name="spkemb")
-    for name in ("pretrain", "extract", "cluster", "score"):
+    for name in ("pretrain", "extract", "cluster", "score", "import-model"):
         command = top.commands[name]
         file_name, text = man_page(command, name, parent)
         assert file_name == f"spkemb-{name}.1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from spkemb import __version__
-from spkemb.cli import augment, cluster, extract, finetune, prepare, pretrain, score
+from spkemb.cli import augment, cluster, extract, finetune, import_model, prepare, pretrain, score
 from spkemb.cli.examples import EXAMPLES
 from spkemb.cli.usage import SpkembCommand, SpkembGroup
 
@@ -54,6 +54,7 @@ for _name, _fn in (
     ("extract", extract.extract),
     ("cluster", cluster.cluster),
     ("score", score.score),
+    ("import-model", import_model.import_model),
 ):
     app.command(_name, cls=SpkembCommand, epilog=_epilog(_name))(_fn)
 
