@@ -12,7 +12,19 @@ from spkemb.cli.app import app
 from spkemb.cli.gendocs import main as gendocs_main
 
 runner = CliRunner()
-COMMANDS = ("prepare", "augment", "pretrain", "finetune", "extract", "cluster", "score", "import-model")
+COMMANDS = (
+    "prepare",
+    "augment",
+    "pretrain",
+    "finetune",
+    "extract",
+    "cluster",
+    "score",
+    "import-model",
+    "average-model",
+    "export-model",
+    "import-embeddings",
+)
 
 
 def test_help_lists_all_seven_subcommands() -> None:

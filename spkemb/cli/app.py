@@ -5,7 +5,19 @@ from __future__ import annotations
 import typer
 
 from spkemb import __version__
-from spkemb.cli import augment, cluster, extract, finetune, import_model, prepare, pretrain, score
+from spkemb.cli import (
+    augment,
+    average_model,
+    cluster,
+    export_model,
+    extract,
+    finetune,
+    import_embeddings,
+    import_model,
+    prepare,
+    pretrain,
+    score,
+)
 from spkemb.cli.examples import EXAMPLES
 from spkemb.cli.usage import SpkembCommand, SpkembGroup
 
@@ -55,6 +67,9 @@ for _name, _fn in (
     ("cluster", cluster.cluster),
     ("score", score.score),
     ("import-model", import_model.import_model),
+    ("average-model", average_model.average_model),
+    ("export-model", export_model.export_model),
+    ("import-embeddings", import_embeddings.import_embeddings),
 ):
     app.command(_name, cls=SpkembCommand, epilog=_epilog(_name))(_fn)
 

@@ -19,8 +19,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one line on stderr and return the Exit to raise."""
-    console.print(f"[bold red]spkemb: error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one line on stderr and return the Exit to raise (``message`` is plain text: a path or a
+    hint such as ``pip install 'spkemb[onnx]'`` keeps its brackets)."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]spkemb: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -1,4 +1,5 @@
-"""Export a store to ``.npy`` (+ ids) or Kaldi text ``ark``/``scp``."""
+"""Export a store to ``.npy`` (+ ids) or Kaldi binary ``ark``/``scp`` (through kaldiio: Kaldi's
+``copy-vector`` and WeSpeaker read it; ``spkemb import-embeddings`` reads it back)."""
 
 from __future__ import annotations
 
@@ -40,18 +41,9 @@ def export_embeddings(emb: EmbeddingSet, store_path: str | Path, fmt: str) -> li
         atomic_write_text(ids, "".join(f"{u}\n" for u in emb.ids))
         return [npy, ids]
     if fmt == "kaldi":
+        from spkemb.embeddings.kaldi_io import write_kaldi_vectors
+
         ark, scp = paths
-        lines, scp_lines, offset = [], [], 0
-        for u, v in zip(emb.ids, emb.vectors, strict=True):
-            if any(c.isspace() for c in u):
-                raise InputError(f"utt_id {u!r} contains whitespace; Kaldi ids cannot", store_path)
-            head = f"{u} "
-            # scp offsets point at the '[' after the key, as Kaldi's text-mode scp expects.
-            scp_lines.append(f"{u} {ark.resolve()}:{offset + len(head.encode())}\n")
-            line = head + "[ " + " ".join(f"{x:.7g}" for x in v) + " ]\n"
-            lines.append(line)
-            offset += len(line.encode())
-        atomic_write_text(ark, "".join(lines))
-        atomic_write_text(scp, "".join(scp_lines))
+        write_kaldi_vectors(emb.ids, emb.vectors, ark, scp, store_path)
         return [ark, scp]
     raise InputError(f"--export {fmt}: choose one of {', '.join(EXPORT_FORMATS)}")

@@ -42,12 +42,16 @@ EXPORT_FORMATS = ("npy", "kaldi")
 class ExtractJob(Options):
     """What to embed and where; :class:`ExtractOptions` says how."""
 
-    model: str = opt("", "encoder file (encoder.pt), experiment folder, or built-in baseline name (mfcc-stats)")
+    model: str = opt(
+        "", "encoder file (encoder.pt), experiment folder, built-in baseline name (mfcc-stats), or MODEL.onnx"
+    )
     manifest: str = opt("", "manifest TSV ('-' for stdin)")
     output: str = opt("", "HDF5 store to write")
     shard: str | None = opt(None, "embed only shard I/N (0-based) of the manifest")
     merge: list[str] = opt([], "merge these shard stores into the output, in manifest order, instead of extracting")
-    export: str | None = opt(None, "also write the store as npy (+ .ids.txt) or Kaldi text .ark/.scp beside it")
+    export: str | None = opt(
+        None, "also write the store as npy (+ .ids.txt) or Kaldi binary .ark/.scp (kaldiio) beside it"
+    )
     overwrite: bool = opt(
         False,
         "extract again even when the output is already complete for this encoder, manifest and options; "
@@ -158,11 +162,15 @@ def extract_part(
     if done is not None:
         return done
     from spkemb.embeddings.extract import extract_embeddings
+    from spkemb.embeddings.onnx_runner import is_onnx_model, load_onnx_encoder
     from spkemb.models.io import describe_encoder, load_encoder
     from spkemb.runtime import check_precision, resolve_device, set_threads
 
     set_threads(job.threads)
-    encoder = load_encoder(job.model)
+    if is_onnx_model(job.model):  # an exported graph (spkemb export-model): run through onnxruntime
+        encoder: Any = load_onnx_encoder(job.model, options.precision, job.threads)
+    else:
+        encoder = load_encoder(job.model)
     check_precision(options.precision, resolve_device(options.device))
     if on_notice:
         on_notice("ready", "")  # (after the checks: bad input is one line)
