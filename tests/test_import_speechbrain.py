@@ -148,7 +148,7 @@ def test_hyperparams_are_read_and_unsupported_settings_refused(tmp_path: Path) -
     )
     model = import_model("speechbrain", folder)
     peer = model.extra["imported"]["peer_config"]
-    assert peer["dims_from"] == "hyperparams" and peer["embedding_model"]["input_size"] == 16
+    assert peer["dims_from"] == "tensor shapes" and peer["hyperparams"]["embedding_model"]["input_size"] == 16
     assert "hyperparams.yaml" in model.extra["imported"]["sha256"]
     hp.write_text(hp.read_text().replace("kernel_sizes: [5, 3, 3, 3, 1]", "dilations: [1, 2, 2, 2, 1]"))
     with pytest.raises(InputError, match=r"embedding_model.dilations .* not supported"):
@@ -252,4 +252,4 @@ def test_the_published_layout_with_old_style_norm_stats_imports(tmp_path: Path) 
     torch.save(stats, folder / "mean_var_norm_emb.ckpt")
     model = import_model("speechbrain", folder)
     assert model.config["emb_std_norm"] is False and torch.equal(model.emb_mean, torch.full((12,), 0.5))
-    assert model.extra["imported"]["peer_config"]["mean_var_norm_emb"]["norm_type"] == "global"
+    assert model.extra["imported"]["peer_config"]["hyperparams"]["mean_var_norm_emb"]["norm_type"] == "global"
