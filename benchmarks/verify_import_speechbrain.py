@@ -146,7 +146,10 @@ def main() -> int:
         for c in args.channels:
             low, n = verify(c, utts, exe, work)
             ok &= low >= THRESHOLD
-            print(f"speechbrain ECAPA-TDNN C={c}: min cosine {low:.7f} over {n} utterances (LibriSpeech test-other)")
+            print(
+                f"speechbrain ECAPA-TDNN C={c}: min cosine {low:.9f} (1 - min = {1 - low:.1e}) over {n} utterances "
+                f"(LibriSpeech test-other): {'PASS' if low >= THRESHOLD else 'FAIL'}"
+            )
     return 0 if ok else 1
 
 

@@ -148,7 +148,7 @@ def test_hyperparams_are_read_and_unsupported_settings_refused(tmp_path: Path) -
     )
     model = import_model("speechbrain", folder)
     peer = model.extra["imported"]["peer_config"]
-    assert peer["dims_from"] == "hyperparams" and peer["embedding_model"]["input_size"] == 16
+    assert peer["dims_from"] == "tensor shapes" and peer["hyperparams"]["embedding_model"]["input_size"] == 16
     assert "hyperparams.yaml" in model.extra["imported"]["sha256"]
     hp.write_text(hp.read_text().replace("kernel_sizes: [5, 3, 3, 3, 1]", "dilations: [1, 2, 2, 2, 1]"))
     with pytest.raises(InputError, match=r"embedding_model.dilations .* not supported"):
@@ -207,3 +207,49 @@ def test_a_pickled_object_is_never_unpickled(tmp_path: Path) -> None:
     torch.save({"blocks.0.conv.conv.weight": Path("/etc/passwd")}, folder / "embedding_model.ckpt")
     with pytest.raises(InputError, match="not a readable SpeechBrain checkpoint"):
         import_model("speechbrain", folder)
+
+
+# The layout of the published spkrec-ecapa-voxceleb hyperparams.yaml (sizes shrunk to the tiny model).
+PUBLISHED_HYPERPARAMS = """\
+n_mels: 16
+pretrained_path: speechbrain/spkrec-ecapa-voxceleb
+out_n_neurons: 7205
+compute_features: !new:speechbrain.lobes.features.Fbank
+    n_mels: !ref <n_mels>
+mean_var_norm: !new:speechbrain.processing.features.InputNormalization
+    norm_type: sentence
+    std_norm: False
+embedding_model: !new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN
+    input_size: !ref <n_mels>
+    channels: [16, 16, 16, 16, 24]
+    kernel_sizes: [5, 3, 3, 3, 1]
+    dilations: [1, 2, 3, 4, 1]
+    attention_channels: 8
+    lin_neurons: 12
+classifier: !new:speechbrain.lobes.models.ECAPA_TDNN.Classifier
+    input_size: 12
+    out_neurons: !ref <out_n_neurons>
+mean_var_norm_emb: !new:speechbrain.processing.features.InputNormalization
+    norm_type: global
+    std_norm: False
+modules:
+    compute_features: !ref <compute_features>
+    embedding_model: !ref <embedding_model>
+label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        embedding_model: !ref <embedding_model>
+    paths:
+        embedding_model: !ref <pretrained_path>/embedding_model.ckpt
+"""
+
+
+def test_the_published_layout_with_old_style_norm_stats_imports(tmp_path: Path) -> None:
+    folder = sb_folder(tmp_path / "sb", emb_norm=False)
+    (folder / "hyperparams.yaml").write_text(PUBLISHED_HYPERPARAMS)
+    stats = {"count": 9, "glob_mean": torch.full((12,), 0.5), "glob_std": torch.ones(12)}
+    stats.update({"spk_dict_mean": {}, "spk_dict_std": {}, "spk_dict_count": {}})  # type: ignore[dict-item]
+    torch.save(stats, folder / "mean_var_norm_emb.ckpt")
+    model = import_model("speechbrain", folder)
+    assert model.config["emb_std_norm"] is False and torch.equal(model.emb_mean, torch.full((12,), 0.5))
+    assert model.extra["imported"]["peer_config"]["hyperparams"]["mean_var_norm_emb"]["norm_type"] == "global"

@@ -263,7 +263,7 @@ def import_model(src: Path) -> nn.Module:
             "format": "speechbrain",
             "source": str(src.resolve()),
             "sha256": {p.name: file_sha256(p) for p in files},
-            "peer_config": {"dims_from": "hyperparams" if peer else "tensor shapes", **dims, **peer},
+            "peer_config": {"dims_from": "tensor shapes", **dims, "hyperparams": peer or None},
             "embedding_norm": norm_path.is_file(),
         }
     }
