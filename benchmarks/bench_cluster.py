@@ -100,6 +100,56 @@ def scale(a: argparse.Namespace) -> None:
             )
 
 
+FAISS_PY = Path(os.environ.get("FAISS_PY", "/work/venvs/faiss/bin/python"))
+_FAISS = """
+import sys, time, numpy as np, faiss
+x = np.load(sys.argv[1]); k = int(sys.argv[2])
+t = time.perf_counter()
+km = faiss.Kmeans(x.shape[1], k, niter=20, seed=0, spherical=False, verbose=False)
+km.train(x)
+labels = km.index.search(x, 1)[1].ravel()
+print(time.perf_counter() - t)
+np.save(sys.argv[3], labels); np.save(sys.argv[4], km.centroids)
+"""
+
+
+def compare_kmeans(a: argparse.Namespace) -> None:
+    """faiss, torch and sklearn k-means side by side: time, and the NMI after the same AHC of their centroids."""
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+
+    from spkemb.cluster.algorithms import ahc, kmeans
+
+    x, spk = synthetic(a.n, a.dim, a.speakers, a.noise)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    truth = np.unique(spk, return_inverse=True)[1]
+    for k in a.compare_k:
+        results: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
+        for impl in ("torch", "sklearn"):
+            t0 = time.perf_counter()
+            labels, cents, _ = kmeans(x, k, 0, impl=impl)
+            results[impl] = (time.perf_counter() - t0, labels, cents)
+        if FAISS_PY.exists():
+            with tempfile.TemporaryDirectory() as tmp:
+                np.save(f"{tmp}/x.npy", x)
+                out = subprocess.run(
+                    [str(FAISS_PY), "-c", _FAISS, f"{tmp}/x.npy", str(k), f"{tmp}/l.npy", f"{tmp}/c.npy"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                raw = np.load(f"{tmp}/l.npy")
+                used, labels = np.unique(raw, return_inverse=True)
+                results["faiss"] = (float(out.stdout.split()[-1]), labels, np.load(f"{tmp}/c.npy")[used])
+        else:
+            print(f"faiss: skipped ({FAISS_PY} absent; pip install faiss-cpu into a venv there)", file=sys.stderr)
+        for impl, (secs, labels, cents) in results.items():
+            c = cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
+            final = ahc(c, min(a.speakers, len(c)))[labels] if k > a.speakers else labels
+            row = {"part": "compare-kmeans", "impl": impl, "n": a.n, "k": k, "kmeans_seconds": round(secs, 2)}
+            row.update(nmi_kmeans=round(nmi(truth, labels), 4), nmi_after_ahc=round(nmi(truth, final), 4))
+            print(json.dumps({**row, "load": [round(v, 1) for v in os.getloadavg()]}), flush=True)
+
+
 def real(a: argparse.Namespace) -> None:
     store = ROOT / "benchmarks/out/mfcc-stats.test.h5"
     if not store.is_file():
@@ -161,7 +211,12 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.06, help="per-dimension noise std around unit centres")
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--compare-kmeans", action="store_true", help="only: faiss / torch / sklearn k-means side by side")
+    ap.add_argument("--compare-k", type=int, nargs="+", default=[1000, 5000])
     a = ap.parse_args()
+    if a.compare_kmeans:
+        compare_kmeans(a)
+        return
     if not a.skip_real:
         real(a)
     if not a.skip_scale:

@@ -15,7 +15,12 @@
 # (0.1: the pretrained encoder learns at a tenth of the new head's rate; at 1, 100 steps on labels 30 %
 # wrong undid the pretraining on LibriSpeech, see benchmarks/README.md),
 # CONFIG (a pretrain config file, optional), FT_ARGS / PT_ARGS (extra options), TRIALS + TEST
-# (a trial list and the manifest of its utterances, to score each round), PRECISION (fp32).
+# (a trial list and the manifest of its utterances, to score each round), PRECISION (fp32),
+# CLUSTER_ARGS (extra `spkemb cluster` options, e.g. "--device cuda" or "--ahc sparse").
+# At VoxCeleb2 size (1.09M utterances), the seed's counts: CLUSTERS=7500 INIT_CLUSTERS=50000 (k-means
+# to 50,000 on the torch matmul k-means, CUDA when there is one, then the sparse kNN-graph AHC of the
+# centroids, which --ahc auto picks above 16,384 of them; see benchmarks/README.md, "Scale").
+# Each round prints the clustering's wall time and peak memory (also in ROUND/cluster.time).
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true  # a failure inside $(...) stops the script too (bash >= 4.4)
 
@@ -29,6 +34,7 @@ BATCH=${BATCH:-32}
 PRECISION=${PRECISION:-fp32}
 ENCODER_LR_SCALE=${ENCODER_LR_SCALE:-0.1}
 PT_ARGS=${PT_ARGS:-}
+CLUSTER_ARGS=${CLUSTER_ARGS:-}
 FT_ARGS=${FT_ARGS:-}
 mkdir -p "$out"
 
@@ -82,10 +88,22 @@ for ((r = 1; r <= ROUNDS; r++)); do
     method=(--method two-stage --n-init-clusters "$INIT_CLUSTERS")
     n=$(python3 -c 'import h5py, sys; print(len(h5py.File(sys.argv[1])["utt_id"]))' "$here/train.h5")
     if (( INIT_CLUSTERS >= n )); then method=(--method ahc); fi
-    spkemb cluster "$here/train.h5" -o "$here/labels.txt" "${method[@]}" --n-clusters "$CLUSTERS" --json \
-      > "$here/cluster.json.tmp"
+    # (run and measured in a child: its wall time and peak RSS go to cluster.time)
+    # shellcheck disable=SC2086
+    python3 -c 'import os, subprocess, sys, time
+t = time.perf_counter()
+child = subprocess.Popen(sys.argv[3:], stdout=open(sys.argv[1], "w"))
+_, status, use = os.wait4(child.pid, 0)
+rc = os.waitstatus_to_exitcode(status)
+if rc == 0:
+    open(sys.argv[2], "w").write("%.1f s, peak %.0f MiB\n" % (time.perf_counter() - t, use.ru_maxrss / 1024))
+sys.exit(rc)' "$here/cluster.json.tmp" "$here/cluster.time" \
+      spkemb cluster "$here/train.h5" -o "$here/labels.txt" "${method[@]}" --n-clusters "$CLUSTERS" --json \
+      $CLUSTER_ARGS
     mv "$here/cluster.json.tmp" "$here/cluster.json"
   fi
+  took=$(cat "$here/cluster.time" 2>/dev/null || echo "n/a")
+  echo "round $r clustering: $took"
   # shellcheck disable=SC2086
   train "$here/exp" finetune "$train" --init "$prev" --labels "$here/labels.txt" --loss-gate \
     --encoder-lr-scale "$ENCODER_LR_SCALE" --max-steps "$FINETUNE_STEPS" --batch-size "$BATCH" \

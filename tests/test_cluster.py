@@ -76,7 +76,7 @@ def test_many_clusters_use_minibatch_kmeans(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(algorithms, "MINIBATCH_ABOVE", 0)
     monkeypatch.setattr(algorithms, "KMEANSPP_UP_TO", 10)
     x, truth = speakers(n_spk=8, per=40, noise=0.05)
-    run = run_clustering(x, ClusterOptions("two-stage", n_clusters=8, n_init_clusters=40, seed=3))
+    run = run_clustering(x, ClusterOptions("two-stage", n_clusters=8, n_init_clusters=40, seed=3, kmeans="sklearn"))
     assert run.details["kmeans"] == "minibatch"
     assert cluster_metrics(truth, run.labels)["nmi"] > 0.95
     again = run_clustering(x, ClusterOptions("two-stage", n_clusters=8, n_init_clusters=40, seed=3))
@@ -181,8 +181,9 @@ def test_option_and_data_errors() -> None:
         with pytest.raises(InputError) as err:
             cluster_embeddings(x, options)
         assert message in str(err.value), options
-    with pytest.raises(InputError, match="distance matrix"):
-        ClusterOptions("ahc", n_clusters=2).resolved(60_000)
+    with pytest.raises(InputError, match="distance matrix.*--ahc sparse"):
+        ClusterOptions("ahc", n_clusters=2, ahc="exact").resolved(1_000_000)
+    assert ClusterOptions("ahc", n_clusters=2).resolved(60_000).ahc == "sparse"
     assert ClusterOptions("two-stage", n_clusters=10).resolved(100_000).n_init_clusters == 5000
     x[4] = 0
     x[5, 1] = np.nan

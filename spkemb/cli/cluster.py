@@ -9,7 +9,10 @@ from typing import Any
 
 import typer
 
-from spkemb.cli.common import console, guarded, print_json, progress
+from spkemb.cli.console import console, print_json
+from spkemb.cli.errors import guarded
+from spkemb.cli.params import complete_device
+from spkemb.cli.progress import LogProgress, log_interval, progress
 
 
 class Method(StrEnum):
@@ -17,6 +20,18 @@ class Method(StrEnum):
     ahc = "ahc"
     two_stage = "two-stage"
     spectral = "spectral"
+
+
+class KMeansImpl(StrEnum):
+    auto = "auto"
+    torch = "torch"
+    sklearn = "sklearn"
+
+
+class AhcKind(StrEnum):
+    auto = "auto"
+    exact = "exact"
+    sparse = "sparse"
 
 
 class Norm(StrEnum):
@@ -78,6 +93,26 @@ def cluster(
     seed: int = typer.Option(
         0, "--seed", metavar="N", help="Random seed (k-means, spectral); the same seed gives the same labels."
     ),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        metavar="[auto|cpu|cuda|cuda:N]",
+        autocompletion=complete_device,
+        help="Where k-means runs (--kmeans torch): auto = CUDA when available, else the CPU.",
+    ),
+    kmeans_impl: KMeansImpl = typer.Option(
+        KMeansImpl.auto,
+        "--kmeans",
+        help="k-means: torch (batched matrix-product Lloyd, CPU or CUDA; two levels for many "
+        "points x clusters); sklearn (KMeans / MiniBatchKMeans, CPU); auto = torch.",
+    ),
+    ahc_kind: AhcKind = typer.Option(
+        AhcKind.auto,
+        "--ahc",
+        help="AHC: exact (full distance matrix, N^2 memory); sparse (average linkage along a "
+        "20-neighbour graph, for 50,000 centroids in well under 8 GB); auto = exact up to 16,384 points "
+        "(when it fits in half the free memory), else sparse.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout; labels then go only to -o."),
 ) -> None:
     """Cluster EMB.h5 into pseudo-speaker labels.
@@ -107,8 +142,13 @@ def cluster(
         p_neighbours=p_neighbours,
         norm=norm.value,
         seed=seed,
+        device=device,
+        kmeans=kmeans_impl.value,
+        ahc=ahc_kind.value,
     )
-    with progress(transient=True) as bar:
+    # in a log: a line within 5 s, so a long k-means shows it is alive (SPKEMB_LOG_INTERVAL still lowers it)
+    bars = LogProgress(interval=min(5.0, log_interval())) if not console.is_terminal else progress(transient=True)
+    with bars as bar:
         task = bar.add_task("cluster", total=None, info=f"{len(emb)} embeddings")
 
         def on_progress(stage: str, done: int, total: int) -> None:
@@ -130,7 +170,10 @@ def _report(s: dict[str, Any], embeddings: Path, output: str | None) -> None:
     """The human summary on stderr."""
     how = s["method"]
     if s["method"] == "two-stage":
-        how += f" ({s.get('kmeans_clusters')} k-means clusters -> {s['n_clusters']})"
+        how += f" ({s.get('kmeans_clusters')} k-means clusters -> {s['n_clusters']}"
+        how += f"; {s.get('kmeans')} k-means on {s.get('kmeans_device')}, {s['options'].get('ahc')} AHC)"
+        if s.get("stage_seconds"):
+            how += " [" + ", ".join(f"{k} {v:.1f} s" for k, v in s["stage_seconds"].items()) + "]"
     elif s["method"] == "spectral" and s.get("p_neighbours"):
         how += f" (p = {s['p_neighbours']}, eigengap estimate {s.get('estimated_clusters')})"
     z = s["sizes"]

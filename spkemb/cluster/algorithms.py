@@ -2,13 +2,13 @@
 
 Every function takes unit-length rows (cosine geometry) and returns integer labels ``0..K-1`` in no
 particular order; :mod:`spkemb.cluster.naming` makes them canonical. ``stage(key, description)``
-is called as each stage starts (for progress reports and timings).
+is called as each stage starts (for progress reports and timings); called again with the same key, it
+is a progress note within that stage (e.g. a k-means iteration).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,10 @@ from scipy.spatial.distance import pdist
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.exceptions import ConvergenceWarning
 
-StageFn = Callable[[str, str], None]
+from spkemb.cluster.stages import StageFn, no_stage
+
+__all__ = ["StageFn", "ahc", "kmeans", "no_stage", "two_stage"]
+
 # Above N x k = 10^7, k-means is MiniBatchKMeans (a full Lloyd pass costs N x k x D per iteration).
 MINIBATCH_ABOVE = 10_000_000
 # k-means++ seeding up to this many clusters, random seeding above: sklearn's k-means++ costs about
@@ -27,20 +30,23 @@ KMEANSPP_UP_TO = 100
 MINIBATCH_SIZE = 4096
 
 
-def no_stage(key: str, description: str) -> None:
-    pass
-
-
 def kmeans(
-    x: np.ndarray, k: int, seed: int, stage: StageFn = no_stage
+    x: np.ndarray, k: int, seed: int, stage: StageFn = no_stage, impl: str = "torch", device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Labels (N,), the centroids of the clusters that kept members (labels index them), details.
 
-    Few points x clusters: KMeans (best of 3 seedings); many: MiniBatchKMeans. Seeding is k-means++
-    up to :data:`KMEANSPP_UP_TO` clusters, random above. Clusters that end up empty are dropped, so
-    the count can be below ``k`` (e.g. with duplicate embeddings).
+    ``impl="torch"``: :func:`spkemb.cluster.kmeans.torch_kmeans` on ``device``. ``"sklearn"``: few
+    points x clusters: KMeans (best of 3 seedings); many: MiniBatchKMeans; seeding is k-means++ up to
+    :data:`KMEANSPP_UP_TO` clusters, random above. Clusters that end up empty are dropped, so the
+    count can be below ``k`` (e.g. with duplicate embeddings).
     """
     stage("kmeans", f"k-means to {k} clusters")
+    if impl == "torch":
+        from spkemb.cluster.kmeans import torch_kmeans
+
+        raw, cents, info = torch_kmeans(x, k, seed, device, note=lambda text: stage("kmeans", text))
+        used, labels = np.unique(raw, return_inverse=True)
+        return labels.astype(np.int64), cents[used], {**info, "kmeans_clusters": int(len(used))}
     n = len(x)
     minibatch = n * k > MINIBATCH_ABOVE
     init = "k-means++" if k <= KMEANSPP_UP_TO else "random"
@@ -54,19 +60,35 @@ def kmeans(
             km = KMeans(k, init=init, n_init=3, random_state=seed).fit(x)
     used, labels = np.unique(km.labels_, return_inverse=True)
     centroids = np.asarray(km.cluster_centers_, dtype=np.float32)[used]
-    details = {"kmeans": "minibatch" if minibatch else "full", "kmeans_init": init, "kmeans_clusters": int(len(used))}
+    details = {
+        "kmeans": "minibatch" if minibatch else "full",
+        "kmeans_impl": "sklearn",
+        "kmeans_init": init,
+        "kmeans_clusters": int(len(used)),
+        "kmeans_device": "cpu",
+    }
     return labels.astype(np.int64), centroids, details
 
 
 def ahc(
-    x: np.ndarray, n_clusters: int | None = None, threshold: float | None = None, stage: StageFn = no_stage
+    x: np.ndarray,
+    n_clusters: int | None = None,
+    threshold: float | None = None,
+    stage: StageFn = no_stage,
+    kind: str = "exact",
 ) -> np.ndarray:
     """Average-linkage AHC on cosine distance, cut at ``n_clusters`` or at distance ``threshold``.
 
-    Memory: the condensed distance matrix, N (N - 1) / 2 float64, twice (linkage copies it).
+    ``kind="exact"``: scipy on the condensed distance matrix, N (N - 1) / 2 float64, twice (linkage
+    copies it). ``"sparse"``: merges only along a kNN graph (:mod:`spkemb.cluster.sparse_ahc`).
     """
-    stage("ahc", f"AHC of {len(x)} points")
     n = len(x)
+    if kind == "sparse":
+        from spkemb.cluster.sparse_ahc import DEFAULT_NEIGHBOURS, sparse_ahc
+
+        stage("ahc", f"sparse AHC of {n} points ({DEFAULT_NEIGHBOURS}-neighbour graph)")
+        return sparse_ahc(x, n_clusters, threshold)
+    stage("ahc", f"AHC of {n} points")
     if n == 1 or n_clusters == 1:
         return np.zeros(n, dtype=np.int64)
     dist = pdist(x, "cosine")
@@ -91,13 +113,16 @@ def two_stage(
     threshold: float | None,
     seed: int,
     stage: StageFn = no_stage,
+    impl: str = "torch",
+    device: str = "cpu",
+    kind: str = "exact",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """k-means to ``n_init_clusters``, AHC of the centroids, each point takes its centroid's label.
 
     Memory is the embeddings plus the centroids' distance matrix, never N x N. When
     ``n_init_clusters`` equals N, k-means keeps every point as its own centroid and this is plain AHC.
     """
-    first, centroids, details = kmeans(x, n_init_clusters, seed, stage)
+    first, centroids, details = kmeans(x, n_init_clusters, seed, stage, impl, device)
     k = None if n_clusters is None else min(n_clusters, len(centroids))
-    second = ahc(centroids, k, threshold, stage)
+    second = ahc(centroids, k, threshold, stage, kind)
     return second[first], details

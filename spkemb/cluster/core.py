@@ -47,6 +47,10 @@ class _Stages:
         self._t = time.perf_counter()
 
     def __call__(self, key: str, description: str) -> None:
+        if key == self._name:  # a note within the running stage
+            if self.on_progress is not None:
+                self.on_progress(description, len(self.seconds), max(self.total, len(self.seconds) + 1))
+            return
         self._close()
         self._name = key
         if self.on_progress is not None:
@@ -97,12 +101,22 @@ def run_clustering(
     details: dict[str, Any] = {}
     if opts.method == "kmeans":
         assert opts.n_clusters is not None
-        labels, _, details = kmeans(x, opts.n_clusters, opts.seed, stages)
+        labels, _, details = kmeans(x, opts.n_clusters, opts.seed, stages, opts.kmeans, opts.device)
     elif opts.method == "ahc":
-        labels = ahc(x, opts.n_clusters, opts.threshold, stages)
+        labels = ahc(x, opts.n_clusters, opts.threshold, stages, opts.ahc)
     elif opts.method == "two-stage":
         assert opts.n_init_clusters is not None
-        labels, details = two_stage(x, opts.n_init_clusters, opts.n_clusters, opts.threshold, opts.seed, stages)
+        labels, details = two_stage(
+            x,
+            opts.n_init_clusters,
+            opts.n_clusters,
+            opts.threshold,
+            opts.seed,
+            stages,
+            opts.kmeans,
+            opts.device,
+            opts.ahc,
+        )
     else:
         labels, details = spectral(x, opts.n_clusters, opts.max_clusters, opts.p_neighbours, opts.seed, stages)
     details["stage_seconds"] = stages.finish()

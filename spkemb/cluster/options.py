@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from spkemb.choices import is_device_spec
+from spkemb.cluster.memory import available_bytes, exact_ahc_bytes, gib
 from spkemb.errors import InputError
+from spkemb.options import Options, opt
 
 METHODS = ("kmeans", "ahc", "two-stage", "spectral")
 NORMS = ("none", "mean", "standardize")
-# AHC holds a condensed N x N float64 distance matrix twice (scipy's linkage works on a copy), N (N - 1) x 8
-# bytes: 50,000 points (the first stage of Miara et al. at VoxCeleb2 scale) take 18.6 GiB. Beyond that,
-# cluster k-means centroids instead.
-AHC_MAX_POINTS = 50_000
+KMEANS_CHOICES = ("auto", "torch", "sklearn")
+AHC_CHOICES = ("auto", "exact", "sparse")
+# --ahc auto takes the exact (full-matrix) AHC while its matrices need at most this much (16,384
+# points) and fit in half the available memory; the sparse kNN-graph AHC above (50,000 centroids,
+# the first stage of Miara et al. at VoxCeleb2 scale, would need 18.6 GiB exact).
+EXACT_AUTO_BYTES = 2 * 2**30
 DEFAULT_INIT_CLUSTERS = 5_000
 
 
 @dataclass(frozen=True)
-class ClusterOptions:
+class ClusterOptions(Options):
     """How to cluster.
 
     ``method``: ``kmeans`` (needs ``n_clusters``), ``ahc`` (``n_clusters`` or a cosine-distance
@@ -28,14 +33,17 @@ class ClusterOptions:
     most similar neighbours); ``None`` picks p by the NME criterion of Park et al. (2019).
     """
 
-    method: str = "two-stage"
-    n_clusters: int | None = None
-    threshold: float | None = None
-    n_init_clusters: int | None = None
-    max_clusters: int = 50
-    p_neighbours: int | None = None
-    norm: str = "none"
-    seed: int = 0
+    method: str = opt("two-stage", "kmeans, ahc, two-stage or spectral")
+    n_clusters: int | None = opt(None, "number of clusters")
+    threshold: float | None = opt(None, "ahc / two-stage: stop merging at this average cosine distance")
+    n_init_clusters: int | None = opt(None, "two-stage: k-means clusters of the first stage")
+    max_clusters: int = opt(50, "spectral: the largest count the eigengap estimate considers")
+    p_neighbours: int | None = opt(None, "spectral: neighbours kept per embedding in the affinity")
+    norm: str = opt("none", "none, mean or standardize before cosine")
+    seed: int = opt(0, "random seed")
+    device: str = opt("auto", "k-means device: auto (CUDA when available), cpu, cuda or cuda:N")
+    kmeans: str = opt("auto", "k-means implementation: auto (= torch), torch (matmul Lloyd), sklearn")
+    ahc: str = opt("auto", "AHC: auto (exact while it fits, else sparse), exact (full matrix), sparse (kNN graph)")
 
     def resolved(self, n: int, source: str | None = None) -> ClusterOptions:
         """These options checked against ``n`` embeddings, with defaults filled in; InputError if unusable."""
@@ -56,18 +64,36 @@ class ClusterOptions:
             if self.n_clusters is not None and m < self.n_clusters:
                 raise InputError(f"--n-init-clusters {m} is fewer than --n-clusters {self.n_clusters}")
         points = n if self.method == "ahc" else (m or 0) if self.method == "two-stage" else 0
-        if points > AHC_MAX_POINTS:
-            gib = points * (points - 1) * 8 / 2**30
-            hint = "use --method two-stage" if self.method == "ahc" else "lower --n-init-clusters"
-            raise InputError(
-                f"AHC of {points} points needs {gib:.0f} GiB for its distance matrix (at most "
-                f"{AHC_MAX_POINTS} points); {hint}"
-            )
+        ahc = self._ahc_kind(points)
         if self.p_neighbours is not None and not 1 <= self.p_neighbours < max(n, 2):
             raise InputError(
                 f"--p-neighbours must be below the number of embeddings ({n}), got {self.p_neighbours}", source
             )
-        return replace(self, n_init_clusters=m)
+        kmeans = self.kmeans
+        if kmeans == "auto":
+            kmeans = "torch"
+        device = (self.device or "auto").strip().lower()
+        if self.method in ("kmeans", "two-stage") and kmeans == "torch":
+            from spkemb.runtime import resolve_device  # torch: only where the k-means needs it
+
+            device = str(resolve_device(device))
+        elif device == "auto" or kmeans == "sklearn":
+            device = "cpu"
+        return replace(self, n_init_clusters=m, ahc=ahc, kmeans=kmeans, device=device)
+
+    def _ahc_kind(self, points: int) -> str:
+        """exact or sparse for an AHC of ``points``; an exact one that cannot fit is an InputError."""
+        if points == 0:
+            return self.ahc
+        need, have = exact_ahc_bytes(points), available_bytes()
+        if self.ahc == "exact" and need > have:
+            raise InputError(
+                f"exact AHC of {points} points needs about {gib(need)} for its distance matrix and linkage's "
+                f"copy, more than the {gib(have)} available; use --ahc sparse (a kNN graph, O(points) memory)"
+            )
+        if self.ahc == "auto":
+            return "exact" if need <= min(EXACT_AUTO_BYTES, have // 2) else "sparse"
+        return self.ahc
 
     def _check_method(self) -> None:
         """Which options each method takes (independent of the data)."""
@@ -84,6 +110,14 @@ class ClusterOptions:
             raise InputError("--method kmeans needs --n-clusters")
         if self.method in ("ahc", "two-stage") and (k is None) == (t is None):
             raise InputError(f"--method {self.method} needs exactly one of --n-clusters and --threshold")
+        if self.kmeans not in KMEANS_CHOICES:
+            raise InputError(f"unknown --kmeans {self.kmeans!r} (choose {', '.join(KMEANS_CHOICES)})")
+        if self.ahc not in AHC_CHOICES:
+            raise InputError(f"unknown --ahc {self.ahc!r} (choose {', '.join(AHC_CHOICES)})")
+        if not is_device_spec(self.device or "auto"):
+            raise InputError(f"--device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        if self.kmeans == "sklearn" and (self.device or "auto").strip().lower() not in ("auto", "cpu"):
+            raise InputError(f"--kmeans sklearn runs on the CPU only, not --device {self.device}")
         if self.max_clusters < 1:
             raise InputError(f"--max-clusters must be at least 1, got {self.max_clusters}")
 

@@ -19,7 +19,7 @@ from scipy.sparse.csgraph import laplacian
 from scipy.sparse.linalg import eigsh
 from sklearn.cluster import SpectralClustering
 
-from spkemb.cluster.algorithms import StageFn, no_stage
+from spkemb.cluster.stages import StageFn, no_stage
 
 DENSE_UP_TO = 2000  # full eigendecomposition up to this many points, ARPACK above
 P_MAX = 200  # largest p tried by the automatic search
