@@ -36,7 +36,7 @@ def average_model(
     (extract, score, finetune --init, export-model take it) whose extra records the sources; it is
     written atomically, and an existing one is kept unless --overwrite.
     """
-    from spkemb.models.average import average_encoders, average_sources, save_average
+    from spkemb.train.average import average_encoders, average_sources, save_average
 
     if last is not None and last < 1:
         raise InputError("--last: must be at least 1")

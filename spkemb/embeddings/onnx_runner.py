@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from spkemb.errors import InputError
+from spkemb.models.onnx_export import ONNX_FORMAT, require_onnx, session
 
 __all__ = ["is_onnx_model", "OnnxEncoder", "load_onnx_encoder", "session"]
 
@@ -24,21 +25,6 @@ __all__ = ["is_onnx_model", "OnnxEncoder", "load_onnx_encoder", "session"]
 def is_onnx_model(spec: str | Path) -> bool:
     """Whether ``spec`` names an ONNX file (by its ``.onnx`` suffix)."""
     return str(spec).lower().endswith(".onnx")
-
-
-def session(path: str | Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session for ``path`` (``threads``: intra-op threads; default torch's)."""
-    from spkemb.models.onnx_export import require_onnx
-
-    require_onnx("onnxruntime")
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads or torch.get_num_threads())
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
 class OnnxEncoder(nn.Module):
@@ -69,8 +55,6 @@ class OnnxEncoder(nn.Module):
 
 def load_onnx_encoder(path: str | Path, precision: str = "fp32", threads: int | None = None) -> OnnxEncoder:
     """Open an ONNX file written by ``spkemb export-model``; anything else is one :class:`InputError`."""
-    from spkemb.models.onnx_export import ONNX_FORMAT, require_onnx
-
     p = Path(path)
     if precision != "fp32":
         raise InputError(

@@ -44,7 +44,16 @@ from torch import nn
 from spkemb.errors import InputError, WorkError
 from spkemb.fileio import fsync_dir, sibling_path
 
-__all__ = ["ONNX_FORMAT", "INPUT_NAMES", "OUTPUT_NAMES", "MIN_COSINE", "export_onnx", "require_onnx", "OnnxExport"]
+__all__ = [
+    "ONNX_FORMAT",
+    "INPUT_NAMES",
+    "OUTPUT_NAMES",
+    "MIN_COSINE",
+    "export_onnx",
+    "require_onnx",
+    "session",
+    "OnnxExport",
+]
 
 ONNX_FORMAT = "spkemb-onnx"
 INPUT_NAMES = ("waveform", "lengths")
@@ -61,6 +70,19 @@ def require_onnx(*modules: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise InputError(f"ONNX needs {' and '.join(missing)}, which is not installed: {INSTALL_HINT}")
+
+
+def session(path: str | Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session for ``path`` (``threads``: intra-op threads; default torch's)."""
+    require_onnx("onnxruntime")
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or torch.get_num_threads())
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
 class _DftSpectrogram(nn.Module):
@@ -228,8 +250,6 @@ def _trace(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor], tmp: Pa
 
 def _check(graph: nn.Module, path: Path, sr: int, threads: int | None) -> tuple[float, float, tuple[int, int]]:
     """Run the file in onnxruntime on a batch unlike the traced one: (min cosine, max |diff|, shape)."""
-    from spkemb.embeddings.onnx_runner import session
-
     wav, lengths = _example(sr, (1.3, 2.1, 0.7), seed=1)
     with torch.no_grad():
         ref = graph(wav, lengths).numpy()
