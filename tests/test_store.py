@@ -92,14 +92,17 @@ def test_exports(tmp_path: Path) -> None:
     npy, ids = export_embeddings(e, p, "npy")
     assert np.array_equal(np.load(npy), v) and ids.read_text().split() == IDS
     ark, scp = export_embeddings(e, p, "kaldi")
-    lines = ark.read_text().splitlines()
-    assert lines[0].startswith(IDS[0] + " [ ")
-    np.testing.assert_allclose([float(x) for x in lines[4].split()[2:-1]], v[4], rtol=1e-6)
-    # scp offsets point at the '[' of each entry.
+    # binary Kaldi vectors (what copy-vector reads): each scp offset points just past 'KEY ' at '\0B'.
     data = ark.read_bytes()
+    assert data.startswith(IDS[0].encode() + b" \0BFV ")
+    import kaldiio
+
+    back = dict(kaldiio.load_scp(str(scp)))
+    assert list(back) == IDS
+    np.testing.assert_array_equal(np.asarray(back[IDS[4]]), v[4])
     for line in scp.read_text().splitlines():
         off = int(line.rsplit(":", 1)[1])
-        assert data[off : off + 1] == b"["
+        assert data[off : off + 2] == b"\0B"
 
 
 def test_merge_checks_before_writing(tmp_path: Path) -> None:
