@@ -90,17 +90,23 @@ def wespeaker(name: str, out: Path, files: list[tuple[str, str]]) -> np.ndarray:
     return np.stack(embs)
 
 
-def campplus(name: str, out: Path, files: list[tuple[str, str]]) -> np.ndarray:
-    from speakerlab.models.campplus.DTDNN import CAMPPlus
+def threedspeaker(name: str, out: Path, files: list[tuple[str, str]]) -> np.ndarray:
     from speakerlab.process.processor import FBank
 
     torch.manual_seed(0)
-    model = CAMPPlus(feat_dim=80, embedding_size=512)
+    if name == "eres2net":
+        from speakerlab.models.eres2net.ERes2Net import ERes2Net
+
+        model = ERes2Net(feat_dim=80, embedding_size=192)
+    else:
+        from speakerlab.models.campplus.DTDNN import CAMPPlus
+
+        model = CAMPPlus(feat_dim=80, embedding_size=512)
     _randomise(model, 1)
     model.eval()
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / "campplus_voxceleb.bin")
+    torch.save(model.state_dict(), folder / f"{name}_voxceleb.bin")
     fbank = FBank(80, sample_rate=16000, mean_nor=True)
     embs = []
     for _utt, path in files:
@@ -115,7 +121,7 @@ def main() -> None:
     out, listing, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
     files = [tuple(line.split("\t")) for line in listing.read_text().splitlines() if line]
     for name in names:
-        fn = wespeaker if name in WESPEAKER else campplus
+        fn = wespeaker if name in WESPEAKER else threedspeaker
         vectors = fn(name, out, files)  # type: ignore[arg-type]
         np.savez(out / f"{name}.npz", ids=np.array([u for u, _ in files]), vectors=vectors)
         print(f"peer {name}: {len(files)} utterances embedded", flush=True)

@@ -40,6 +40,7 @@ MODELS = {  # name -> (format, peer source option, checkpoint inside the peer's 
     "wespeaker-ecapa-c512": ("wespeaker", "wespeaker", ""),
     "wespeaker-ecapa-c1024": ("wespeaker", "wespeaker", ""),
     "3dspeaker-campplus": ("3dspeaker", "threedspeaker", "campplus_voxceleb.bin"),
+    "3dspeaker-eres2net": ("3dspeaker", "threedspeaker", "eres2net_voxceleb.bin"),
 }
 THRESHOLD = 0.9999
 
@@ -88,7 +89,7 @@ def main() -> None:
         if not (src / pkg).is_dir():
             print(f"{name}: skipped: no {pkg}/ under {src}")
             continue
-        peer_name = "campplus" if fmt == "3dspeaker" else name
+        peer_name = name.removeprefix("3dspeaker-")
         t0 = time.perf_counter()
         env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
         subprocess.run(
@@ -110,15 +111,17 @@ def main() -> None:
         y = ours.vectors[[index[str(u)] for u in peer["ids"]]].astype(np.float64)
         cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
         ok = bool((cos >= THRESHOLD).all())
-        rows.append((name, len(cos), float(cos.min()), ok))
+        rel = float((np.linalg.norm(x - y, axis=1) / np.linalg.norm(x, axis=1)).max())
+        rows.append((name, len(cos), float(cos.min()), rel, ok))
         print(
             f"{name}: {len(cos)} utterances, min cosine {cos.min():.15f} (1 - {1 - cos.min():.2g}), "
+            f"max |peer - spkemb| / |peer| {rel:.2g}, "
             f"{'ok' if ok else 'FAIL'}; peer {t_peer:.0f} s, spkemb extract {t_ours:.0f} s",
             flush=True,
         )
-    print("\n| model | utterances | min cosine | 1 - min |\n|---|---|---|---|")
-    for name, n, c, _ in rows:
-        print(f"| {name} | {n} | {c:.12f} | {1 - c:.2g} |")
+    print("\n| model | utterances | min cosine | 1 - min cosine | max relative L2 difference |\n|---|---|---|---|---|")
+    for name, n, c, rel, _ in rows:
+        print(f"| {name} | {n} | {c:.12f} | {1 - c:.2g} | {rel:.2g} |")
     if not all(ok for *_, ok in rows):
         sys.exit(1)
 

@@ -1,4 +1,4 @@
-"""3D-Speaker (CAM++) importer on a random checkpoint in 3D-Speaker's layout (no 3D-Speaker needed)."""
+"""3D-Speaker (CAM++, ERes2Net) importer on a random checkpoint in 3D-Speaker's layout (no 3D-Speaker needed)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_missing_and_misshapen_keys_are_named(ckpt: Path, tmp_path: Path) -> Non
 
 def test_foreign_file(tmp_path: Path) -> None:
     torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.ckpt")
-    with pytest.raises(InputError, match="not a CAM\\+\\+ checkpoint"):
+    with pytest.raises(InputError, match="not a CAM\\+\\+ or ERes2Net checkpoint"):
         import_model("3dspeaker", tmp_path / "other.ckpt")
     (tmp_path / "junk.bin").write_text("hello")
     with pytest.raises(InputError, match="junk.bin"):
@@ -93,3 +93,30 @@ def test_campplus_trains_and_frontend_is_kaldi() -> None:
     ref = kaldi.fbank(wav[None], num_mel_bins=80, sample_frequency=16000, dither=0.0)
     ref = ref - ref.mean(0, keepdim=True)
     assert torch.allclose(KaldiFbank(window="povey", scale=1.0)(wav[None])[0], ref)
+
+
+ERES2NET_KEYS = ["conv1.weight", "layer1.0.convs.1.weight", "layer3.0.fuse_models.0.local_att.0.weight",
+                 "layer4.0.shortcut.1.running_var",
+                 "layer1_downsample.weight", "fuse_mode1234.local_att.4.weight", "seg_1.bias"]  # fmt: skip
+
+
+def test_eres2net_imports_with_sizes_from_shapes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    state = build_encoder("eres2net", m_channels=16, embed_dim=64).state_dict()
+    torch.save(state, tmp_path / "pretrained_eres2net.ckpt")
+    model = import_model("3dspeaker", tmp_path)
+    assert model.config["name"] == "eres2net" and model.config["m_channels"] == 16 and model.embed_dim == 64
+    assert tuple(model.config["layers"]) == (3, 4, 6, 3) and model.config["scale"] == 2
+    assert set(ERES2NET_KEYS) <= set(model.state_dict())
+    wav = torch.randn(2, 9000, generator=torch.Generator().manual_seed(3)) * 0.1
+    with torch.no_grad():
+        batch = model(wav, torch.tensor([9000, 6500]))
+        alone = model(wav[1:, :6500])
+    assert torch.allclose(batch[1], alone[0], atol=1e-5)
+
+
+def test_eres2net_trains() -> None:
+    model = build_encoder("eres2net", m_channels=8, layers=(1, 1, 1, 1), embed_dim=16).train()
+    model(torch.randn(2, 8000) * 0.1).square().mean().backward()
+    assert model.layer4[0].fuse_models[0].local_att[0].weight.grad is not None
+    assert model.layer1_downsample.weight.grad is not None

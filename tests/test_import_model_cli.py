@@ -74,6 +74,10 @@ def test_an_existing_output_is_refused_unless_overwrite(tmp_path: Path, imported
         (["speechbrain", "{tmp}/nowhere"], "no such file or folder"),
         (["speechbrain", "{tmp}/foreign"], "not a readable SpeechBrain checkpoint"),
         (["speechbrain", "{tmp}/empty"], "no embedding_model.ckpt"),
+        (["wespeaker", "{src}/embedding_model.ckpt"], "not a WeSpeaker model: no config.yaml"),
+        (["wespeaker", "{src}"], "config.yaml"),
+        (["3dspeaker", "{src}/embedding_model.ckpt"], "not a CAM++ or ERes2Net checkpoint"),
+        (["3dspeaker", "{tmp}/foreign"], "embedding_model.ckpt"),
     ],
 )
 def test_bad_usage_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:
@@ -85,4 +89,5 @@ def test_bad_usage_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str
     argv = [a.format(src=src, tmp=tmp_path) for a in args]
     res = runner.invoke(app, ["import-model", *argv, "-o", str(out)])
     assert res.exit_code == 2 and message in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
     assert not out.exists() and not list(tmp_path.glob("*.tmp*"))

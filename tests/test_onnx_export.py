@@ -107,3 +107,23 @@ def test_without_onnxruntime_the_commands_say_what_to_install(monkeypatch: pytes
     )
     res = runner.invoke(app, ["export-model", "x.pt", "--onnx", str(tmp_path / "m.onnx")])
     assert res.exit_code == 2 and "pip install 'spkemb[onnx]'" in res.output
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "front_end"),
+    [
+        ("campplus", {"embed_dim": 16, "block_layers": (1, 1, 1)}, "Kaldi fbank"),
+        ("wespeaker-resnet", {"embed_dim": 16, "m_channels": 4, "layers": (1, 1, 1, 1)}, "Kaldi fbank"),
+        ("speechbrain-ecapa", {"channels": 16, "mfa_channels": 48, "attention_channels": 8, "se_channels": 8,
+                               "embed_dim": 16}, "SpeechBrain Fbank"),
+    ],
+)  # fmt: skip
+def test_imported_front_ends_are_refused_in_one_line(
+    name: str, kwargs: dict[str, object], front_end: str, tmp_path: Path
+) -> None:
+    enc = save_encoder(build_encoder(name, **kwargs), tmp_path / f"{name}.pt")
+    out = tmp_path / "m.onnx"
+    res = runner.invoke(app, ["export-model", str(enc), "--onnx", str(out), "--threads", "1"])
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and front_end in res.output and str(enc) in res.output
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*"))

@@ -1,12 +1,14 @@
-"""3D-Speaker checkpoints (CAM++) as spkemb encoders.
+"""3D-Speaker checkpoints (CAM++, ERes2Net) as spkemb encoders.
 
 3D-Speaker saves a model as its bare ``state_dict`` (``campplus_*.bin`` from ModelScope, or the
 ``embedding_model.ckpt`` of a training run). ``src`` is that file or a folder holding exactly one
-``*.bin`` / ``*.ckpt`` / ``*.pt`` (``embedding_model.ckpt`` preferred). The architecture's sizes are
-read from the tensors' shapes (3D-Speaker's ``feat_dim``, ``embedding_size``, ``growth_rate``,
-``bn_size``, ``init_channels`` and the layers per block); the dilations are CAM++'s (1, 2, 2).
-The front-end is 3D-Speaker's: Kaldi fbank (80 bins, 25/10 ms, povey window, samples in [-1, 1],
-no dither) minus its mean over the utterance (``FBank(80, 16000, mean_nor=True)``).
+``*.bin`` / ``*.ckpt`` / ``*.pt`` (``embedding_model.ckpt`` preferred). The architecture (CAM++:
+``xvector.*`` keys; ERes2Net: ``fuse_mode12.*``) and its sizes are read from the tensors' shapes:
+CAM++'s ``feat_dim``, ``embedding_size``, ``growth_rate``, ``bn_size``, ``init_channels`` and layers
+per block (dilations 1, 2, 2, CAM++'s); ERes2Net's ``m_channels``, ``baseWidth``, ``scale``, blocks
+per stage and ``embedding_size``. The front-end is 3D-Speaker's: Kaldi fbank (80 bins, 25/10 ms,
+povey window, samples in [-1, 1], no dither) minus its mean over the utterance
+(``FBank(80, 16000, mean_nor=True)``).
 """
 
 from __future__ import annotations
@@ -79,6 +81,41 @@ def campplus_config(state: dict[str, Tensor], path: Path) -> dict[str, Any]:
     }
 
 
+_BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.conv1\.weight$")
+_SPLIT = re.compile(r"^layer1\.0\.convs\.(\d+)\.weight$")
+
+
+def eres2net_config(state: dict[str, Tensor], path: Path) -> dict[str, Any]:
+    """The ``eres2net`` encoder config whose tensors have the shapes of ``state``."""
+    m = _shape(state, "conv1.weight", path)[0]
+    blocks = [0, 0, 0, 0]
+    splits = 0
+    for key in state:
+        match = _BLOCK.match(key)
+        if match:
+            stage, j = int(match.group(1)) - 1, int(match.group(2))
+            blocks[stage] = max(blocks[stage], j + 1)
+        match = _SPLIT.match(key)
+        if match:
+            splits = max(splits, int(match.group(1)) + 1)
+    if not all(blocks) or not splits:
+        raise InputError("3D-Speaker checkpoint has no ERes2Net blocks (layer1.0.convs.0.*)", path)
+    width = _shape(state, "layer1.0.convs.0.weight", path)[0]
+    seg_in = _shape(state, "seg_1.weight", path)[1]
+    n_mels = seg_in // (2 * m * 8 * 2) * 8
+    return {
+        "name": "eres2net",
+        "sample_rate": 16000,
+        "n_mels": n_mels,
+        "embed_dim": _shape(state, "seg_1.weight", path)[0],
+        "m_channels": m,
+        "layers": tuple(blocks),
+        "base_width": width * 64 // m,
+        "scale": splits,
+        "two_emb_layer": "seg_2.weight" in state,
+    }
+
+
 def import_model(src: Path) -> nn.Module:
     """The 3D-Speaker model in checkpoint ``src`` (or the folder holding it) as a spkemb encoder."""
     src = Path(src)
@@ -87,12 +124,17 @@ def import_model(src: Path) -> nn.Module:
     if any(k.startswith("xvector.") for k in state) and "head.conv1.weight" in state:
         config = campplus_config(state, ckpt)
         peer = {"model": "CAMPPlus", "feat_dim": config["n_mels"], "embedding_size": config["embed_dim"]}
+    elif "fuse_mode12.local_att.0.weight" in state:
+        config = eres2net_config(state, ckpt)
+        peer = {"model": "ERes2Net", "feat_dim": config["n_mels"], "embedding_size": config["embed_dim"]}
+        peer.update(m_channels=config["m_channels"], baseWidth=config["base_width"], scale=config["scale"])
     else:
         first = next(iter(state), "")
-        raise InputError(f"not a CAM++ checkpoint (first key {first!r}; supported: CAM++)", ckpt)
+        raise InputError(f"not a CAM++ or ERes2Net checkpoint (first key {first!r})", ckpt)
     model = build_encoder(**config)
     load_weights(model, state, ckpt, what="3D-Speaker checkpoint")
     model.eval()
-    peer.update(growth_rate=config["growth_rate"], bn_size=config["bn_size"], init_channels=config["init_channels"])
+    if config["name"] == "campplus":
+        peer.update(growth_rate=config["growth_rate"], bn_size=config["bn_size"], init_channels=config["init_channels"])
     model.extra = imported_extra("3dspeaker", src, [ckpt], peer)  # type: ignore[assignment]
     return model

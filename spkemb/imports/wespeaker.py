@@ -48,6 +48,8 @@ def _files(src: Path) -> tuple[Path, Path]:
                 raise InputError(f"no WeSpeaker checkpoint here (expected {CHECKPOINT_NAMES[0]})", src)
             ckpt = found[0]
         return ckpt, config
+    if src.is_file() and not (src.parent / "config.yaml").is_file():
+        raise InputError("not a WeSpeaker model: no config.yaml (WeSpeaker's model config) beside it", src)
     return src, require(src.parent / "config.yaml", "config.yaml beside the checkpoint (WeSpeaker's model config)")
 
 

@@ -23,6 +23,12 @@ traced as a convolution with a windowed DFT basis (:func:`exportable`: the same 
 the exporter can write; ``torch.stft``'s complex output it cannot). After writing, the export
 runs the file in onnxruntime on another batch and length and refuses (nothing left at ``-o``) when
 any embedding's cosine to torch's is below :data:`MIN_COSINE`.
+
+The imported peers' encoders are refused before tracing (:class:`InputError`, one line): those on the
+Kaldi fbank front-end (:mod:`spkemb.models.kaldi_fbank`: ``campplus``, ``eres2net``, ``wespeaker-resnet``,
+``wespeaker-ecapa``) run each utterance on its own frames in a Python loop through ``kaldi.fbank``'s
+real FFT, and ``speechbrain-ecapa``'s front-end is a centred complex STFT; the tracer records neither
+with dynamic batch and time axes.
 """
 
 from __future__ import annotations
@@ -259,6 +265,26 @@ def _check(graph: nn.Module, path: Path, sr: int, threads: int | None) -> tuple[
     return float(_cosines(ref, out).min()), float(np.abs(ref - out).max()), (int(out.shape[0]), int(out.shape[1]))
 
 
+def _refuse_unexportable(model: nn.Module) -> None:
+    """Refuse, before tracing, the encoders whose graph the tracer cannot record (:class:`InputError`)."""
+    from spkemb.models.kaldi_fbank import KaldiFbank
+    from spkemb.models.speechbrain_ecapa import SpeechBrainFbank
+
+    name = getattr(model, "config", {}).get("name", type(model).__name__)
+    for module in model.modules():
+        if isinstance(module, KaldiFbank):
+            why = "Kaldi fbank front-end (one utterance at a time, kaldi.fbank's FFT)"
+        elif isinstance(module, SpeechBrainFbank):
+            why = "SpeechBrain Fbank front-end (a centred complex STFT)"
+        else:
+            continue
+        raise InputError(
+            f"ONNX export does not support {name}'s {why}: the tracer cannot record it; "
+            "extract with the encoder.pt itself",
+            getattr(model, "source", None),
+        )
+
+
 def export_onnx(
     model: nn.Module, out: str | Path, sha: str = "", opset: int = DEFAULT_OPSET, threads: int | None = None
 ) -> OnnxExport:
@@ -267,6 +293,7 @@ def export_onnx(
     import onnx
 
     out = Path(out)
+    _refuse_unexportable(model)
     model = model.cpu().eval()
     sr = int(getattr(model, "sample_rate"))  # noqa: B009
     graph = _Graph(exportable(model)).eval()
