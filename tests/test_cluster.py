@@ -184,6 +184,9 @@ def test_option_and_data_errors() -> None:
     with pytest.raises(InputError, match="distance matrix.*--ahc sparse"):
         ClusterOptions("ahc", n_clusters=2, ahc="exact").resolved(1_000_000)
     assert ClusterOptions("ahc", n_clusters=2).resolved(60_000).ahc == "sparse"
+    with pytest.raises(InputError, match="spectral is for at most 20,000 embeddings.*--method two-stage"):
+        ClusterOptions("spectral").resolved(20_001)
+    assert ClusterOptions("spectral").resolved(20_000).method == "spectral"
     assert ClusterOptions("two-stage", n_clusters=10).resolved(100_000).n_init_clusters == 5000
     x[4] = 0
     x[5, 1] = np.nan

@@ -55,7 +55,7 @@ def cluster(
         "--method",
         help="kmeans; ahc (average linkage on cosine "
         "distance); two-stage (k-means to --n-init-clusters, then AHC of the "
-        "centroids: scales to millions); spectral (p-pruned cosine affinity).",
+        "centroids: scales to millions); spectral (p-pruned cosine affinity; up to 20,000 embeddings).",
     ),
     n_clusters: int | None = typer.Option(
         None, "--n-clusters", metavar="N", help="Number of clusters. spectral without it: estimated from the eigengap."

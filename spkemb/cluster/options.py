@@ -18,6 +18,10 @@ AHC_CHOICES = ("auto", "exact", "sparse")
 # the first stage of Miara et al. at VoxCeleb2 scale, would need 18.6 GiB exact).
 EXACT_AUTO_BYTES = 2 * 2**30
 DEFAULT_INIT_CLUSTERS = 5_000
+#: spectral clustering (a p-neighbour graph and its eigenvectors, for every p the eigengap search
+#: tries) is for diarisation-sized sets: 10,000 embeddings took 3 minutes on 2 cores, and its cost
+#: grows faster than N; above this it is refused with --method two-stage named
+SPECTRAL_MAX_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,12 @@ class ClusterOptions(Options):
             raise InputError(f"--norm {self.norm} needs at least 2 embeddings", source)
         _check_count("--n-clusters", self.n_clusters, n, source)
         self._check_method()
+        if self.method == "spectral" and n > SPECTRAL_MAX_ROWS:
+            raise InputError(
+                f"--method spectral is for at most {SPECTRAL_MAX_ROWS:,} embeddings (10,000 take minutes and its "
+                f"cost grows faster than their number); for {n:,} use --method two-stage (k-means, then AHC)",
+                source,
+            )
         m = self.n_init_clusters
         if self.method == "two-stage":
             m = min(n, max(DEFAULT_INIT_CLUSTERS, 5 * (self.n_clusters or 0))) if m is None else m
