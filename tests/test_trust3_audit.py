@@ -1,0 +1,51 @@
+"""Issue 21 (trust, round 3): what the audit of the landed fixes found still open, one test per fix."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from spkemb.cli.errors import guarded
+
+runner = CliRunner()
+
+GLOO = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:62627: "
+    "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application."
+)
+
+
+def _app_raising(err: BaseException) -> typer.Typer:
+    app = typer.Typer()
+
+    @app.command()
+    @guarded
+    def job() -> None:
+        raise err
+
+    return app
+
+
+# --- 18: a killed torchrun rank ------------------------------------------------------------------------
+
+
+def test_a_lost_peer_under_torchrun_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 of one torchrun rank: the other printed a 60-line traceback of its collective."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    r = runner.invoke(_app_raising(RuntimeError(GLOO)), [])
+    assert r.exit_code == 1, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    assert "rank 0 of 2" in lines[0] and "Connection reset by peer" in lines[0] and "--resume" in lines[0]
+    assert "pair.cc" not in lines[0]
+
+
+def test_other_runtime_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = runner.invoke(_app_raising(RuntimeError("mat1 and mat2 shapes cannot be multiplied")), [])
+    assert isinstance(r.exception, RuntimeError)
+    monkeypatch.delenv("WORLD_SIZE")  # one process: a gloo word is no lost peer
+    r = runner.invoke(_app_raising(RuntimeError(GLOO)), [])
+    assert isinstance(r.exception, RuntimeError)
