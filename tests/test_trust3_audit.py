@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import typer
 from typer.testing import CliRunner
 
+from spkemb.cli.app import app
 from spkemb.cli.errors import guarded
 
 runner = CliRunner()
@@ -14,6 +17,19 @@ GLOO = (
     "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:62627: "
     "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application."
 )
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
+    out = tmp_path_factory.mktemp("audit") / "m.tsv"
+    assert runner.invoke(app, ["prepare", str(tiny_corpus), "-o", str(out)]).exit_code == 0
+    return out
+
+
+def _error(r) -> str:  # noqa: ANN001
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    return r.output
 
 
 def _app_raising(err: BaseException) -> typer.Typer:
@@ -49,3 +65,22 @@ def test_other_runtime_errors_keep_their_traceback(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("WORLD_SIZE")  # one process: a gloo word is no lost peer
     r = runner.invoke(_app_raising(RuntimeError(GLOO)), [])
     assert isinstance(r.exception, RuntimeError)
+
+
+# --- 5: the inputs before the policy ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pretrain", "{t}/nope.tsv", "-o", "{t}/x"], "nope.tsv: no such manifest"),
+        (["finetune", "{t}/nope.tsv", "-o", "{t}/x"], "nope.tsv: no such manifest"),
+        (["finetune", "{m}", "-o", "{t}/x", "--labels", "{t}/nolabels.txt"], "nolabels.txt: no such label file"),
+    ],
+)
+def test_a_missing_input_is_named_before_the_missing_bound(
+    tmp_path: Path, manifest: Path, args: list[str], message: str
+) -> None:
+    """Without --max-steps these said 'set max_steps or max_minutes' about a run that could not start."""
+    out = _error(runner.invoke(app, [a.format(t=tmp_path, m=manifest) for a in args]))
+    assert message in out and "max_steps" not in out and "max-steps" not in out, out

@@ -87,9 +87,9 @@ def finetune(
     from spkemb.train.config import load_config
     from spkemb.train.finetune import finetune_config, run_finetune
 
-    cfg = finetune_config(load_config(config) if config else {}, overrides, init=init, source=config)
-    utts = read_manifest(manifest)
+    utts = read_manifest(manifest)  # the inputs before the policy (an unbounded run): a missing file is named
     label_map = read_labels(labels) if labels else None
+    cfg = finetune_config(load_config(config) if config else {}, overrides, init=init, source=config)
     summary = run_training(
         lambda reporter: run_finetune(
             utts,
