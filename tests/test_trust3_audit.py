@@ -84,3 +84,39 @@ def test_a_missing_input_is_named_before_the_missing_bound(
     """Without --max-steps these said 'set max_steps or max_minutes' about a run that could not start."""
     out = _error(runner.invoke(app, [a.format(t=tmp_path, m=manifest) for a in args]))
     assert message in out and "max_steps" not in out and "max-steps" not in out, out
+
+
+# --- 18: "N scores are not finite" names the file and the embedding --------------------------------------
+
+
+def _store_with_nan(path: Path, nan_row: int | None) -> list[str]:
+    import h5py
+    import numpy as np
+
+    from spkemb.embeddings.store import write_embeddings
+
+    ids = [f"s{i % 4}/{i}.wav" for i in range(12)]
+    vecs = np.random.default_rng(0).normal(size=(12, 8)).astype(np.float32)
+    write_embeddings(path, ids, vecs, speakers=[i.split("/")[0] for i in ids])
+    if nan_row is not None:
+        with h5py.File(path, "r+") as f:  # as a forged or corrupted store: the writer refuses NaN
+            v = f["embedding"][()]
+            v[nan_row, 2] = np.nan
+            f["embedding"][...] = v
+    return ids
+
+
+def test_a_non_finite_embedding_is_named_by_its_id(tmp_path: Path) -> None:
+    """It was '5 of 66 scores are not finite ... on trial 3', naming the trial store even when the cohort held it."""
+    good, bad = tmp_path / "good.h5", tmp_path / "bad.h5"
+    ids = _store_with_nan(good, None)
+    _store_with_nan(bad, 3)
+    trials = tmp_path / "t.txt"
+    trials.write_text("".join(f"{int(a[:2] == b[:2])} {a} {b}\n" for i, a in enumerate(ids) for b in ids[i + 1 :]))
+    out = _error(runner.invoke(app, ["score", str(trials), str(bad)]))
+    assert "bad.h5" in out and f"{ids[3]!r} (row 4) is not finite" in out, out
+    out = _error(runner.invoke(app, ["score", str(trials), str(good), "--norm", "snorm", "--cohort", str(bad)]))
+    assert "bad.h5" in out and "good.h5" not in out and f"cohort embedding of {ids[3]!r}" in out, out
+    kept = tmp_path / "kept.txt"  # trials that do not use the bad row still score
+    kept.write_text("".join(line + "\n" for line in trials.read_text().splitlines() if ids[3] not in line))
+    assert runner.invoke(app, ["score", str(kept), str(bad)]).exit_code == 0
