@@ -120,3 +120,16 @@ def test_a_non_finite_embedding_is_named_by_its_id(tmp_path: Path) -> None:
     kept = tmp_path / "kept.txt"  # trials that do not use the bad row still score
     kept.write_text("".join(line + "\n" for line in trials.read_text().splitlines() if ids[3] not in line))
     assert runner.invoke(app, ["score", str(kept), str(bad)]).exit_code == 0
+
+
+# --- 10: speed perturbation as new speakers, from the command line ---------------------------------------
+
+
+def test_finetune_speed_flag_makes_each_speed_a_class(tmp_path: Path, manifest: Path) -> None:
+    """finetune had no --speed (only a config's data_options), so the recipes' convention was out of reach."""
+    tiny = ["--encoder-opt", "channels=16", "--encoder-opt", "mfa_channels=48", "--encoder-opt", "attention_channels=8"]
+    tiny += ["--encoder-opt", "se_channels=8", "--encoder-opt", "embed_dim=16"]
+    run = ["--max-steps", "2", "--batch-size", "6", "--device", "cpu", "--method-opt", "crop_seconds=0.5"]
+    r = runner.invoke(app, ["finetune", str(manifest), "-o", str(tmp_path / "ft"), *tiny, *run, "--speed"])
+    assert r.exit_code == 0, r.output
+    assert "18 classes for 6 speakers" in r.output, r.output
