@@ -133,3 +133,18 @@ def test_finetune_speed_flag_makes_each_speed_a_class(tmp_path: Path, manifest: 
     r = runner.invoke(app, ["finetune", str(manifest), "-o", str(tmp_path / "ft"), *tiny, *run, "--speed"])
     assert r.exit_code == 0, r.output
     assert "18 classes for 6 speakers" in r.output, r.output
+
+
+# --- 6: a random WavLM is said out loud by pretrain too ---------------------------------------------------
+
+
+def test_pretrain_warns_about_a_random_wavlm_frontend(tmp_path: Path, manifest: Path) -> None:
+    wavlm = ["--encoder", "wavlm-mhfa", "--encoder-opt", "num_layers=1", "--encoder-opt", "hidden=32"]
+    wavlm += ["--encoder-opt", "attention_heads=2", "--encoder-opt", "ffn_dim=32", "--encoder-opt", "conv_dim=16"]
+    wavlm += ["--encoder-opt", "pos_conv_kernel=8", "--encoder-opt", "pos_conv_groups=4", "--encoder-opt", "heads=2"]
+    wavlm += ["--encoder-opt", "compression_dim=8", "--encoder-opt", "embed_dim=16"]
+    run = ["--method", "simclr", "--max-steps", "1", "--batch-size", "4", "--device", "cpu"]
+    run += ["--method-opt", "crop_seconds=0.5"]
+    r = runner.invoke(app, ["pretrain", str(manifest), "-o", str(tmp_path / "w"), *wavlm, *run])
+    assert r.exit_code == 0, r.output
+    assert "RANDOM" in r.output and "--frontend-weights" in r.output, r.output
