@@ -337,3 +337,12 @@ def test_cli_output_into_a_pipe_keeps_the_pipe(store: Path, tmp_path: Path) -> N
     assert r.exit_code == 0, r.output
     assert stat.S_ISFIFO(fifo.stat().st_mode)
     assert len(got[0].splitlines()) == 24
+
+
+@pytest.mark.parametrize("method", ["kmeans", "ahc", "two-stage", "spectral"])
+def test_as_many_clusters_as_rows_gives_each_its_own(method: str) -> None:
+    """Issue 21 item 18: `--method spectral --n-clusters N` with N the number of rows was a 69-line
+    traceback (sklearn's spectral embedding cannot take N components of N points)."""
+    x, _ = speakers(n_spk=6, per=5)
+    labels = cluster_embeddings(x, ClusterOptions(method, n_clusters=len(x)))
+    assert sorted(labels.tolist()) == list(range(len(x)))

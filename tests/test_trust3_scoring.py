@@ -101,6 +101,10 @@ def test_a_huge_forged_plda_array_is_refused_from_its_header(setup: dict[str, Pa
         ("whiten", "int", "holds int64 values"),
         ("mu", "short", "mu has shape"),
         ("lda", "wide", "takes 9-d embeddings"),
+        ("whiten", "zero", "has rank below"),  # every embedding maps to one point: all scores equal
+        ("lda", "zero", "has rank below"),
+        ("within", "huge", "between-speaker covariance is ~0 against"),
+        ("between", "tiny", "between-speaker covariance is ~0 against"),
     ],
 )
 def test_forged_plda_values_are_refused(
@@ -115,12 +119,42 @@ def test_forged_plda_values_are_refused(
         "int": lambda: a.astype(np.int64),
         "short": lambda: a[:-1],
         "wide": lambda: np.vstack([lda, lda[:1]]),
+        "zero": lambda: np.zeros_like(a),
+        "huge": lambda: a * 1e300,
+        "tiny": lambda: a * 1e-300,
     }[value]()
     path = _forge(setup["model"], tmp_path / "forged.npz", **{key: forged})
     line = _one_error_line(
         runner.invoke(app, ["score", str(setup["trials"]), str(setup["emb"]), "--backend", "plda", "--plda", str(path)])
     )
     assert message in line and "forged.npz" in line, line
+
+
+def test_a_plda_model_that_is_no_archive_is_one_line(setup: dict[str, Path], tmp_path: Path) -> None:
+    """A .npy array (np.load returns no archive: a TypeError traceback) or text (said to be pickled data)."""
+    npy, text = tmp_path / "m.npy", tmp_path / "m.npz"
+    np.save(npy, np.zeros(3))
+    text.write_text("hello\n")
+    for path, message in ((npy, "a .npy array"), (text, "not an .npz archive")):
+        args = ["score", str(setup["trials"]), str(setup["emb"]), "--backend", "plda", "--plda", str(path)]
+        line = _one_error_line(runner.invoke(app, args))
+        assert message in line and path.name in line, line
+
+
+def test_a_huge_forged_encoder_attribute_is_not_read(
+    setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder attributes were read whole before their size was checked."""
+    import spkemb.scoring.plda as plda
+
+    monkeypatch.setattr(plda, "_ATTR_CHARS", 100)
+    path = _forge(setup["model"], tmp_path / "f.npz", encoder_config=np.array("x" * 1000), format=np.array("x" * 10**6))
+    with pytest.raises(InputError, match="without format"):
+        Plda.load(path, dim=DIM)
+    path = _forge(setup["model"], tmp_path / "g.npz", encoder_config=np.array("x" * 1000))
+    assert "encoder_config" not in Plda.load(path, dim=DIM).encoder
+    path = _forge(setup["model"], tmp_path / "h.npz", encoder_config=np.array('{"a": 1}'))
+    assert Plda.load(path, dim=DIM).encoder["encoder_config"] == {"a": 1}
 
 
 def test_a_saved_plda_model_still_loads(setup: dict[str, Path]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -13,7 +14,7 @@ import typer
 from spkemb.cli.console import console
 from spkemb.errors import InputError, WorkError
 
-__all__ = ["fail", "guarded", "not_yet", "cli_message"]
+__all__ = ["fail", "guarded", "lost_peer", "not_yet", "cli_message"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,8 +62,36 @@ def guarded(func: F) -> F:
             raise fail(f"{where}{err.strerror or err}", 2 if usage else 1) from None
         except KeyboardInterrupt:
             raise fail("interrupted; rerun the same command to resume (training: with --resume)", 130) from None
+        except RuntimeError as err:
+            if not lost_peer(err):
+                raise
+            raise fail(lost_peer_message(err), 1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# What gloo and NCCL say when another process of the group died (killed, out of memory, its machine gone).
+_PEER_WORDS = re.compile(r"connection (reset|closed|refused)|broken pipe|socket timeout|timed out|nccl|gloo", re.I)
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective of a multi-process job (torchrun) that failed because another
+    process of the job is gone: each surviving rank then printed a 60-line traceback of its own."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
+        return False
+    dist = sys.modules.get("torch.distributed")
+    dist_error = getattr(dist, "DistError", None) if dist is not None else None
+    return (isinstance(dist_error, type) and isinstance(err, dist_error)) or bool(_PEER_WORDS.search(str(err)))
+
+
+def lost_peer_message(err: BaseException) -> str:
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:160]  # gloo's [source.cc:line] prefix
+    rank, size = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+    return (
+        f"rank {rank} of {size}: another process of this job stopped ({first}); its own output says why. "
+        "Checkpoints and finished parts are kept: rerun the same torchrun command to resume (training: with --resume)"
+    )
 
 
 def not_yet(command: str, issue: str) -> typer.Exit:

@@ -36,6 +36,7 @@ from spkemb.cli.params import (
     Resume,
     Rir,
     Seed,
+    Speed,
     Workers,
 )
 from spkemb.cli.training import run_training, training_overrides
@@ -64,6 +65,7 @@ def finetune(
     lr: Lr = None,
     noise: Noise = None,
     rir: Rir = None,
+    speed: Speed = None,
     workers: Workers = None,
     device: Device = None,
     precision: PrecisionOpt = None,
@@ -75,7 +77,9 @@ def finetune(
     """Finetune a speaker encoder on labels: the manifest's speakers, or --labels from spkemb cluster.
 
     Writes config.yaml, checkpoints/, metrics.jsonl (loss, acc, margin, lr, gate_*), classes.txt and
-    encoder.pt, so `spkemb extract` works on the folder unchanged. Ctrl-C checkpoints and prints the
+    encoder.pt, so `spkemb extract` works on the folder unchanged. With --speed each speed factor is a
+    class of its own (x3 speakers, as the Kaldi and WeSpeaker recipes; --method-opt
+    speed_as_speaker=false keeps the speaker's class). Ctrl-C checkpoints and prints the
     resume command; `torchrun --nproc_per_node N -m spkemb finetune ...` trains with DDP.
     Compute threads: one per core, or OMP_NUM_THREADS; jobs sharing a machine should together use
     at most its cores (two 2-thread jobs on 2 cores ran 7x slower than one), and a notice says
@@ -87,9 +91,9 @@ def finetune(
     from spkemb.train.config import load_config
     from spkemb.train.finetune import finetune_config, run_finetune
 
-    cfg = finetune_config(load_config(config) if config else {}, overrides, init=init, source=config)
-    utts = read_manifest(manifest)
+    utts = read_manifest(manifest)  # the inputs before the policy (an unbounded run): a missing file is named
     label_map = read_labels(labels) if labels else None
+    cfg = finetune_config(load_config(config) if config else {}, overrides, init=init, source=config)
     summary = run_training(
         lambda reporter: run_finetune(
             utts,

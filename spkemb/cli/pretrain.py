@@ -84,8 +84,8 @@ def pretrain(
     from spkemb.train.config import load_config
     from spkemb.train.pretrain import pretrain_config, run_pretrain
 
+    utts = read_manifest(manifest)  # the inputs before the policy (an unbounded run): a missing file is named
     cfg = pretrain_config(load_config(config) if config else {}, overrides, source=config)
-    utts = read_manifest(manifest)
     summary = run_training(lambda reporter: run_pretrain(utts, cfg, output, reporter=reporter))
     if summary is None:
         return  # under torchrun only rank 0 reports

@@ -82,7 +82,7 @@ def spectral(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Labels and details (``p_neighbours``, ``estimated_clusters``, ``eigengap``)."""
     n = len(x)
-    if n <= 2 or n_clusters == 1:
+    if n <= 2 or n_clusters in (1, n):  # one cluster, or each embedding its own: no graph to cut
         k = n if n_clusters is None else n_clusters
         return (np.arange(n) if k == n else np.zeros(n, dtype=np.int64)), {"p_neighbours": None}
     max_k = min(max_clusters, n - 1)

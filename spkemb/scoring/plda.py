@@ -34,6 +34,8 @@ __all__ = ["ENCODER_KEYS", "Plda", "PldaOptions"]
 FORMAT = "spkemb-plda-v1"
 ENCODER_KEYS = ("checkpoint_sha256", "encoder_config")  # store attributes that name the encoder
 _ARRAYS = ("lda_mean", "lda", "whiten", "center", "mu", "between", "within")
+_ATTR_CHARS = 1 << 20  # longest encoder attribute read from a model file
+_DEGENERATE = 1e-10  # relative singular value / covariance ratio below which a model scores all trials alike
 
 
 @dataclass(frozen=True)
@@ -156,13 +158,22 @@ class Plda:
         p = Path(path)
         if not p.is_file():
             raise InputError("no such PLDA model", path)
+        with open(p, "rb") as f:
+            magic = f.read(6)
+        if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
+            raise InputError("not a spkemb PLDA model (not an .npz archive)", path)
         try:
-            with np.load(p, allow_pickle=False) as z:
-                if "format" not in z.files or str(z["format"]) != FORMAT:
+            loaded = np.load(p, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a lone .npy array
+                raise InputError("not a spkemb PLDA model (a .npy array, not an .npz archive)", path)
+            with loaded as z:
+                if "format" not in z.files or _text_size(z, "format") > len(FORMAT) or str(z["format"]) != FORMAT:
                     raise InputError("not a spkemb PLDA model (.npz without format 'spkemb-plda-v1')", path)
-                _check_shapes(_header_shapes(z, path), dim, path)
+                _check_shapes(_header_shapes(z, _ARRAYS, path), dim, path)
                 arrays: dict[str, Any] = {k: np.asarray(z[k], dtype=np.float64) for k in _ARRAYS}
-                encoder = {k: _attr(k, str(z[k])) for k in ENCODER_KEYS if k in z.files and z[k].size < 1 << 20}
+                encoder = {
+                    k: _attr(k, str(z[k])) for k in ENCODER_KEYS if k in z.files and _text_size(z, k) < _ATTR_CHARS
+                }
                 model = cls(**arrays, encoder=encoder)
         except InputError:
             raise
@@ -172,11 +183,20 @@ class Plda:
         return model
 
 
-def _header_shapes(z: Any, path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
-    """``name -> (shape, dtype)`` of the model's arrays, from their ``.npy`` headers alone."""
+def _text_size(z: Any, key: str) -> int:
+    """Characters in the string array ``key`` per its header (a forged header cannot make it be read:
+    anything but a small text array counts as too big)."""
+    shape, dtype = _header_shapes(z, (key,), "")[key]
+    if dtype.kind not in "US" or shape != ():
+        return 1 << 62
+    return int(dtype.itemsize) // (4 if dtype.kind == "U" else 1)
+
+
+def _header_shapes(z: Any, keys: tuple[str, ...], path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """``name -> (shape, dtype)`` of the arrays ``keys``, from their ``.npy`` headers alone."""
     fmt = np.lib.format
     out = {}
-    for key in _ARRAYS:
+    for key in keys:
         if key not in z.files:
             raise InputError(f"not a complete PLDA model (no array {key!r})", path)
         with z.zip.open(f"{key}.npy") as f:
@@ -230,6 +250,22 @@ def _check_values(model: Plda, path: str | Path) -> None:
                 f"(smallest eigenvalue {evals.min():.3g})",
                 path,
             )
+    # A model that maps every embedding to (nearly) one point, or whose speaker covariance vanishes
+    # against the noise, scores every trial the same: refused rather than an EER of 50 %.
+    sv = np.linalg.svd(model.lda @ model.whiten, compute_uv=False)
+    if not sv.min() > _DEGENERATE * sv.max():
+        raise InputError(
+            f"not a usable PLDA model: its projection (lda @ whiten) has rank below {len(sv)} "
+            f"(singular values {sv.max():.3g} .. {sv.min():.3g}), so embeddings differing there score the same",
+            path,
+        )
+    psi = np.linalg.eigvalsh(np.linalg.solve(model.within, model.between))
+    if not psi.max() > _DEGENERATE:
+        raise InputError(
+            f"not a usable PLDA model: the between-speaker covariance is ~0 against the within-speaker one "
+            f"(largest ratio {psi.max():.3g}), so every trial would get the same score",
+            path,
+        )
 
 
 def _attr(key: str, text: str) -> Any:

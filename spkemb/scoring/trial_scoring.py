@@ -104,6 +104,29 @@ class ScoredTrials:
         return out
 
 
+def _check_finite_rows(
+    vectors: np.ndarray, ids: list[str], used: tuple[np.ndarray, ...] | None, what: str, source: str | None
+) -> None:
+    """Name the first non-finite embedding among the rows ``used`` (all when None) by its id: its
+    scores would be NaN, or (in a cohort) every normalised score would."""
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if not bad.any():
+        return
+    if used is not None:
+        mask = np.zeros_like(bad)
+        for rows in used:
+            mask[rows[bad[rows]]] = True
+        bad = mask
+    rows_bad = np.flatnonzero(bad)
+    if len(rows_bad):
+        row = int(rows_bad[0])
+        raise InputError(
+            f"the {what} of {ids[row]!r} (row {row + 1}) is not finite (NaN or infinite); "
+            f"{len(rows_bad)} {'is' if len(rows_bad) == 1 else 'are'} used here",
+            source,
+        )
+
+
 def _space(vectors: np.ndarray, backend: str, plda: Plda | None) -> ScoreSpace:
     return plda.space(vectors) if backend == "plda" and plda is not None else ScoreSpace.cosine(vectors)
 
@@ -142,6 +165,9 @@ def score_trials(
             f"{vectors.shape[1]}-d embeddings"
         )
     enroll_idx, test_idx, keep, missing = resolve_rows(table, store.ids, options.skip_missing, source=source)
+    _check_finite_rows(vectors, store.ids, (enroll_idx, test_idx), "embedding", source)
+    if coh is not None and cohort is not None:
+        _check_finite_rows(coh, cohort.ids, None, "cohort embedding", cohort_source)
     if options.norm in EMBEDDING_NORMS:
         normalizer = Normalizer.fit(coh if coh is not None else vectors, options.norm)
         vectors = normalizer.apply(vectors)

@@ -35,6 +35,13 @@ def pretrain_config(
     return merge_config(file_cfg, overrides, source=source)
 
 
+RANDOM_FRONTEND = (
+    "{encoder}: no --frontend-weights, so its WavLM frontend is RANDOM and this run trains it from scratch "
+    "(far more data and time than starting from a pretrained one). To start from a pretrained WavLM, stop and "
+    "give --frontend-weights PATH (a torchaudio state dict or a Hugging Face folder)"
+)
+
+
 def build_encoder_from(cfg: TrainConfig, reporter: Reporter | None = None) -> nn.Module:
     """The configured encoder; an encoder that loaded pretrained parts (``frontend_loaded``, e.g.
     wavlm-mhfa's ``frontend_weights``) has that line shown through ``reporter``."""
@@ -102,6 +109,8 @@ def run_pretrain(
     seed_everything(cfg.seed)  # initial weights (and heads, queues) follow the seed
     prepare_cpu(cfg)
     encoder = build_encoder_from(cfg, reporter)
+    if hasattr(encoder, "frontend_loaded") and encoder.frontend_loaded is None and reporter is not None:
+        reporter.message(RANDOM_FRONTEND.format(encoder=cfg.encoder), warning=True)
     sr = int(getattr(encoder, "sample_rate"))  # noqa: B009
     method = build_method(cfg.method, encoder, typed.method)
     assert isinstance(typed.data, DataOptions)
