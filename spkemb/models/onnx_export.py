@@ -24,11 +24,11 @@ the exporter can write; ``torch.stft``'s complex output it cannot). After writin
 runs the file in onnxruntime on another batch and length and refuses (nothing left at ``-o``) when
 any embedding's cosine to torch's is below :data:`MIN_COSINE`.
 
-The imported peers' encoders are refused before tracing (:class:`InputError`, one line): those on the
-Kaldi fbank front-end (:mod:`spkemb.models.kaldi_fbank`: ``campplus``, ``eres2net``, ``wespeaker-resnet``,
-``wespeaker-ecapa``) run each utterance on its own frames in a Python loop through ``kaldi.fbank``'s
-real FFT, and ``speechbrain-ecapa``'s front-end is a centred complex STFT; the tracer records neither
-with dynamic batch and time axes.
+``speechbrain-ecapa``'s centred STFT is traced the same way (zero padding, then the DFT convolution).
+The encoders on the Kaldi fbank front-end (:mod:`spkemb.models.kaldi_fbank`: ``campplus``, ``eres2net``,
+``wespeaker-resnet``, ``wespeaker-ecapa``, the WeSpeaker and 3D-Speaker imports) are refused before
+tracing (:class:`InputError`, one line): they run each utterance on its own frames in a Python loop
+through ``kaldi.fbank``'s real FFT, which the tracer cannot record with dynamic batch and time axes.
 """
 
 from __future__ import annotations
@@ -91,6 +91,51 @@ def session(path: str | Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
+def _dft_basis(n_fft: int, win: int, window: torch.Tensor) -> torch.Tensor:
+    """(2F, 1, n_fft) cosine and minus-sine rows times the window (centred in n_fft, as torch.stft does)."""
+    full = torch.zeros(n_fft, dtype=torch.float64)
+    left = (n_fft - win) // 2
+    full[left : left + win] = window.double()
+    k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
+    n = torch.arange(n_fft, dtype=torch.float64)[None]
+    angle = 2 * torch.pi * k * n / n_fft
+    return torch.cat([torch.cos(angle) * full, -torch.sin(angle) * full]).float()[:, None, :]
+
+
+class _DftSpeechBrainFbank(nn.Module):
+    """:class:`~spkemb.models.speechbrain_ecapa.SpeechBrainFbank` with its centred (zero-padded) STFT as a
+    DFT convolution; the rest of its forward (mel filters, dB, top_db clip, sentence mean) unchanged."""
+
+    def __init__(self, fbank: Any) -> None:
+        super().__init__()
+        self.fbank = fbank
+        self.register_buffer("basis", _dft_basis(fbank.n_fft, fbank.win, fbank.window), persistent=False)
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        from spkemb.features import frame_mask
+        from spkemb.models.speechbrain_ecapa import AMIN
+
+        fb = self.fbank
+        wav = wav.float()
+        pad = fb.n_fft // 2  # torch.stft(center=True, pad_mode="constant")
+        x = nn.functional.pad(wav, (pad, pad)).unsqueeze(1)
+        basis: torch.Tensor = self.basis  # type: ignore[assignment]  # a registered buffer
+        y = nn.functional.conv1d(x, basis, stride=fb.hop)  # (B, 2F, T)
+        n_freq = basis.shape[0] // 2
+        re, im = y[:, :n_freq], y[:, n_freq:]
+        power = (re * re + im * im).transpose(1, 2)  # (B, T, F)
+        db = 10.0 * torch.log10(torch.clamp(power @ fb.filters, min=AMIN))
+        B, T, _ = db.shape
+        full = torch.full((B,), T, dtype=torch.long, device=wav.device)
+        frames = full if lengths is None else fb.frames(lengths.to(wav.device)).clamp(max=T)
+        valid = frame_mask(frames, T).unsqueeze(2)
+        peak = db.masked_fill(~valid, float("-inf")).amax(dim=(1, 2)) - fb.top_db
+        db = torch.maximum(db, peak.view(B, 1, 1))
+        n = frames.to(db.dtype).view(B, 1, 1)
+        mean = (db * valid).sum(dim=1, keepdim=True) / n
+        return (db - mean) * valid, frames
+
+
 class _DftSpectrogram(nn.Module):
     """torchaudio's ``Spectrogram`` (no centring, no padding, one-sided, power 1 or 2) as a strided
     convolution with a windowed DFT basis: the same numbers as ``torch.stft`` (to float32 rounding), in
@@ -100,14 +145,7 @@ class _DftSpectrogram(nn.Module):
         super().__init__()
         n_fft, win, self.hop = int(spec.n_fft), int(spec.win_length), int(spec.hop_length)
         self.power = float(spec.power)
-        window = torch.zeros(n_fft, dtype=torch.float64)
-        left = (n_fft - win) // 2  # torch.stft centres a shorter window inside n_fft
-        window[left : left + win] = spec.window.double()
-        k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)[:, None]
-        n = torch.arange(n_fft, dtype=torch.float64)[None]
-        angle = 2 * torch.pi * k * n / n_fft
-        basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])  # (2F, n_fft)
-        self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
+        self.register_buffer("basis", _dft_basis(n_fft, win, spec.window), persistent=False)
         self.n_freq = n_fft // 2 + 1
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -176,10 +214,14 @@ def exportable(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(module, Fbank):  # its frame_lengths goes through torch.as_tensor, a constant to the tracer
             module.frame_lengths = functools.partial(_frame_lengths, module.win, module.hop)  # type: ignore[method-assign]
+    from spkemb.models.speechbrain_ecapa import SpeechBrainFbank
+
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, torchaudio.transforms.Spectrogram) and _replaceable(child):
                 setattr(parent, name, _DftSpectrogram(child))
+            elif isinstance(child, SpeechBrainFbank):
+                setattr(parent, name, _DftSpeechBrainFbank(child))
     return model
 
 
@@ -268,19 +310,12 @@ def _check(graph: nn.Module, path: Path, sr: int, threads: int | None) -> tuple[
 def _refuse_unexportable(model: nn.Module) -> None:
     """Refuse, before tracing, the encoders whose graph the tracer cannot record (:class:`InputError`)."""
     from spkemb.models.kaldi_fbank import KaldiFbank
-    from spkemb.models.speechbrain_ecapa import SpeechBrainFbank
 
-    name = getattr(model, "config", {}).get("name", type(model).__name__)
-    for module in model.modules():
-        if isinstance(module, KaldiFbank):
-            why = "Kaldi fbank front-end (one utterance at a time, kaldi.fbank's FFT)"
-        elif isinstance(module, SpeechBrainFbank):
-            why = "SpeechBrain Fbank front-end (a centred complex STFT)"
-        else:
-            continue
+    if any(isinstance(m, KaldiFbank) for m in model.modules()):
+        name = getattr(model, "config", {}).get("name", type(model).__name__)
         raise InputError(
-            f"ONNX export does not support {name}'s {why}: the tracer cannot record it; "
-            "extract with the encoder.pt itself",
+            f"ONNX export does not support {name}'s Kaldi fbank front-end (one utterance at a time, kaldi.fbank's "
+            "FFT): the tracer cannot record it; extract with the encoder.pt itself",
             getattr(model, "source", None),
         )
 
