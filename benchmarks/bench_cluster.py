@@ -150,6 +150,39 @@ def compare_kmeans(a: argparse.Namespace) -> None:
             print(json.dumps({**row, "load": [round(v, 1) for v in os.getloadavg()]}), flush=True)
 
 
+def compare_ahc(a: argparse.Namespace) -> None:
+    """Exact (full-matrix) against sparse (kNN-graph) AHC of centroid-like points: NMI between and vs truth.
+
+    The points stand for the first stage's centroids at the seed's ratios: 50,000 centroids of 5,994
+    speakers (8.3 per speaker), cut to 7,500 / 50,000 of their count. Each speaker has a unit centre and
+    its centroids lie about its centre with scale.py's per-speaker spread times ``--centroid-spread`` (a
+    centroid is the mean of a part of the speaker's cloud, so it sits part way out).
+    """
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+
+    from spkemb.cluster.algorithms import ahc
+
+    rng = np.random.default_rng(0)
+    n, dim = a.n, a.dim
+    n_spk = max(2, round(n * 5_994 / 50_000))
+    centres = rng.standard_normal((n_spk, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    spread = rng.uniform(0.6, 1.1, n_spk).astype(np.float32) / np.sqrt(dim) * a.centroid_spread
+    truth = rng.integers(n_spk, size=n)
+    x = centres[truth] + spread[truth, None] * rng.standard_normal((n, dim), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    k = max(2, round(n * 7_500 / 50_000))
+    labels: dict[str, np.ndarray] = {}
+    for kind in ("exact", "sparse"):
+        t0 = time.perf_counter()
+        labels[kind] = ahc(x, k, kind=kind)
+        row = {"part": "compare-ahc", "kind": kind, "n": n, "speakers": n_spk, "n_clusters": k}
+        row.update(seconds=round(time.perf_counter() - t0, 1), nmi_truth=round(nmi(truth, labels[kind]), 4))
+        print(json.dumps({**row, "load": [round(v, 1) for v in os.getloadavg()]}), flush=True)
+    between = round(nmi(labels["exact"], labels["sparse"]), 4)
+    print(json.dumps({"part": "compare-ahc", "n": n, "nmi_exact_vs_sparse": between}), flush=True)
+
+
 def real(a: argparse.Namespace) -> None:
     store = ROOT / "benchmarks/out/mfcc-stats.test.h5"
     if not store.is_file():
@@ -213,7 +246,12 @@ def main() -> None:
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--compare-kmeans", action="store_true", help="only: faiss / torch / sklearn k-means side by side")
     ap.add_argument("--compare-k", type=int, nargs="+", default=[1000, 5000])
+    ap.add_argument("--compare-ahc", action="store_true", help="only: exact vs sparse AHC of --n centroid-like points")
+    ap.add_argument("--centroid-spread", type=float, default=0.5, help="--compare-ahc: centroid spread / utterance's")
     a = ap.parse_args()
+    if a.compare_ahc:
+        compare_ahc(a)
+        return
     if a.compare_kmeans:
         compare_kmeans(a)
         return

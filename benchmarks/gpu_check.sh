@@ -16,6 +16,8 @@
 #      encoder with random weights (`pretrain --method none`), with the realtime factors, and the
 #      cosine between the fp32 and low-precision embeddings; `torchrun -m spkemb extract` (XNPROC ranks)
 #      against one process, and its rerun;
+#   5. on CUDA: `spkemb cluster --method two-stage` of a synthesised 1.09M x 192 store (50,000 -> 7,500),
+#      and of a 100k sample on CUDA against the CPU (NMI between the labelings);
 # Each step prints `PASS name seconds [note]`, `FAIL name rc=N seconds` plus the tail of its stderr, or
 # `SKIP name (why)`, and the script goes on. At the end: a summary table, summary.tsv, summary.json,
 # extract.tsv, console.log and logs.tar.gz (every step's stdout/stderr, each run's config.yaml and
@@ -437,6 +439,68 @@ if [ "$COMPILE" = 1 ]; then
     -o "$D/exp/pretrain-cel-bf16-compile" --config examples/configs/cel-cpu.yaml "${ENC[@]}" --compile \
     --precision bf16 "${COMMON[@]}"
 fi
+
+# ==== BEGIN clustering at scale (issue 18 items 1-2) =====================================================
+# A synthesised store of CLUSTER_N x 192 embeddings (default 1,092,009: VoxCeleb2, 5,994 speakers; written
+# by benchmarks/scale.py's synth_store), clustered with --method two-stage to the seed's 50,000 then 7,500
+# (scaled with N) on $DEVICE: its time, peak RSS and NMI against the true speakers. Then its first
+# CLUSTER_SAMPLE rows (default 100,000) are clustered on $DEVICE and on the CPU and compared (NMI between
+# the two labelings, at least 0.95). CUDA only: skipped on a CPU-only machine unless CLUSTER_SMOKE=1
+# (then CLUSTER_N defaults to 20,000 and CLUSTER_SAMPLE to 5,000, the mechanics only).
+if [ "$ON_CPU" = 1 ] && [ "${CLUSTER_SMOKE:-0}" != 1 ]; then
+  for s in cluster-synth cluster-scale cluster-sample-device cluster-sample-cpu cluster-device-vs-cpu; do
+    skip "$s" "the CUDA clustering check; CPU mode (CLUSTER_SMOKE=1 runs it small on the CPU)"
+  done
+else
+  if [ "$ON_CPU" = 1 ]; then CN=${CLUSTER_N:-20000}; CS=${CLUSTER_SAMPLE:-5000}; else
+    CN=${CLUSTER_N:-1092009}; CS=${CLUSTER_SAMPLE:-100000}; fi
+  C=$D/cluster
+  mkdir -p "$C"
+  counts() { awk -v n="$1" 'BEGIN { m = int(50000 * n / 1092009 + 0.5); k = int(7500 * n / 1092009 + 0.5);
+    printf "%d %d", (m < 2 ? 2 : m), (k < 2 ? 2 : k) }'; }
+  read -r CM CK <<<"$(counts "$CN")"
+  read -r SM SK <<<"$(counts "$CS")"
+  CHECK=check_stdout run_step cluster-synth - "$PY" -c '
+import sys, time
+sys.path.insert(0, sys.argv[5])
+import numpy as np
+from scale import synth_store
+from spkemb.embeddings.store import read_embeddings, write_embeddings
+t = time.perf_counter()
+n, k = int(sys.argv[2]), int(sys.argv[4])
+synth_store(sys.argv[1], n)
+e = read_embeddings(sys.argv[1])
+pick = np.random.default_rng(0).choice(n, size=min(k, n), replace=False)
+pick.sort()
+write_embeddings(sys.argv[3], [e.ids[i] for i in pick], e.vectors[pick], speakers=[e.speakers[i] for i in pick])
+print(f"{n} x {e.vectors.shape[1]} store and a {len(pick)}-row sample in {time.perf_counter() - t:.1f} s")' \
+    "$C/emb.h5" "$CN" "$C/sample.h5" "$CS" "$ROOT/benchmarks"
+  cluster_note() {  # the JSON summary of a cluster step as a note
+    "$PY" -c 'import json, sys
+s = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+keys = ("n_embeddings", "kmeans_clusters", "n_clusters", "kmeans", "kmeans_device")
+print("%s -> %s -> %s: %s k-means on %s" % tuple(s.get(k) for k in keys), end=", ")
+print("%s AHC, %.1f s %s, NMI %.4f" % (s["options"]["ahc"], s["seconds"], s["stage_seconds"], s["nmi"]))' \
+      "$WORK/logs/$1.out"
+  }
+  CDEV=$DEVICE
+  CHECK=cluster_note run_step cluster-scale "$C/emb.h5" /usr/bin/env SPKEMB_LOG_INTERVAL=10 "${SPK[@]}" cluster \
+    "$C/emb.h5" -o "$C/labels.tsv" --method two-stage --n-init-clusters "$CM" --n-clusters "$CK" --device "$CDEV" --json
+  CHECK=cluster_note run_step cluster-sample-device "$C/sample.h5" "${SPK[@]}" cluster "$C/sample.h5" \
+    -o "$C/sample-device.tsv" --method two-stage --n-init-clusters "$SM" --n-clusters "$SK" --device "$CDEV" --json
+  CHECK=cluster_note run_step cluster-sample-cpu "$C/sample.h5" "${SPK[@]}" cluster "$C/sample.h5" \
+    -o "$C/sample-cpu.tsv" --method two-stage --n-init-clusters "$SM" --n-clusters "$SK" --device cpu --json
+  CHECK=check_stdout run_step cluster-device-vs-cpu "$C/sample-device.tsv:$C/sample-cpu.tsv" "$PY" -c '
+import sys
+from sklearn.metrics import normalized_mutual_info_score
+from spkemb.data.labels import read_labels
+a, b = read_labels(sys.argv[1]), read_labels(sys.argv[2])
+ids = sorted(a)
+v = normalized_mutual_info_score([a[i] for i in ids], [b[i] for i in ids])
+print(f"NMI between the {sys.argv[3]} and the CPU labels of {len(ids)} embeddings: {v:.4f} (pass: >= 0.95)")
+sys.exit(0 if v >= 0.95 else 1)' "$C/sample-device.tsv" "$C/sample-cpu.tsv" "$CDEV"
+fi
+# ==== END clustering at scale ============================================================================
 
 # -- summary ---------------------------------------------------------------------------------------
 TOTAL=$(since "$T0")

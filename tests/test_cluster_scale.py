@@ -40,6 +40,21 @@ def test_torch_kmeans_agrees_with_sklearn_on_separable_data() -> None:
     assert cents.shape == (12, x.shape[1]) and details["kmeans"] == "torch"
 
 
+def test_kmeanspp_seeds_one_row_per_speaker_also_from_a_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Greedy k-means++ seeds distinct rows of x, one in each separated speaker, also when it seeds from
+    a sample of SEED_ROWS_PER_CLUSTER x k rows (forced here to 16 x 15 = 240 of 600 rows)."""
+    from spkemb.cluster import kmeans as km
+
+    x, truth = speakers(15, 40, noise=0.05)
+    rows = {tuple(r) for r in x.round(6)}
+    for per_cluster in (km.SEED_ROWS_PER_CLUSTER, 16):
+        monkeypatch.setattr(km, "SEED_ROWS_PER_CLUSTER", per_cluster)
+        seeds = km._seed(torch.from_numpy(x), 15, torch.Generator().manual_seed(3)).numpy()
+        assert len({tuple(r) for r in seeds.round(6)}) == 15 and {tuple(r) for r in seeds.round(6)} <= rows
+        nearest = (seeds @ x.T).argmax(1)  # each seed is a row of x: its own index
+        assert len(set(truth[nearest])) == 15
+
+
 def test_batching_gives_the_labels_of_one_batch() -> None:
     x, _ = speakers(10, 20, noise=0.3)
     whole, _, _ = torch_kmeans(x, 25, seed=4)

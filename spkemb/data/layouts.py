@@ -49,6 +49,7 @@ from pathlib import Path
 
 from spkemb.audio import AUDIO_EXTENSIONS, audio_info, verify_audio
 from spkemb.data.manifest import Utterance
+from spkemb.data.wav_header import wav_facts
 from spkemb.errors import InputError
 
 LAYOUTS = ("auto", "voxceleb", "librispeech", "cnceleb", "regex", "flat")
@@ -56,6 +57,7 @@ DEFAULT_WORKERS = 8
 HINT_MIN_SUBFOLDERS = 10  # a folder-speaker with this many folders of files below it, and ...
 HINT_MIN_SHARE = 0.25  # ... at least this share of all files, is likely a folder above the speakers
 _CHUNK = 4096
+_BATCH = 64  # headers one thread probes per future
 
 Problem = tuple[str, str]
 ProgressFn = Callable[[int, int], None]
@@ -240,6 +242,12 @@ def _regex_speaker(speaker_regex: str | None) -> Callable[[str], str]:
 
 def _probe(path: str, min_duration: float) -> tuple[int, float] | str:
     """(sample_rate, duration) from the header, or the problem as a string."""
+    facts = wav_facts(path) if path[-4:].lower() == ".wav" else None  # plain WAV: parsed here, 10x faster
+    if facts is not None:
+        rate, frames, _ = facts
+        if frames / rate < min_duration:
+            return f"too short ({frames / rate:.3f} s < minimum {min_duration:g} s)"
+        return rate, frames / rate
     try:
         if os.path.getsize(path) == 0:
             return "empty file (0 bytes)"
@@ -266,11 +274,18 @@ def probe_headers(
         progress(0, total)
     if not paths:
         return out
+
+    def probe_batch(batch: Sequence[str]) -> list[tuple[int, float] | str]:
+        return [_probe(p, min_duration) for p in batch]
+
     with ThreadPoolExecutor(max_workers=max(1, min(workers, total))) as pool:
-        # In chunks, so that a million-file corpus does not queue a million futures at once.
+        # In chunks, so that a million-file corpus does not queue a million futures at once; each future
+        # probes a batch (a future per file cost more than the parsed WAV header itself)
         for first in range(0, total, _CHUNK):
-            for res in pool.map(lambda p: _probe(p, min_duration), paths[first : first + _CHUNK]):
-                out.append(res)
+            chunk = paths[first : first + _CHUNK]
+            batches = [chunk[i : i + _BATCH] for i in range(0, len(chunk), _BATCH)]
+            for res in pool.map(probe_batch, batches):
+                out.extend(res)
                 if progress:
                     progress(len(out), total)
     return out
