@@ -76,6 +76,10 @@ def extract_embeddings(
     if device.type == "cpu":
         tune_cpu_allocator()
     model = model.to(device).eval()
+    if opts.precision == "int8":  # (CPU only: refused above on CUDA)
+        from spkemb.models.quantize import quantize_int8
+
+        model = quantize_int8(model, torch.get_num_threads())
     opts = default_chunk(model, opts)
     dim = int(model.embed_dim)  # type: ignore[arg-type]  # an encoder's int attribute
     sample_rate = int(model.sample_rate)  # type: ignore[arg-type]

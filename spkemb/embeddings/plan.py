@@ -40,7 +40,9 @@ class ExtractOptions(Options):
     hop: float | None = opt(None, "hop between windows in seconds; none: the chunk length")
     vad: bool = opt(False, "drop low-energy frames before embedding")
     precision: str = opt(
-        "fp32", "numeric precision: bf16 autocast is fast on CPUs with AMX/AVX512-BF16 and on GPUs; fp16 is for CUDA"
+        "fp32",
+        "numeric precision: bf16 autocast is fast on CPUs with AMX/AVX512-BF16 and on GPUs; fp16 is for CUDA; "
+        "int8 (CPU only) runs the encoder's matrix products in dynamic int8 through onnxruntime",
     )
     device: str = opt(
         "auto", "device (auto, cpu, cuda, cuda:N); under torchrun on CUDA each rank takes cuda:LOCAL_RANK"
