@@ -76,7 +76,8 @@ def extract_embeddings(
     if device.type == "cpu":
         tune_cpu_allocator()
     model = model.to(device).eval()
-    if opts.precision == "int8":  # (CPU only: refused above on CUDA)
+    if opts.precision == "int8" and getattr(model, "config", {}).get("runtime") != "onnxruntime-int8":
+        # (CPU only: refused above on CUDA; an encoder quantise_int8 made is used as it is)
         from spkemb.models.quantize import quantize_int8
 
         model = quantize_int8(model, torch.get_num_threads())
