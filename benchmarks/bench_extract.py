@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -145,6 +146,19 @@ def run_once(
     return row, read_embeddings(res.path).vectors
 
 
+def speechbrain_speed(exe: str, files: list[str], channels: int, threads: int) -> dict[str, Any]:
+    """SpeechBrain's pipeline at batch 1, in its own venv and process (benchmarks/sb_pipeline_speed.py)."""
+    cfg = json.dumps({"files": files, "channels": channels, "threads": threads, "repeats": 2})
+    script = str(Path(__file__).resolve().parent / "sb_pipeline_speed.py")
+    try:
+        res = subprocess.run([exe, script, cfg], capture_output=True, text=True, timeout=1200)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return {"skipped": str(err)}
+    if res.returncode != 0:
+        return {"skipped": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"}
+    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -152,6 +166,11 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=512)
     ap.add_argument("--limit", type=int, default=100, help="utterances of test-other to use")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument(
+        "--peer-python",
+        default=os.environ.get("SPKEMB_SB_PYTHON", "/work/venvs/sb/bin/python"),
+        help="SpeechBrain 1.1.2's venv python, for its batch-1 pipeline as the outside reference ('' skips it)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     before = machine()
@@ -203,6 +222,12 @@ def main() -> None:
             entry["cosine_to_fp32_min"] = round(float(cos.min()), 5)
         report["precisions"][prec] = entry
         print(f"{prec}: " + ", ".join(f"{k} {v:.2f}" for k, v in best.items()), file=sys.stderr)
+    if a.peer_python:
+        peer = speechbrain_speed(a.peer_python, [str(u.path) for u in utts], a.channels, a.threads)
+        report["speechbrain_batch1"] = peer
+        if peer.get("audio_s_per_s"):
+            for entry in report["precisions"].values():
+                entry["x_speechbrain"] = round(entry["extract_audio_s_per_s"] / peer["audio_s_per_s"], 2)
     report["load_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=1))
 
