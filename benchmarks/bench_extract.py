@@ -207,12 +207,15 @@ def main() -> None:
         best = min(rows[prec], key=lambda r: r["wall"])
         peak = matmul_gflops(dtypes[prec])
         fwd_speed = audio / best["forward"]
+        alone = forward_alone(models[prec], prec)
         entry = {
             "stages_s": {k: round(v, 3) for k, v in best.items()},
             "extract_audio_s_per_s": round(audio / best["wall"], 1),
             "forward_in_extract_audio_s_per_s": round(fwd_speed, 1),
-            "forward_alone_8x6s_audio_s_per_s": round(forward_alone(models[prec], prec), 1),
+            "forward_alone_8x6s_audio_s_per_s": round(alone, 1),
             "pipeline_over_forward": round(best["pipeline"] / best["forward"], 3),
+            # all that extract adds to the unpadded forward, padding waste included
+            "wall_over_forward_alone_minus_1": round(best["wall"] * alone / audio - 1, 3),
             "matmul_4096_gflops": round(peak, 1),
             "forward_fraction_of_matmul_peak": round(fwd_speed * gflop_per_audio_s / peak, 3),
         }
