@@ -7,10 +7,10 @@ import os
 
 import torch
 
-from spkemb.choices import PRECISIONS, is_device_spec
+from spkemb.choices import EXTRACT_PRECISIONS, PRECISIONS, is_device_spec
 from spkemb.errors import InputError
 
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -37,9 +37,16 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
-def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision not in PRECISIONS:
-        raise InputError(f"--precision {precision}: choose {', '.join(PRECISIONS)}")
+def check_precision(precision: str, device: torch.device, choices: tuple[str, ...] = PRECISIONS) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` (None: none), or an InputError where ``device`` cannot run it.
+    int8 (extraction only: ``choices`` = EXTRACT_PRECISIONS) needs no autocast: the encoder is quantised."""
+    if precision not in choices:
+        raise InputError(f"--precision {precision}: choose {', '.join(choices)}")
+    if precision == "int8" and device.type != "cpu":
+        raise InputError(
+            f"--precision int8 runs on the CPU only (onnxruntime's dynamic int8), not on {device}; "
+            "use --device cpu, or bf16/fp16 on CUDA"
+        )
     if precision == "fp16" and device.type == "cpu":
         raise InputError("--precision fp16 needs a CUDA device; on the CPU use bf16 (fast with AMX/AVX512-BF16)")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -48,8 +55,8 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """An autocast region for bf16/fp16, or a null context for fp32."""
-    dtype = check_precision(precision, device)
+    """An autocast region for bf16/fp16, or a null context for fp32 (and int8, whose encoder is quantised)."""
+    dtype = check_precision(precision, device, EXTRACT_PRECISIONS)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -17,7 +17,8 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from spkemb.cli.common import Precision, busy_notice, complete_device, console, fail, guarded, print_json, progress
+from spkemb.cli.common import busy_notice, complete_device, console, fail, guarded, print_json, progress
+from spkemb.cli.params import ExtractPrecision
 from spkemb.embeddings.job import ExtractJob
 from spkemb.embeddings.plan import ExtractOptions
 from spkemb.errors import InputError
@@ -61,7 +62,9 @@ def extract(
     chunk: float | None = typer.Option(E.chunk, metavar="S", help=_help(E, "chunk")),
     hop: float | None = typer.Option(E.hop, metavar="S", help=_help(E, "hop")),
     vad: bool = typer.Option(E.vad, "--vad", help=_help(E, "vad")),
-    precision: Precision = typer.Option(Precision(E.precision), case_sensitive=False, help=_help(E, "precision")),
+    precision: ExtractPrecision = typer.Option(
+        ExtractPrecision(E.precision), case_sensitive=False, help=_help(E, "precision")
+    ),
     device: str = typer.Option(
         E.device, metavar="[auto|cpu|cuda|cuda:N]", autocompletion=complete_device, help=_help(E, "device")
     ),

@@ -20,11 +20,12 @@ from typing import Annotated, Any
 
 import typer
 
-from spkemb.choices import DEVICE_CHOICES, PRECISIONS
+from spkemb.choices import DEVICE_CHOICES, EXTRACT_PRECISIONS, PRECISIONS
 from spkemb.discover import literal_choices, option_defaults
 from spkemb.train.config import TrainConfig
 
 __all__ = [
+    "ExtractPrecision",
     "Precision",
     "LOSSES",
     "complete_device",
@@ -45,6 +46,8 @@ LOSSES = literal_choices("methods/supervised.py", "Loss")
 
 #: ``--precision`` choices, from :mod:`spkemb.choices`
 Precision = StrEnum("Precision", {p: p for p in PRECISIONS})  # type: ignore[misc]
+#: ``extract --precision`` choices (int8 too)
+ExtractPrecision = StrEnum("ExtractPrecision", {p: p for p in EXTRACT_PRECISIONS})  # type: ignore[misc]
 
 #: command parameters whose option field has another name (``--workers`` sets ``num_workers``)
 PARAM_FIELDS = {

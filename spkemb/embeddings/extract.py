@@ -6,8 +6,10 @@ The checks that come before any work (:mod:`spkemb.embeddings.plan`, torch-free)
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +18,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from spkemb.data.manifest import Utterance
-from spkemb.data.utterances import ListBatchSampler, UtteranceDataset, bucket_batches, collate
-from spkemb.embeddings.plan import ExtractOptions, check_outputs, parse_shard, shard_rows, utterances_digest
+from spkemb.data.utterances import Batch, ListBatchSampler, UtteranceDataset, collate
+from spkemb.embeddings.plan import (
+    ExtractOptions,
+    check_outputs,
+    padded_batches,
+    parse_shard,
+    shard_rows,
+    utterances_digest,
+)
 from spkemb.embeddings.store import StoreWriter
 from spkemb.errors import InputError
 from spkemb.runtime import autocast, resolve_device, tune_cpu_allocator, worker_init
@@ -67,6 +76,11 @@ def extract_embeddings(
     if device.type == "cpu":
         tune_cpu_allocator()
     model = model.to(device).eval()
+    if opts.precision == "int8" and getattr(model, "config", {}).get("runtime") != "onnxruntime-int8":
+        # (CPU only: refused above on CUDA; an encoder quantise_int8 made is used as it is)
+        from spkemb.models.quantize import quantize_int8
+
+        model = quantize_int8(model, torch.get_num_threads())
     opts = default_chunk(model, opts)
     dim = int(model.embed_dim)  # type: ignore[arg-type]  # an encoder's int attribute
     sample_rate = int(model.sample_rate)  # type: ignore[arg-type]
@@ -90,16 +104,20 @@ def extract_embeddings(
         durations = [_effective_seconds(utts[i].duration, opts) for i in todo]
         workers = opts.workers if opts.workers is not None else (0 if device.type == "cpu" else 4)
         dataset = UtteranceDataset(utts, todo, sample_rate, opts.chunk, opts.hop, opts.vad)
-        batches = bucket_batches(durations, opts.batch_seconds, opts.max_batch)
-        loader = DataLoader(
-            dataset,
-            batch_sampler=ListBatchSampler(batches),
-            collate_fn=collate,
-            num_workers=workers,
-            worker_init_fn=worker_init if workers else None,
-            pin_memory=device.type == "cuda",
-            prefetch_factor=4 if workers else None,
-        )
+        batches = padded_batches(durations, opts.batch_seconds, opts.max_batch)
+        loader: Iterable[Batch]
+        if workers:
+            loader = DataLoader(
+                dataset,
+                batch_sampler=ListBatchSampler(batches),
+                collate_fn=collate,
+                num_workers=workers,
+                worker_init_fn=worker_init,
+                pin_memory=device.type == "cuda",
+                prefetch_factor=4,
+            )
+        else:
+            loader = Prefetch(dataset, batches, pin=device.type == "cuda")
         written = writer.resumed
         with torch.inference_mode():
             for batch in loader:
@@ -128,6 +146,62 @@ def extract_embeddings(
         writer.close()
     problems = [(utts[r].path, err) for r, err in failed]
     return ExtractResult(path, written, writer.resumed, problems, audio, time.monotonic() - t0)
+
+
+class Prefetch:
+    """The batches of ``dataset`` (index lists ``batches``), in order, decoded and collated by one
+    thread ahead of the caller: the next ``depth`` batches are read while the encoder computes
+    (libsndfile decodes with the GIL released). An error in the thread is raised in the caller, and
+    leaving the loop early (an exception, Ctrl-C, ``break``) stops the thread."""
+
+    def __init__(self, dataset: UtteranceDataset, batches: list[list[int]], depth: int = 2, pin: bool = False) -> None:
+        self.dataset, self.batches, self.pin, self.depth = dataset, batches, pin, depth
+
+    def __iter__(self) -> Iterator[Batch]:
+        # (state per iteration, so that a second loop starts afresh)
+        q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+
+        def put(item: tuple[str, object]) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def run() -> None:
+            try:
+                for idx in self.batches:
+                    if stop.is_set():
+                        return
+                    batch = collate([self.dataset[i] for i in idx])
+                    if not put(("batch", batch.pin_memory() if self.pin else batch)):
+                        return
+            except BaseException as err:  # (handed to the consumer, which raises it)
+                put(("error", err))
+                return
+            put(("end", None))
+
+        thread = threading.Thread(target=run, name="spkemb-decode", daemon=True)
+        thread.start()
+        try:
+            while True:
+                kind, item = q.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    assert isinstance(item, BaseException)
+                    raise item
+                assert isinstance(item, Batch)
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def default_chunk(model: torch.nn.Module, opts: ExtractOptions) -> ExtractOptions:

@@ -40,7 +40,9 @@ class ExtractOptions(Options):
     hop: float | None = opt(None, "hop between windows in seconds; none: the chunk length")
     vad: bool = opt(False, "drop low-energy frames before embedding")
     precision: str = opt(
-        "fp32", "numeric precision: bf16 autocast is fast on CPUs with AMX/AVX512-BF16 and on GPUs; fp16 is for CUDA"
+        "fp32",
+        "numeric precision: bf16 autocast is fast on CPUs with AMX/AVX512-BF16 and on GPUs; fp16 is for CUDA; "
+        "int8 (CPU only) runs the encoder's matrix products in dynamic int8 through onnxruntime",
     )
     device: str = opt(
         "auto", "device (auto, cpu, cuda, cuda:N); under torchrun on CUDA each rank takes cuda:LOCAL_RANK"
@@ -61,6 +63,44 @@ class ExtractOptions(Options):
     def identity(self) -> dict:
         """What changes the embeddings (and so must match to resume)."""
         return {"chunk": self.chunk, "hop": self.hop, "vad": self.vad, "precision": self.precision}
+
+
+#: what one more batch costs, in padded audio-seconds of encoder work (the per-batch set-up: layer
+#: launches, small GEMM tails); :func:`padded_batches` weighs padding against it
+BATCH_OVERHEAD_SECONDS = 2.0
+
+
+def padded_batches(
+    durations: Sequence[float],
+    max_seconds: float = 120.0,
+    max_items: int = 64,
+    overhead: float = BATCH_OVERHEAD_SECONDS,
+) -> list[list[int]]:
+    """Indices grouped into batches of similar duration, longest first, each holding at most
+    ``max_seconds`` of padded audio (longest x count; a longer item goes alone) and ``max_items``
+    items, cut where padding plus ``overhead`` per batch is least (an exact dynamic programme over the
+    sorted durations). The greedy fill of :func:`~spkemb.data.utterances.bucket_batches` padded
+    test-other's 100 utterances by 14.5 % at 120 s per batch; this cuts where lengths drop."""
+    import numpy as np  # (numpy only: this module stays torch-free)
+
+    d = np.asarray(durations, dtype=float)
+    order = np.argsort(-d, kind="stable")
+    s = d[order]
+    n = len(s)
+    best = np.zeros(n + 1)
+    cut = np.zeros(n, dtype=np.int64)
+    for i in range(n - 1, -1, -1):
+        k = np.arange(1, min(max_items, n - i) + 1)
+        k = k[(k * s[i] <= max_seconds) | (k == 1)]
+        cost = k * s[i] + overhead + best[i + k]
+        j = int(np.argmin(cost))
+        best[i], cut[i] = cost[j], i + k[j]
+    batches: list[list[int]] = []
+    i = 0
+    while i < n:
+        batches.append([int(x) for x in order[i : cut[i]]])
+        i = int(cut[i])
+    return batches
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:

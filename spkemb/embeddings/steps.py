@@ -161,6 +161,7 @@ def extract_part(
     done = up_to_date(job, output, part, options, sha)
     if done is not None:
         return done
+    from spkemb.choices import EXTRACT_PRECISIONS
     from spkemb.embeddings.extract import extract_embeddings
     from spkemb.embeddings.onnx_runner import is_onnx_model, load_onnx_encoder
     from spkemb.models.io import describe_encoder, load_encoder
@@ -171,7 +172,7 @@ def extract_part(
         encoder: Any = load_onnx_encoder(job.model, options.precision, job.threads)
     else:
         encoder = load_encoder(job.model)
-    check_precision(options.precision, resolve_device(options.device))
+    check_precision(options.precision, resolve_device(options.device), EXTRACT_PRECISIONS)
     if on_notice:
         on_notice("ready", "")  # (after the checks: bad input is one line)
     info = describe_encoder(encoder)
