@@ -130,7 +130,7 @@ def main() -> None:
     if a.vs_speechbrain:
         from train_vs_speechbrain import main as vs_main
 
-        vs_main(rest + ["--steps", str(a.steps)] if "--steps" in sys.argv else rest)
+        vs_main([x for x in sys.argv[1:] if x != "--vs-speechbrain"])  # its own options (--channels: 512)
         return
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
