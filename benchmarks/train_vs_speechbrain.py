@@ -192,8 +192,12 @@ def compare(task: str, precision: str, peer: str, a: argparse.Namespace, data: P
     out: dict = {"crops_per_step": crops}
     for side in sides:
         med = statistics.median(side.times)
-        out[side.name] = {"median_s": round(med, 3), "min_s": round(min(side.times), 3), "crops_per_s": round(crops / med, 1),
-                          "steps_s": [round(t, 3) for t in side.times]}  # fmt: skip
+        out[side.name] = {
+            "median_s": round(med, 3),
+            "min_s": round(min(side.times), 3),
+            "crops_per_s": round(crops / med, 1),
+            "steps_s": [round(t, 3) for t in side.times],
+        }
     for name in argv:
         if name != "spkemb":
             out[f"spkemb_speedup_vs_{name}"] = round(out[name]["median_s"] / out["spkemb"]["median_s"], 2)
