@@ -2,6 +2,10 @@
 
     python benchmarks/bench_train.py [--methods moco simclr cel dino] [--steps 6] [--channels 256]
     python benchmarks/bench_train.py --levers [NAME ...] [--steps 10]
+    python benchmarks/bench_train.py --vs-speechbrain [--steps 6] [--warmup 2] [--peer-python PY]
+
+``--vs-speechbrain``: one training step of spkemb against SpeechBrain 1.1.2, side by side (see
+``train_vs_speechbrain.py``).
 
 For each method: optimiser steps of the real Trainer (bf16 autocast on the CPU, 1 worker) with and
 without noise augmentation; and the loader alone (0 and 2 workers), which must feed far more crops
@@ -121,7 +125,15 @@ def main() -> None:
         help=f"instead: one-at-a-time levers on CEL ({', '.join(LEVERS)}; none named = all)",
     )
     ap.add_argument("--lever", help=argparse.SUPPRESS)  # one lever, in a child process
-    a = ap.parse_args()
+    ap.add_argument("--vs-speechbrain", action="store_true", help="instead: a step against SpeechBrain's")
+    a, rest = ap.parse_known_args()
+    if a.vs_speechbrain:
+        from train_vs_speechbrain import main as vs_main
+
+        vs_main([x for x in sys.argv[1:] if x != "--vs-speechbrain"])  # its own options (--channels: 512)
+        return
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     torch.set_num_threads(a.threads)
     root = corpora_root()
     utts, _ = scan(root / "librispeech-samples" / "train-clean-100")

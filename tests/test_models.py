@@ -139,6 +139,27 @@ def test_ecapa_dense_layer_is_a_dilated_conv():
         torch.testing.assert_close(layer(x), ref, atol=1e-5, rtol=1e-5)
 
 
+def test_ecapa_dense_layer_trains_as_a_dilated_conv():
+    # With gradients, fp32 CPU products go through oneDNN (_OneDNNLinear); its backward must be conv1d's.
+    from spkemb.models import ecapa
+
+    torch.manual_seed(0)
+    layer = ecapa._Dense(6, 5, kernel=3, dilation=2).train()
+    x = torch.randn(2, 11, 6, requires_grad=True)
+    g = torch.randn(2, 11, 5)
+    w = layer.linear.weight.view(5, 3, 6).permute(0, 2, 1)  # (out, in, k)
+    ref = torch.relu(F.conv1d(x.transpose(1, 2), w, layer.linear.bias, padding=2, dilation=2)).transpose(1, 2)
+    ref_grads = torch.autograd.grad((ref * g).sum(), [x, layer.linear.weight, layer.linear.bias])
+    h = ecapa._linear(ecapa._shifted_taps(x, 3, 2), layer.linear.weight, layer.linear.bias, relu=True)
+    assert h.grad_fn is not None
+    via_onednn = "OneDNN" in type(h.grad_fn.next_functions[0][0]).__name__  # under the view back to (B, T, C)
+    assert via_onednn == (ecapa._LINEAR_POINTWISE is not None)
+    grads = torch.autograd.grad((h * g).sum(), [x, layer.linear.weight, layer.linear.bias])
+    torch.testing.assert_close(h, ref, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_ecapa_trains_with_lengths():
     model = build_encoder("ecapa", **SMALL["ecapa"]).train()
     wav = torch.randn(2, 8000) * 0.1

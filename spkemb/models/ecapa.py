@@ -33,20 +33,54 @@ from spkemb.options import Options, opt
 
 __all__ = ["ECAPA"]
 
-# --- fp32 inference on the CPU -------------------------------------------------------------------
+# --- fp32 on the CPU ------------------------------------------------------------------------------
 # PyTorch sends float32 matrix products to MKL, which on non-Intel CPUs runs at about half the speed
-# of oneDNN. When no gradient is needed (extraction, evaluation) the products go through oneDNN's
-# linear instead (the op behind torch.compile's CPU fusions), with the ReLU fused into it.
+# of oneDNN. The products go through oneDNN's linear instead (the op behind torch.compile's CPU
+# fusions), with the ReLU fused into it: directly when no gradient is needed (extraction,
+# evaluation), and in training through _OneDNNLinear, whose backward runs in oneDNN too.
 try:
     _LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
 except (AttributeError, RuntimeError):
     _LINEAR_POINTWISE = None
 
 
+def _onednn(a: Tensor, w: Tensor, bias: Tensor | None = None, relu: bool = False) -> Tensor:
+    """``a @ w.T + bias`` (then ReLU) of 2-D fp32 tensors through oneDNN (no autograd)."""
+    assert _LINEAR_POINTWISE is not None
+    return _LINEAR_POINTWISE(a, w, bias, "relu" if relu else "none", [], "")
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """fp32 ``linear`` (+ ReLU) on the CPU with oneDNN's GEMM forward and backward.
+
+    With gradients PyTorch sends fp32 products to MKL, which on non-Intel CPUs runs its AVX2 code at
+    about half oneDNN's speed; SpeechBrain's ``Conv1d`` layers run in oneDNN. The backward is the
+    same two products as ``F.linear``'s (grad_x = g W through oneDNN, grad_W = g^T x).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+        y = _onednn(x, w, bias, relu)
+        ctx.relu, ctx.has_bias = relu, bias is not None
+        ctx.save_for_backward(x, w, y if relu else None)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        x, w, y = ctx.saved_tensors
+        g = grads[0]
+        g = torch.ops.aten.threshold_backward(g, y, 0) if ctx.relu else g.contiguous()
+        gx = _onednn(g, w.t().contiguous()) if ctx.needs_input_grad[0] else None
+        # g^T x through oneDNN would need both (rows, C) operands transposed first: no faster than MKL
+        gw = g.t().mm(x) if ctx.needs_input_grad[1] else None
+        gb = g.sum(dim=0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb, None
+
+
 def _linear(
     x: Tensor, weight: Tensor, bias: Tensor | None = None, cols: int | None = None, relu: bool = False
 ) -> Tensor:
-    """``F.linear(x, weight[:, :cols], bias)`` (then ReLU), through oneDNN for fp32 CPU inference."""
+    """``F.linear(x, weight[:, :cols], bias)`` (then ReLU), through oneDNN for fp32 on the CPU."""
     global _LINEAR_POINTWISE
     w = weight if cols is None else weight[:, :cols]
     if (
@@ -54,12 +88,14 @@ def _linear(
         and x.dtype == torch.float32
         and w.dtype == torch.float32
         and x.device.type == "cpu"
-        and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
     ):
         try:
             x2 = x.reshape(-1, x.shape[-1]).contiguous()
-            y = _LINEAR_POINTWISE(x2, w.contiguous(), bias, "relu" if relu else "none", [], "")
+            if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+                y = _OneDNNLinear.apply(x2, w.contiguous(), bias, relu)
+            else:
+                y = _onednn(x2, w.contiguous(), bias, relu)
             return y.view(*x.shape[:-1], y.shape[-1])
         except RuntimeError as err:  # an unusual build: use the ordinary path from now on
             _LINEAR_POINTWISE = None
