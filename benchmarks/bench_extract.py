@@ -189,7 +189,7 @@ def main() -> None:
     gflop_per_audio_s = encoder_flops(ecapa) / 1e9
     models = {p: ecapa for p in a.precisions}
     if "int8" in a.precisions:
-        from spkemb.models.quantize import quantize_int8
+        from spkemb.embeddings.quantize import quantize_int8
 
         models["int8"] = quantize_int8(ecapa, a.threads)
     stages = Stages(ecapa)

@@ -9,7 +9,7 @@ from typing import Literal
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 #: ``extract --precision`` adds int8: dynamic int8 matrix products through onnxruntime, CPU only
-#: (:mod:`spkemb.models.quantize`); training has no int8
+#: (:mod:`spkemb.embeddings.quantize`); training has no int8
 EXTRACT_PRECISIONS: tuple[str, ...] = (*PRECISIONS, "int8")
 
 Optimizer = Literal["adamw", "sgd"]

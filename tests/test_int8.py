@@ -19,7 +19,7 @@ pytest.importorskip("onnx")
 
 
 def test_tiny_ecapa_int8_follows_fp32() -> None:
-    from spkemb.models.quantize import quantize_int8
+    from spkemb.embeddings.quantize import quantize_int8
 
     torch.manual_seed(0)
     model = build_encoder("ecapa", channels=32).eval()
@@ -51,7 +51,7 @@ class _FakeWavLM(nn.Module):
 
 
 def test_int8_refuses_wavlm_in_one_line() -> None:
-    from spkemb.models.quantize import quantize_int8
+    from spkemb.embeddings.quantize import quantize_int8
 
     with pytest.raises(InputError) as err:
         quantize_int8(_FakeWavLM())

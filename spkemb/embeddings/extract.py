@@ -78,7 +78,7 @@ def extract_embeddings(
     model = model.to(device).eval()
     if opts.precision == "int8" and getattr(model, "config", {}).get("runtime") != "onnxruntime-int8":
         # (CPU only: refused above on CUDA; an encoder quantise_int8 made is used as it is)
-        from spkemb.models.quantize import quantize_int8
+        from spkemb.embeddings.quantize import quantize_int8
 
         model = quantize_int8(model, torch.get_num_threads())
     opts = default_chunk(model, opts)

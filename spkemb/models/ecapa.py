@@ -89,6 +89,7 @@ def _linear(
         and w.dtype == torch.float32
         and x.device.type == "cpu"
         and not torch.is_autocast_enabled("cpu")
+        and not torch.jit.is_tracing()  # (ONNX export: the graph holds the plain linear)
     ):
         try:
             x2 = x.reshape(-1, x.shape[-1]).contiguous()
