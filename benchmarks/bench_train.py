@@ -78,16 +78,18 @@ def lever_speed(name: str, utts: list, steps: int) -> float:
     if name == "1-thread":
         torch.set_num_threads(1)
     if name == "untuned-allocator":
-        import spkemb.runtime
+        import spkemb.utils.runtime
 
-        spkemb.runtime.tune_cpu_allocator = lambda *a, **k: False
+        spkemb.utils.runtime.tune_cpu_allocator = lambda *a, **k: False
     if name == "allocator-trim-1g":  # the earlier setting: mmap and trim thresholds at 1 GiB
         import ctypes
 
-        import spkemb.runtime
+        import spkemb.utils.runtime
 
         libc = ctypes.CDLL("libc.so.6")
-        spkemb.runtime.tune_cpu_allocator = lambda *a, **k: bool(libc.mallopt(-3, 1 << 30) + libc.mallopt(-1, 1 << 30))
+        spkemb.utils.runtime.tune_cpu_allocator = lambda *a, **k: bool(
+            libc.mallopt(-3, 1 << 30) + libc.mallopt(-1, 1 << 30)
+        )
     return train_speed(utts, {**BASE, **LEVERS[name]}, steps, skip=4 if name == "compile" else 2)
 
 

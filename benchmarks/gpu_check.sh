@@ -248,7 +248,7 @@ def compare(ref: str, other: str) -> None:
 
 
 def dist_check(backend: str, device: str) -> None:
-    """What spkemb.distributed.setup does under torchrun with WORLD_SIZE > 1 (init_process_group with
+    """What spkemb.utils.distributed.setup does under torchrun with WORLD_SIZE > 1 (init_process_group with
     device_id on CUDA), then the collectives spkemb uses, in a world of one (torchrun's env)."""
     import torch
     import torch.distributed as dist
@@ -291,7 +291,7 @@ check_stdout() { tail -n 1 "$WORK/logs/$1.out"; }
 say "gpu_check: DEVICE=$DEVICE STEPS=$STEPS BATCH=$BATCH CHANNELS=${CHANNELS:-config} WORKERS=$WORKERS NPROC=$NPROC BUDGET=${BUDGET}s"
 say "gpu_check: WORK=$WORK RESULTS=$RESULTS PY=$PY ($(date -u +%FT%TZ), $(uname -n))"
 if [ "$ON_CPU" = 1 ]; then
-  say "gpu_check: CPU mode: fp16 steps are skipped (spkemb refuses fp16 without CUDA, spkemb/runtime.py:43);"
+  say "gpu_check: CPU mode: fp16 steps are skipped (spkemb refuses fp16 without CUDA, spkemb/utils/runtime.py:43);"
   say "           torchrun and the process-group check use gloo instead of NCCL; OMP_NUM_THREADS=$OMP_NUM_THREADS"
 fi
 if [ "$ON_CPU" = 0 ] && command -v nvidia-smi >/dev/null; then
@@ -363,14 +363,14 @@ for loss in aam aam+supcon-aam; do
 done
 
 # -- 3. torchrun ---------------------------------------------------------------------------------------
-# Under torchrun with WORLD_SIZE=1 spkemb joins no process group (spkemb/distributed.py:43 needs
+# Under torchrun with WORLD_SIZE=1 spkemb joins no process group (spkemb/utils/distributed.py:43 needs
 # WORLD_SIZE > 1) and trains without DDP (spkemb/train/trainer.py _wrap), so the torchrun steps check the
 # launch and LOCAL_RANK device choice only; dist-init brings up the backend spkemb would use
 # (NCCL on CUDA, as distributed.py:43-46 does, gloo on the CPU) and runs the collectives spkemb calls.
 # Two ranks cannot share one GPU under NCCL, so DDP itself needs a machine with 2 GPUs (NPROC=2).
 if [ "$NPROC" = 1 ]; then
   say "gpu_check: note: torchrun --nproc_per_node 1 sets WORLD_SIZE=1, and spkemb then joins no process group"
-  say "  (spkemb/distributed.py:43): no $BACKEND/DDP in the torchrun steps; dist-init checks $BACKEND directly"
+  say "  (spkemb/utils/distributed.py:43): no $BACKEND/DDP in the torchrun steps; dist-init checks $BACKEND directly"
 fi
 CHECK=check_stdout run_step "dist-init-$BACKEND" - "${TORCHRUN[@]}" "$WORK/helper.py" dist_check "$BACKEND" "$DEVICE"
 CHECK=check_train run_step torchrun-pretrain-cel-bf16 "$MAN" "${TORCHRUN[@]}" -m spkemb pretrain "$MAN" \

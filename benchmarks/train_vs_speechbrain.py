@@ -21,7 +21,7 @@ Each side is a separate long-lived process (spkemb's from this interpreter, Spee
 venv), set up and warmed up once; then the timed steps alternate between the sides one at a time
 (the order rotating every round), so all see the same machine load. SpeechBrain runs twice: with
 glibc's default allocator (as it runs out of the box) and with the allocator setting spkemb's CLI
-applies on the CPU (``spkemb.runtime.tune_cpu_allocator``), so that the ratio against the latter
+applies on the CPU (``spkemb.utils.runtime.tune_cpu_allocator``), so that the ratio against the latter
 holds the allocator fixed. The median step seconds of each side are reported.
 """
 
@@ -101,9 +101,9 @@ def spkemb_worker(task: str, precision: str, data_path: str, channels: int, thre
     from spkemb.methods import build_method
     from spkemb.methods.supervised import Supervised, SupervisedOptions
     from spkemb.models.registry import build_encoder
-    from spkemb.runtime import tune_cpu_allocator
     from spkemb.train.config import TrainConfig
     from spkemb.train.trainer import Trainer
+    from spkemb.utils.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()  # as `spkemb pretrain` / `finetune` do on the CPU
     torch.set_num_threads(threads)

@@ -2,7 +2,7 @@
 
 A name is looked up case-insensitively with ``_`` read as ``-`` (``MoCo``, ``wavlm_mhfa``). The
 built-ins are the modules of the registry's package that hold a ``@register_...("name")``
-decorator (found by :func:`spkemb.discover.declaring_modules`, which reads the source: the same
+decorator (found by :func:`spkemb.utils.discover.declaring_modules`, which reads the source: the same
 reading that gives the command line its names without importing torch); they are imported on the
 first lookup that needs them. Classes registered from outside the package join them.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Generic, TypeVar
 
-from spkemb.discover import declaring_modules
 from spkemb.errors import InputError
+from spkemb.utils.discover import declaring_modules
 
 __all__ = ["Registry", "normalise_name"]
 

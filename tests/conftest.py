@@ -18,3 +18,17 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("corpus")
     make_corpus(root, n_speakers=6, utts_per_speaker=4, seconds=(1.0, 2.0), sample_rate=16000, seed=0)
     return root
+
+
+TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark by place: ``tests/e2e/`` runs whole commands or scripts (``-m "not e2e"`` is the fast
+    inner loop); a test that starts several processes (gloo, torchrun) is ``ddp``."""
+    for item in items:
+        place = Path(item.path).relative_to(TESTS).parts
+        if place[0] == "e2e":
+            item.add_marker(pytest.mark.e2e)
+        if "ddp" in item.name or "torchrun" in item.name or "gloo" in item.name or place[-1] == "test_extract_ranks.py":
+            item.add_marker(pytest.mark.ddp)

@@ -8,7 +8,7 @@ applied). Each output is a fixed function of the seed, the source ``utt_id`` and
 skips the files already written and produces the same result with any number of workers. The
 options are kept in ``OUT/augment-options.json``; a rerun with other options is refused. The
 manifest and the record are written last, atomically; a failed run leaves the previous ones as they
-were. One run at a time writes a given OUT (:func:`spkemb.locking.output_lock`); a second is refused.
+were. One run at a time writes a given OUT (:func:`spkemb.utils.locking.output_lock`); a second is refused.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def run_offline(
 
     from spkemb.augment.chain import from_options
     from spkemb.data.manifest import read_manifest
-    from spkemb.locking import output_lock
+    from spkemb.utils.locking import output_lock
 
     record = options.record()
     utts = read_manifest(manifest) if isinstance(manifest, (str, Path)) else list(manifest)
@@ -198,7 +198,7 @@ def _write_all(
 def check_outputs(out: Path, manifest: str | Path | None, options: OfflineOptions) -> None:
     """Refuse an output folder whose files would replace the input manifest, or that is (or lies in)
     a noise or RIR folder (its audio would become noise); before anything is written."""
-    from spkemb.fileio import refuse_output_onto_inputs
+    from spkemb.utils.fileio import refuse_output_onto_inputs
 
     for name in (MANIFEST_FILE, RECORD_FILE, OPTIONS_FILE):
         refuse_output_onto_inputs(out / name, {"manifest": manifest})
@@ -275,7 +275,7 @@ def check_options(out: str | Path, record: dict[str, Any]) -> None:
 
 
 def _write_options(out: Path, record: dict[str, Any]) -> None:
-    from spkemb.fileio import atomic_write_text
+    from spkemb.utils.fileio import atomic_write_text
 
     path = out / OPTIONS_FILE
     if not path.is_file():
@@ -303,7 +303,7 @@ def read_records(path: str | Path, out: str | Path) -> dict[str, dict[str, Any]]
 
 
 def _write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    from spkemb.fileio import atomic_write_text
+    from spkemb.utils.fileio import atomic_write_text
 
     atomic_write_text(path, "".join(_dumps(r) + "\n" for r in records))
 
@@ -378,7 +378,7 @@ def task_rng(seed: int, utt_id: str, copy: int) -> np.random.Generator:
 def _process(job: tuple[dict[str, Any], int]) -> dict[str, Any]:
     """Augment one (utterance, copy) and write it atomically; return its record."""
     from spkemb.audio import load_audio, write_audio
-    from spkemb.fileio import sibling_path
+    from spkemb.utils.fileio import sibling_path
 
     t, seed = job
     sr = _WORKER["sample_rate"]

@@ -126,7 +126,7 @@ def cluster(
     from spkemb.cluster import ClusterOptions, cluster_store
     from spkemb.embeddings.store import read_embeddings
     from spkemb.errors import InputError
-    from spkemb.fileio import atomic_write_text, refuse_output_onto_inputs
+    from spkemb.utils.fileio import atomic_write_text, refuse_output_onto_inputs
 
     to_stdout = output is None or output == "-"
     if json_out and output == "-":

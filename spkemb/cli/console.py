@@ -30,9 +30,9 @@ console = _Console(stderr=True)
 
 def busy_notice(threads: int | None = None, option: str | None = "--threads") -> None:
     """One line when this run's compute threads would oversubscribe a busy machine (see
-    :mod:`spkemb.system`), naming how to give it fewer: ``option`` (when the command has one) or
+    :mod:`spkemb.utils.system`), naming how to give it fewer: ``option`` (when the command has one) or
     ``OMP_NUM_THREADS``. Under torchrun only rank 0 says it."""
-    from spkemb.system import oversubscription
+    from spkemb.utils.system import oversubscription
 
     if os.environ.get("RANK", "0") != "0":
         return

@@ -45,10 +45,10 @@ def export_model(
         raise InputError("already exists; --overwrite replaces it", onnx)
     if opset < 14:
         raise InputError(f"--opset {opset}: must be at least 14")
-    from spkemb.encoder_files import encoder_checksum
     from spkemb.models.io import load_encoder
     from spkemb.models.onnx_export import export_onnx
-    from spkemb.runtime import set_threads
+    from spkemb.utils.encoder_files import encoder_checksum
+    from spkemb.utils.runtime import set_threads
 
     set_threads(threads)
     encoder = load_encoder(model)

@@ -5,7 +5,7 @@ default, and the choices of ``--method``, ``--encoder``, ``--device``, ``--preci
 ``pretrain`` and ``finetune`` take these as ``max_steps: MaxSteps = None``. ``None`` means "not given":
 the config file's value, else the dataclass default, applies (:func:`spkemb.train.config.merge_config`).
 Defaults of option classes whose module imports torch are read from their source
-(:func:`spkemb.discover.option_defaults`), so that ``--help`` stays fast.
+(:func:`spkemb.utils.discover.option_defaults`), so that ``--help`` stays fast.
 
 :func:`command_flags` maps option fields to the flags of a command (the core's messages name
 fields; :func:`spkemb.cli.errors.guarded` shows flags).
@@ -20,9 +20,9 @@ from typing import Annotated, Any
 
 import typer
 
-from spkemb.choices import DEVICE_CHOICES, EXTRACT_PRECISIONS, PRECISIONS
-from spkemb.discover import literal_choices, option_defaults
 from spkemb.train.config import TrainConfig
+from spkemb.utils.choices import DEVICE_CHOICES, EXTRACT_PRECISIONS, PRECISIONS
+from spkemb.utils.discover import literal_choices, option_defaults
 
 __all__ = [
     "ExtractPrecision",
@@ -44,7 +44,7 @@ _SUPERVISED = option_defaults("methods/supervised.py", "SupervisedOptions")
 #: ``--loss`` choices, from the ``Loss`` type of :mod:`spkemb.methods.supervised`
 LOSSES = literal_choices("methods/supervised.py", "Loss")
 
-#: ``--precision`` choices, from :mod:`spkemb.choices`
+#: ``--precision`` choices, from :mod:`spkemb.utils.choices`
 Precision = StrEnum("Precision", {p: p for p in PRECISIONS})  # type: ignore[misc]
 #: ``extract --precision`` choices (int8 too)
 ExtractPrecision = StrEnum("ExtractPrecision", {p: p for p in EXTRACT_PRECISIONS})  # type: ignore[misc]
@@ -74,7 +74,7 @@ def shown(value: Any, what: str = "") -> str:
 
 def method_metavar(kind: str, extra: Sequence[str] = ()) -> str:
     """``[a|b|c]`` of the methods of ``kind``, read from the registry's declarations (no torch import)."""
-    from spkemb.discover import method_names
+    from spkemb.utils.discover import method_names
 
     return "[" + "|".join([*extra, *method_names(kind)]) + "]"
 
@@ -83,7 +83,7 @@ def complete_methods(kind: str, extra: Sequence[str] = ()) -> Callable[[str], li
     """Shell completion for a ``--method`` option."""
 
     def complete(incomplete: str) -> list[str]:
-        from spkemb.discover import method_names
+        from spkemb.utils.discover import method_names
 
         return [n for n in [*extra, *method_names(kind)] if n.startswith(incomplete)]
 
@@ -92,7 +92,7 @@ def complete_methods(kind: str, extra: Sequence[str] = ()) -> Callable[[str], li
 
 def complete_encoders(incomplete: str) -> list[str]:
     """Shell completion for ``--encoder``."""
-    from spkemb.discover import encoder_names
+    from spkemb.utils.discover import encoder_names
 
     return [n for n in encoder_names() if n.startswith(incomplete)]
 

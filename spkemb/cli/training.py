@@ -28,9 +28,9 @@ def resume_command() -> str:
 def run_training(job: Callable[[Any], dict[str, Any]]) -> dict[str, Any] | None:
     """Run a training ``job(reporter)``; leave the process group at the end. Returns the summary on
     rank 0 (``None`` on other ranks). An interrupt that checkpointed exits 130 with the resume command."""
-    from spkemb import distributed
     from spkemb.cli.report import CliReporter
     from spkemb.train.trainer import TrainingInterrupted
+    from spkemb.utils import distributed
 
     finished = False
     try:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from spkemb.choices import is_device_spec
 from spkemb.cluster.memory import available_bytes, exact_ahc_bytes, gib
 from spkemb.errors import InputError
 from spkemb.options import Options, opt
+from spkemb.utils.choices import is_device_spec
 
 METHODS = ("kmeans", "ahc", "two-stage", "spectral")
 NORMS = ("none", "mean", "standardize")
@@ -84,7 +84,7 @@ class ClusterOptions(Options):
             kmeans = "torch"
         device = (self.device or "auto").strip().lower()
         if self.method in ("kmeans", "two-stage") and kmeans == "torch":
-            from spkemb.runtime import resolve_device  # torch: only where the k-means needs it
+            from spkemb.utils.runtime import resolve_device  # torch: only where the k-means needs it
 
             device = str(resolve_device(device))
         elif device == "auto" or kmeans == "sklearn":

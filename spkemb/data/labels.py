@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spkemb.errors import InputError
-from spkemb.fileio import atomic_write_text
+from spkemb.utils.fileio import atomic_write_text
 
 
 def read_labels(path: str | Path) -> dict[str, str]:

@@ -278,12 +278,14 @@ def probe_headers(
     def probe_batch(batch: Sequence[str]) -> list[tuple[int, float] | str]:
         return [_probe(p, min_duration) for p in batch]
 
+    # a batch per future, smaller for a small corpus so that its progress still moves file by file
+    size = max(1, min(_BATCH, total // (4 * max(1, workers))))
     with ThreadPoolExecutor(max_workers=max(1, min(workers, total))) as pool:
         # In chunks, so that a million-file corpus does not queue a million futures at once; each future
         # probes a batch (a future per file cost more than the parsed WAV header itself)
         for first in range(0, total, _CHUNK):
             chunk = paths[first : first + _CHUNK]
-            batches = [chunk[i : i + _BATCH] for i in range(0, len(chunk), _BATCH)]
+            batches = [chunk[i : i + size] for i in range(0, len(chunk), size)]
             for res in pool.map(probe_batch, batches):
                 out.extend(res)
                 if progress:

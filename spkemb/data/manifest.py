@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from spkemb.errors import InputError
-from spkemb.fileio import atomic_write_text
+from spkemb.utils.fileio import atomic_write_text
 
 COLUMNS = ("utt_id", "path", "speaker", "duration", "sample_rate")
 SEGMENT_COLUMNS = ("start", "end")

@@ -121,7 +121,7 @@ def check_outputs(
     The manifest and the trial list must not be an input root, an ``exclude_speakers_of`` manifest,
     an existing folder or the same file; the Kaldi export folder must not be an input folder.
     """
-    from spkemb.fileio import refuse_output_onto_inputs, same_file
+    from spkemb.utils.fileio import refuse_output_onto_inputs, same_file
 
     inputs: list[tuple[str, str | Path | None]] = [("ROOT", r) for r in roots]
     inputs += [("--exclude-speakers-of", m) for m in exclude_speakers_of]

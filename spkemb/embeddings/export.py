@@ -11,7 +11,7 @@ import numpy as np
 from spkemb.data.manifest import atomic_write_text
 from spkemb.embeddings.store import EmbeddingSet
 from spkemb.errors import InputError
-from spkemb.fileio import sibling_path
+from spkemb.utils.fileio import sibling_path
 
 EXPORT_FORMATS = ("npy", "kaldi")
 

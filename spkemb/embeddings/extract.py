@@ -29,7 +29,7 @@ from spkemb.embeddings.plan import (
 )
 from spkemb.embeddings.store import StoreWriter
 from spkemb.errors import InputError
-from spkemb.runtime import autocast, resolve_device, tune_cpu_allocator, worker_init
+from spkemb.utils.runtime import autocast, resolve_device, tune_cpu_allocator, worker_init
 
 __all__ = [
     "ExtractOptions",

@@ -42,8 +42,8 @@ def run_extract(
 ) -> dict[str, Any]:
     """Run ``job`` with ``options``; return the summary (see the module's docstring)."""
     from spkemb.data.manifest import read_manifest
-    from spkemb.encoder_files import encoder_checksum
-    from spkemb.locking import output_lock
+    from spkemb.utils.encoder_files import encoder_checksum
+    from spkemb.utils.locking import output_lock
 
     options = options or ExtractOptions()
     check_outputs(job.output, job.model, job.manifest, job.merge, job.export)  # before anything is read

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from spkemb.errors import InputError
-from spkemb.fileio import sibling_path
+from spkemb.utils.fileio import sibling_path
 
 __all__ = ["write_kaldi_vectors", "read_kaldi_vectors", "import_embeddings", "read_utt2spk"]
 

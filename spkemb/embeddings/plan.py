@@ -3,7 +3,7 @@
 ``spkemb extract`` checks its inputs and outputs and whether the store at ``-o`` is already
 complete for the same encoder, utterances and options here, so that bad usage and an extraction
 with nothing to do return in a fraction of a second, not after the seconds torch takes to load.
-The encoder file rules (``encoder_path``, ``encoder_checksum``) come from :mod:`spkemb.encoder_files`,
+The encoder file rules (``encoder_path``, ``encoder_checksum``) come from :mod:`spkemb.utils.encoder_files`,
 which :mod:`spkemb.models.io` uses too.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spkemb.encoder_files import encoder_path
 from spkemb.errors import InputError
 from spkemb.options import Options, opt
+from spkemb.utils.encoder_files import encoder_path
 
 if TYPE_CHECKING:
     from spkemb.data.manifest import Utterance
@@ -143,7 +143,7 @@ def check_outputs(
     of the inputs (the encoder file, the manifest, a ``merge`` shard, or any audio file of ``utts``),
     and an ``output`` that is an existing folder. Call it before any work."""
     from spkemb.embeddings.export import export_paths
-    from spkemb.fileio import refuse_output_onto_inputs
+    from spkemb.utils.fileio import refuse_output_onto_inputs
 
     inputs: dict[str, str | Path | None] = {"manifest": manifest}
     if Path(model).exists():
@@ -182,7 +182,7 @@ def existing_store(
     """The complete store at ``output`` (``None`` when there is none: no file, or an unfinished or
     foreign one), as ``({"embeddings": rows, "failed": utterances left out}, differences)``:
     ``differences`` names what this extraction would do otherwise than the one that made it (keys of
-    :data:`DIFFERENCES`: the encoder by :func:`~spkemb.encoder_files.encoder_checksum`, the utterances
+    :data:`DIFFERENCES`: the encoder by :func:`~spkemb.utils.encoder_files.encoder_checksum`, the utterances
     by :func:`utterances_digest`, the options); empty when it is already this extraction's result."""
     from spkemb.embeddings.store import store_info
 

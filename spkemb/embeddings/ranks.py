@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from spkemb.embeddings.plan import ExtractOptions, existing_store, parse_shard, shard_rows, utterances_digest
 from spkemb.errors import InputError, WorkError
-from spkemb.fileio import sibling_path
+from spkemb.utils.fileio import sibling_path
 
 if TYPE_CHECKING:
     from spkemb.data.manifest import Utterance
@@ -107,8 +107,8 @@ def run_ranks(
 ) -> dict[str, Any]:
     """This rank's share of ``job`` under torchrun; rank 0 merges and returns the job's summary."""
     from spkemb.embeddings.steps import up_to_date
-    from spkemb.encoder_files import encoder_checksum
-    from spkemb.locking import output_lock
+    from spkemb.utils.encoder_files import encoder_checksum
+    from spkemb.utils.locking import output_lock
 
     rank, world = int(os.environ.get("RANK", "0")), launched_world()
     part = [utts[i] for i in shard_rows(len(utts), parse_shard(job.shard))]
@@ -122,7 +122,7 @@ def run_ranks(
     with contextlib.ExitStack() as stack:
         if rank == 0:
             stack.enter_context(output_lock(job.output, "embedding store"))
-        from spkemb import distributed
+        from spkemb.utils import distributed
 
         device = distributed.setup(options.device, timeout=WAIT_SECONDS)
         if rank == 0 and on_notice:
@@ -194,8 +194,8 @@ def _only_skipped(on_notice: NoticeFn | None) -> NoticeFn | None:
 def _gather(outcome: dict[str, Any], output: str, parts: Sequence[range], rank: int, world: int) -> list[dict]:
     """Every rank's outcome (the collective that waits for all); a failed or vanished rank raises
     :class:`RankFailed`, loudly on rank 0 (or on the lowest rank still running) only."""
-    from spkemb import distributed
     from spkemb.embeddings.store import store_info
+    from spkemb.utils import distributed
 
     try:
         outcomes = [dict(o) for o in distributed.all_gather_object(outcome)]  # type: ignore[call-overload]

@@ -96,8 +96,8 @@ def export_store(job: ExtractJob, summary: dict[str, Any]) -> None:
 
 def check_model(model: str) -> None:
     """Refuse (:class:`InputError`) a model that names no file, folder or built-in encoder (torch-free)."""
-    from spkemb.discover import encoder_names
-    from spkemb.encoder_files import encoder_path
+    from spkemb.utils.discover import encoder_names
+    from spkemb.utils.encoder_files import encoder_path
 
     if encoder_path(model) is None and str(model).strip().lower().replace("_", "-") not in encoder_names():
         raise InputError("no such encoder file or folder, and not a built-in encoder", model)
@@ -161,11 +161,11 @@ def extract_part(
     done = up_to_date(job, output, part, options, sha)
     if done is not None:
         return done
-    from spkemb.choices import EXTRACT_PRECISIONS
     from spkemb.embeddings.extract import extract_embeddings
     from spkemb.embeddings.onnx_runner import is_onnx_model, load_onnx_encoder
     from spkemb.models.io import describe_encoder, load_encoder
-    from spkemb.runtime import check_precision, resolve_device, set_threads
+    from spkemb.utils.choices import EXTRACT_PRECISIONS
+    from spkemb.utils.runtime import check_precision, resolve_device, set_threads
 
     set_threads(job.threads)
     if is_onnx_model(job.model):  # an exported graph (spkemb export-model): run through onnxruntime

@@ -9,7 +9,7 @@ name is too long to take the suffix) with a ``written`` mask, so that an interru
 resumes where it stopped; a row is marked written only once its data is on disk. Only a finished
 store, every row present and finite, is renamed to ``OUT`` (with ``complete = True``), so a file at
 ``OUT`` is always whole, and a failed run leaves an older ``OUT`` untouched. One process at a time
-writes a given ``OUT`` (:mod:`spkemb.locking`).
+writes a given ``OUT`` (:mod:`spkemb.utils.locking`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import numpy as np
 from spkemb import __version__
 from spkemb.embeddings.validate import check_contents, is_complete
 from spkemb.errors import InputError, WorkError
-from spkemb.fileio import fsync_dir, sibling_path
-from spkemb.locking import output_lock
+from spkemb.utils.fileio import fsync_dir, sibling_path
+from spkemb.utils.locking import output_lock
 
 FORMAT = "spkemb-embeddings"
 FORMAT_VERSION = 1
@@ -127,7 +127,7 @@ class StoreWriter:
     was started for the same ids and the same ``identity`` attributes (encoder checkpoint hash,
     extraction options and the digest of the manifest's rows), and starts afresh otherwise. Call
     :meth:`write` for finished rows, then :meth:`finish`. The writer holds the output's lock
-    (:func:`spkemb.locking.output_lock`) from ``open`` to ``finish`` or ``close``.
+    (:func:`spkemb.utils.locking.output_lock`) from ``open`` to ``finish`` or ``close``.
 
     A row is marked written only once its data is on disk: rows are written into the file, and
     every :attr:`FLUSH_SECONDS` the file is flushed and synced, then the rows are marked and the file

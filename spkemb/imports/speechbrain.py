@@ -26,9 +26,9 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from spkemb.encoder_files import file_sha256
 from spkemb.errors import InputError
 from spkemb.models.registry import build_encoder
+from spkemb.utils.encoder_files import file_sha256
 
 __all__ = ["import_model", "speechbrain_to_spkemb"]
 

@@ -24,7 +24,7 @@ Rules:
   seen in each of them, always the same class), is relabelled to that class (and kept).
 
 Under DDP every rank records its own samples; :meth:`LossGate.fit` sums the records over the ranks
-(``spkemb.distributed.all_reduce``, a collective: call it on every rank), so the decisions are
+(``spkemb.utils.distributed.all_reduce``, a collective: call it on every rank), so the decisions are
 the same everywhere. The state is a set of buffers (a module's ``state_dict``), so a method that
 owns the gate checkpoints it with itself and a resumed run continues with the same masks.
 """
@@ -40,8 +40,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from torch import nn
 
-from spkemb import distributed as dist_
 from spkemb.options import Options, opt
+from spkemb.utils import distributed as dist_
 
 __all__ = ["GateOptions", "GateSummary", "LossGate", "gate_losses"]
 

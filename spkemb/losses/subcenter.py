@@ -59,7 +59,7 @@ class SubCenterAAM(AAMSoftmax):
     out of the loss (and of ``kept``). The dominant sub-centre is the argmax of the persistent
     buffer ``subcenter_counts`` ``(n_classes, K)``, which counts, in training mode, for each sample,
     the sub-centre of its class it is nearest to. Under DDP, set ``reduce_counts`` (e.g.
-    ``spkemb.distributed.all_reduce``) so every rank counts every rank's samples and the
+    ``spkemb.utils.distributed.all_reduce``) so every rank counts every rank's samples and the
     buffer stays identical; it is then called in ``forward`` (a collective, on every rank).
     The weight is ``(n_classes * subcenters, embed_dim)``, rows ``c * K .. c * K + K - 1`` class ``c``.
     """

@@ -74,7 +74,7 @@ Distributed training (DDP under torchrun)
   local keys, update a DINO centre with ``all_reduce(batch_centre, "mean")``. EMA updates from the
   (all-reduced, hence identical) student weights stay identical by themselves. BatchNorm running
   statistics stay per-rank; rank 0's are the ones saved and exported.
-* Collective calls (``spkemb.distributed.all_gather``, ``all_reduce``) may be made in
+* Collective calls (``spkemb.utils.distributed.all_gather``, ``all_reduce``) may be made in
   ``forward``, ``on_step_start``, ``on_epoch_start`` and ``after_step``: every rank runs them for the
   same steps, in the same order (a step whose batch lost all its items on any rank is skipped on every
   rank). Batches may differ by a few items between ranks when a dataset returned ``None`` for

@@ -10,12 +10,12 @@ from typing import Any
 from torch import Tensor, nn
 
 from spkemb.data.crops import ViewSpec
-from spkemb.distributed import gather_with_grad
 from spkemb.losses import CELoss
 from spkemb.methods.base import Method
 from spkemb.methods.common import batch_views, device_of, embed_dim_of, flatten_views, projection_head
 from spkemb.methods.registry import register_method
 from spkemb.options import Options, opt
+from spkemb.utils.distributed import gather_with_grad
 
 __all__ = ["CEL", "CELOptions"]
 

@@ -43,12 +43,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spkemb.data.crops import ViewSpec
-from spkemb.distributed import concat_all_gather
 from spkemb.losses import InfoNCE
 from spkemb.methods.base import Method, ema_update, freeze
 from spkemb.methods.common import batch_views, device_of, embed_dim_of, projection_head
 from spkemb.methods.registry import register_method
 from spkemb.options import Options, opt
+from spkemb.utils.distributed import concat_all_gather
 
 __all__ = ["MoCo", "MoCoOptions", "split_forward"]
 

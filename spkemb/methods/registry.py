@@ -51,8 +51,8 @@ def register_method(name: str, kind: str = "pretrain") -> Callable[[type[Method]
 
 def method_names(kind: str | None = None) -> list[str]:
     """The built-in methods' names, read from their modules without importing them (see
-    :mod:`spkemb.discover`)."""
-    from spkemb.discover import method_names as declared
+    :mod:`spkemb.utils.discover`)."""
+    from spkemb.utils.discover import method_names as declared
 
     return declared(kind)
 

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spkemb.data.crops import ViewSpec
-from spkemb.distributed import gather_with_grad
 from spkemb.losses import NTXent
 from spkemb.methods.base import Method
 from spkemb.methods.common import batch_views, device_of, embed_dim_of, flatten_views, projection_head
 from spkemb.methods.registry import register_method
 from spkemb.options import Options, opt
+from spkemb.utils.distributed import gather_with_grad
 
 __all__ = ["SimCLR", "SimCLROptions"]
 

@@ -32,7 +32,6 @@ import torch
 from torch import Tensor, nn
 
 from spkemb.data.crops import ViewSpec
-from spkemb.distributed import all_gather, all_reduce
 from spkemb.errors import InputError
 from spkemb.losses.aam import AAMOutput, AAMSoftmax, MarginScheduler
 from spkemb.losses.gate import GateOptions, LossGate
@@ -42,6 +41,7 @@ from spkemb.methods.base import Method
 from spkemb.methods.common import batch_views, device_of, embed_dim_of, flatten_views
 from spkemb.methods.registry import register_method
 from spkemb.options import Options, opt
+from spkemb.utils.distributed import all_gather, all_reduce
 
 __all__ = ["Supervised", "SupervisedOptions", "LOSSES"]
 

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from spkemb.encoder_files import ENCODER_FILE, encoder_checksum, encoder_path, file_sha256
 from spkemb.errors import InputError
-from spkemb.fileio import atomic_torch_save
 from spkemb.models.registry import build_encoder, encoder_class, is_parameter_free, list_encoders
+from spkemb.utils.encoder_files import ENCODER_FILE, encoder_checksum, encoder_path, file_sha256
+from spkemb.utils.fileio import atomic_torch_save
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ENCODER_FILE", "save_encoder", "load_encoder", "file_sha256",
            "describe_encoder", "unwrap", "encoder_path", "encoder_checksum"]  # fmt: skip

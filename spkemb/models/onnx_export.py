@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from spkemb.errors import InputError, WorkError
-from spkemb.fileio import fsync_dir, sibling_path
+from spkemb.utils.fileio import fsync_dir, sibling_path
 
 __all__ = [
     "ONNX_FORMAT",

@@ -99,7 +99,7 @@ class Calibration:
         return json.dumps({"format": FORMAT, "version": 1, **asdict(self)}, indent=2, sort_keys=True) + "\n"
 
     def save(self, path: str | Path) -> None:
-        from spkemb.fileio import atomic_write_text
+        from spkemb.utils.fileio import atomic_write_text
 
         atomic_write_text(path, self.to_json())
 

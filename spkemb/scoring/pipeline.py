@@ -126,8 +126,8 @@ def _check_calibration(r: ScoreRequest) -> None:
 
 
 def _check_outputs(r: ScoreRequest) -> None:
-    from spkemb.fileio import refuse_output_onto_inputs, same_file
     from spkemb.scoring.plots import check_plot_path
+    from spkemb.utils.fileio import refuse_output_onto_inputs, same_file
 
     inputs: dict[str, str | Path | None] = {
         "trial list": r.trials,
@@ -349,8 +349,8 @@ def run_score(r: ScoreRequest, say: Callable[[str], None] = lambda _m: None) -> 
     of one run (-o, --fit-calibration, --save-plda, --det, --hist) are all written or none is."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from spkemb.fileio import OutputGroup
     from spkemb.scoring.scores_io import format_scores
+    from spkemb.utils.fileio import OutputGroup
 
     _check_request(r)
     primary, plda = _primary(r, say)

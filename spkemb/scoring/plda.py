@@ -131,7 +131,7 @@ class Plda:
         return cls(lda_mean, mat, whiten, center, mu, between, within)
 
     def save(self, path: str | Path) -> None:
-        from spkemb.fileio import atomic_write_bytes
+        from spkemb.utils.fileio import atomic_write_bytes
 
         atomic_write_bytes(path, self.to_bytes())
 

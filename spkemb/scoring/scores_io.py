@@ -332,6 +332,6 @@ def write_scores(dest: str | Path | None, table: TrialTable, scores: np.ndarray,
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
-        from spkemb.fileio import atomic_write_bytes
+        from spkemb.utils.fileio import atomic_write_bytes
 
         atomic_write_bytes(dest, data)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spkemb.fileio import atomic_torch_save
+from spkemb.utils.fileio import atomic_torch_save
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME_RE = re.compile(r"^step-(\d{8,})\.pt$")

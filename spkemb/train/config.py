@@ -28,10 +28,10 @@ from typing import Any, get_origin, get_type_hints
 
 import yaml
 
-from spkemb.choices import OPTIMIZERS, PRECISIONS, Optimizer, Precision, is_device_spec
 from spkemb.errors import InputError
-from spkemb.fileio import atomic_write_text
 from spkemb.options import Options, coerce, opt
+from spkemb.utils.choices import OPTIMIZERS, PRECISIONS, Optimizer, Precision, is_device_spec
+from spkemb.utils.fileio import atomic_write_text
 
 UNBOUNDED = "max_steps: set max_steps or max_minutes (or both) to bound the run"
 

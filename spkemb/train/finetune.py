@@ -18,9 +18,9 @@ from torch import nn
 
 from spkemb.data.manifest import Utterance
 from spkemb.errors import InputError
-from spkemb.fileio import atomic_write_text
 from spkemb.train.config import TrainConfig, config_dict, merge_config, typed_options
 from spkemb.train.report import Reporter
+from spkemb.utils.fileio import atomic_write_text
 
 __all__ = ["run_finetune", "finetune_config", "assign_labels", "load_init", "LabelledSet"]
 
@@ -83,7 +83,7 @@ def check_output(out_dir: str | Path, init: str | Path | None, labels_path: str 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError("-o is an existing file; it must name an experiment folder (exp/NAME)", out)
-    from spkemb.fileio import same_file
+    from spkemb.utils.fileio import same_file
 
     if labels_path is not None and same_file(out, labels_path):
         raise InputError("-o is the --labels file; choose another experiment folder", out)

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from spkemb import distributed as dist_
 from spkemb.errors import InputError
 from spkemb.train.config import TrainConfig
+from spkemb.utils import distributed as dist_
 
 __all__ = ["build_optimizer", "compile_encoder", "seed_everything", "limit_cpu_threads"]
 

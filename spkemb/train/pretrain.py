@@ -55,8 +55,8 @@ def build_encoder_from(cfg: TrainConfig, reporter: Reporter | None = None) -> nn
 
 
 def prepare_cpu(cfg: TrainConfig) -> None:
-    """Allocator tuning for CPU runs (see :func:`spkemb.runtime.tune_cpu_allocator`)."""
-    from spkemb.runtime import resolve_device, tune_cpu_allocator
+    """Allocator tuning for CPU runs (see :func:`spkemb.utils.runtime.tune_cpu_allocator`)."""
+    from spkemb.utils.runtime import resolve_device, tune_cpu_allocator
 
     if resolve_device(cfg.device).type == "cpu":
         tune_cpu_allocator()

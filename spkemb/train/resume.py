@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from spkemb import distributed as dist_
 from spkemb.errors import InputError, WorkError
-from spkemb.fileio import atomic_write_text
 from spkemb.train.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, restore_rng
 from spkemb.train.config import TrainConfig, config_dict
 from spkemb.train.optim import seed_everything
 from spkemb.train.report import Reporter
+from spkemb.utils import distributed as dist_
+from spkemb.utils.fileio import atomic_write_text
 
 __all__ = ["pick_checkpoint", "restore_state", "trim_metrics", "OPERATIONAL"]
 

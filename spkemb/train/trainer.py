@@ -51,12 +51,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from spkemb import distributed as dist_
 from spkemb.data.sampler import ResumableSampler
 from spkemb.errors import InputError, WorkError
-from spkemb.locking import output_lock
 from spkemb.methods.base import Method
-from spkemb.runtime import check_precision, worker_init
 from spkemb.train.batching import CollatedBatch, SkipNoneCollate, skip_none_collate, to_device
 from spkemb.train.checkpoint import CHECKPOINT_DIR, capture_rng, save_checkpoint
 from spkemb.train.config import TrainConfig, config_dict, dump_config
@@ -64,6 +61,9 @@ from spkemb.train.optim import build_optimizer, compile_encoder, limit_cpu_threa
 from spkemb.train.report import MetricsWindow, Reporter, StepReport
 from spkemb.train.resume import pick_checkpoint, restore_state, trim_metrics
 from spkemb.train.schedule import lr_at, progress
+from spkemb.utils import distributed as dist_
+from spkemb.utils.locking import output_lock
+from spkemb.utils.runtime import check_precision, worker_init
 
 __all__ = [
     "Trainer",

@@ -32,11 +32,11 @@ def run_rank(rank: int, world: int, port: int, out_dir: str, manifest: str) -> N
         OMP_NUM_THREADS="1",
     )
     torch.set_num_threads(1)
-    from spkemb import distributed
     from spkemb.data.manifest import read_manifest
     from spkemb.train import merge_config
     from spkemb.train.finetune import run_finetune
     from spkemb.train.trainer import Trainer
+    from spkemb.utils import distributed
 
     captured: list[torch.nn.Module] = []
     fit = Trainer.fit

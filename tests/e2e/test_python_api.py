@@ -17,7 +17,7 @@ from spkemb.audio import load_audio, resample
 from spkemb.data.synthetic import make_corpus
 from spkemb.errors import InputError
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def test_the_python_example_runs(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 
 from spkemb.errors import InputError
 from spkemb.models import build_encoder
-from spkemb.runtime import check_precision
+from spkemb.utils.runtime import check_precision
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -36,7 +36,7 @@ def test_tiny_ecapa_int8_follows_fp32() -> None:
 
 
 def test_int8_refused_on_cuda_and_in_training() -> None:
-    from spkemb.choices import EXTRACT_PRECISIONS
+    from spkemb.utils.choices import EXTRACT_PRECISIONS
 
     assert check_precision("int8", torch.device("cpu"), EXTRACT_PRECISIONS) is None
     with pytest.raises(InputError, match="int8 runs on the CPU only"):

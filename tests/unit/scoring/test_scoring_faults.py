@@ -229,7 +229,7 @@ def test_metrics_read_back_from_a_scores_file_equal_the_originals(tmp_path: Path
 def test_a_failed_late_output_leaves_the_old_output_untouched(
     setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, late: str
 ) -> None:
-    import spkemb.fileio as fileio
+    import spkemb.utils.fileio as fileio
 
     old = tmp_path / "old.txt"
     old.write_text("the user's scores\n")

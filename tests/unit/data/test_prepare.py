@@ -20,7 +20,7 @@ from spkemb.data.trials import read_trials
 from spkemb.errors import InputError
 
 SR = 8000
-CORPORA = Path(os.environ.get("SPKEMB_CORPORA", Path(__file__).parents[2] / "shared" / "corpora"))
+CORPORA = Path(os.environ.get("SPKEMB_CORPORA", Path(__file__).parents[4] / "shared" / "corpora"))
 
 
 def tone(path: Path, seconds: float, sr: int = SR) -> Path:

@@ -7,8 +7,8 @@ import os
 
 import torch
 
-from spkemb.choices import EXTRACT_PRECISIONS, PRECISIONS, is_device_spec
 from spkemb.errors import InputError
+from spkemb.utils.choices import EXTRACT_PRECISIONS, PRECISIONS, is_device_spec
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
 

@@ -20,9 +20,9 @@ from spkemb.cli.app import app
 from spkemb.cli.common import LogProgress, console, progress_line
 from spkemb.data.layouts import scan, speaker_folder_hints
 from spkemb.embeddings.store import read_embeddings
-from spkemb.system import Busy, others_running, oversubscription
+from spkemb.utils.system import Busy, others_running, oversubscription
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 COMMANDS = ("prepare", "augment", "pretrain", "finetune", "extract", "cluster", "score")
 runner = CliRunner()
 
@@ -330,7 +330,7 @@ def test_prepare_workers_is_a_hidden_old_name_of_threads(tmp_path: Path, tiny_co
         (["extract"], "spkemb extract: missing argument 'MODEL'; see spkemb extract --help"),
         (
             ["extract", "a", "b", "-o", "c", "--precision", "fp64"],
-            "spkemb extract: invalid value for '--precision': 'fp64' is not one of 'fp32', 'bf16', 'fp16'; "
+            "spkemb extract: invalid value for '--precision': 'fp64' is not one of 'fp32', 'bf16', 'fp16', 'int8'; "
             "see spkemb extract --help",
         ),
         (["prepare", "x", "--min-duration", "long"], "spkemb prepare: invalid value for '--min-duration'"),
@@ -376,7 +376,7 @@ def test_choices_are_listed_for_method_precision_and_device() -> None:
             if p.name in ("precision", "device") or (p.name == "method" and name != "score"):
                 assert p.metavar.startswith("[") and "|" in p.metavar, f"{name} --{p.name}: {p.metavar}"
     metavars = {p.name: p.metavar for p in _params("extract")}
-    assert metavars["device"] == "[auto|cpu|cuda|cuda:N]" and metavars["precision"] == "[fp32|bf16|fp16]"
+    assert metavars["device"] == "[auto|cpu|cuda|cuda:N]" and metavars["precision"] == "[fp32|bf16|fp16|int8]"
 
 
 def test_workers_means_processes_everywhere() -> None:
@@ -498,8 +498,8 @@ def test_others_running_reads_the_running_count(monkeypatch: pytest.MonkeyPatch)
 
 def test_a_busy_machine_gets_a_one_line_notice(tmp_path: Path, manifest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 5.0, 4.0))
-    monkeypatch.setattr("spkemb.system.cpu_cores", lambda: 4)
-    monkeypatch.setattr("spkemb.system.others_running", lambda: 5)
+    monkeypatch.setattr("spkemb.utils.system.cpu_cores", lambda: 4)
+    monkeypatch.setattr("spkemb.utils.system.others_running", lambda: 5)
     res = runner.invoke(app, ["extract", "mfcc-stats", str(manifest), "-o", str(tmp_path / "e.h5"), "--threads", "2"])
     assert res.exit_code == 0, res.output
     (notice,) = [ln for ln in res.stderr.splitlines() if ln.startswith("notice:")]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_import_speechbrain import sb_folder
+from sb_layout import sb_folder
 from typer.testing import CliRunner
 
 from spkemb.cli.app import app

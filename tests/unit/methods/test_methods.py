@@ -297,7 +297,7 @@ def _ddp_worker(rank: int, world: int, port: int, data: dict[str, torch.Tensor],
         torch.save({"queue": moco.queue, "index": moco.queue_index, "fill": moco.queue_fill,
                     "loss": loss.detach(), "grad": grad / world}, Path(out) / f"rank{rank}.pt")  # fmt: skip
     finally:
-        from spkemb.distributed import cleanup
+        from spkemb.utils.distributed import cleanup
 
         cleanup()  # (waits for both ranks: a rank leaving mid-collective made gloo abort the other)
 

@@ -1,7 +1,7 @@
 """One writer per output: an exclusive lock held for the whole run of a command that writes it.
 
 ``with output_lock(path, what="embedding store"): ...`` takes an advisory ``flock`` on the lock file
-``.NAME.lock`` beside ``path`` (a file or a folder; see :func:`spkemb.fileio.sibling_path` for long
+``.NAME.lock`` beside ``path`` (a file or a folder; see :func:`spkemb.utils.fileio.sibling_path` for long
 names), writes the holder's pid and host into it, and removes it on the way out. A second process
 asking for the same output is refused at once with an :class:`~spkemb.errors.InputError` that names
 the output and the holder (exit status 2 in the CLI): nothing waits, nothing is overwritten.
@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from spkemb.errors import InputError
-from spkemb.fileio import sibling_path
+from spkemb.utils.fileio import sibling_path
 
 try:
     import fcntl

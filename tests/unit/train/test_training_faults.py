@@ -25,7 +25,7 @@ runner = CliRunner()
 TINY = ["--encoder-opt", "channels=16", "--encoder-opt", "mfa_channels=48", "--encoder-opt", "attention_channels=8"]
 TINY += ["--encoder-opt", "se_channels=8", "--encoder-opt", "embed_dim=16"]
 RUN = ["--max-steps", "3", "--batch-size", "6", "--device", "cpu", "--method-opt", "crop_seconds=0.5"]
-SCRIPT = Path(__file__).parents[1] / "examples" / "pseudo_label_loop.sh"
+SCRIPT = Path(__file__).parents[3] / "examples" / "pseudo_label_loop.sh"
 
 
 @pytest.fixture(scope="module")

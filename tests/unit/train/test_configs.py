@@ -8,7 +8,7 @@ from spkemb.methods import method_options
 from spkemb.models import build_encoder
 from spkemb.train.config import load_config, merge_config
 
-CONFIGS = sorted((Path(__file__).parents[1] / "examples" / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[3] / "examples" / "configs").glob("*.yaml"))
 
 
 def test_there_are_configs_for_every_method() -> None:

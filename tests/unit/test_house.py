@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 from spkemb.augment.options import AugmentOptions
-from spkemb.discover import encoder_names, method_names
 from spkemb.methods import list_methods, method_class
 from spkemb.models.registry import encoder_class, list_encoders
 from spkemb.train.config import TrainConfig
 from spkemb.train.data import DataOptions
+from spkemb.utils.discover import encoder_names, method_names
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 PKG = ROOT / "spkemb"
 MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 500
@@ -173,9 +173,9 @@ def test_cli_defaults_are_rendered_from_the_option_classes() -> None:
     """The training commands type no ``[default: ...]`` by hand, and the defaults the CLI reads from
     the source of torch-importing modules are the classes' own."""
     from spkemb.cli.params import LOSSES
-    from spkemb.discover import option_defaults
     from spkemb.methods.supervised import LOSSES as REAL_LOSSES
     from spkemb.methods.supervised import SupervisedOptions
+    from spkemb.utils.discover import option_defaults
 
     assert _house_figures().hand_typed_defaults() == []  # every CLI value default is rendered
     assert LOSSES == REAL_LOSSES

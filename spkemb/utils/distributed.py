@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from spkemb.runtime import resolve_device
+from spkemb.utils.runtime import resolve_device
 
 
 def env_world_size() -> int:

@@ -1,6 +1,6 @@
 """Toy method and data for the trainer tests, and the script that ``torchrun`` runs for the DDP test.
 
-    torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py OUT_DIR
+    torchrun --standalone --nproc_per_node 2 tests/helpers/ddp_worker.py OUT_DIR
 
 (the test forks the two processes itself with :func:`run_rank`, which is faster). Each rank
 trains the toy method a few steps on the CPU (gloo), then writes
@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from spkemb import distributed
 from spkemb.data.sampler import item_rng
 from spkemb.methods.base import Method, ema_update, freeze
 from spkemb.train.report import Reporter
+from spkemb.utils import distributed
 
 
 class ToyData(Dataset):

@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = ["declared", "method_names", "encoder_names", "option_defaults", "literal_choices", "declaring_modules"]
 
-_ROOT = Path(__file__).parent
+_ROOT = Path(__file__).parents[1]  # the spkemb package
 
 
 @functools.cache

@@ -12,7 +12,7 @@ import pytest
 
 from spkemb.data.synthetic import make_corpus
 
-SCRIPT = Path(__file__).parents[1] / "examples" / "pseudo_label_loop.sh"
+SCRIPT = Path(__file__).parents[2] / "examples" / "pseudo_label_loop.sh"
 
 
 @pytest.mark.slow

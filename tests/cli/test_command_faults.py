@@ -29,7 +29,7 @@ from spkemb.data.crops import CropDataset, SkippedAudioWarning
 from spkemb.data.manifest import Utterance, read_manifest, write_manifest
 from spkemb.embeddings.store import StoreWriter, partial_path, read_embeddings
 from spkemb.errors import InputError, WorkError
-from spkemb.locking import lock_path
+from spkemb.utils.locking import lock_path
 
 runner = CliRunner()
 SR = 16000
@@ -225,7 +225,7 @@ def test_a_lock_held_elsewhere_refuses_augment_and_a_dead_holders_lock_is_taken_
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom spkemb.locking import output_lock\n"
+            "import sys, time\nfrom spkemb.utils.locking import output_lock\n"
             "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n",
             str(out),
         ],

@@ -9,7 +9,7 @@ import pytest
 
 _PROBE = """
 import sys, torch
-from spkemb.runtime import tune_cpu_allocator
+from spkemb.utils.runtime import tune_cpu_allocator
 def rss():
     return int(open('/proc/self/statm').read().split()[1]) * 4096
 tuned = tune_cpu_allocator() if sys.argv[1] == 'tuned' else False
