@@ -23,6 +23,19 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TESTS = Path(__file__).parent
 
 
+@pytest.fixture(scope="session")
+def manifest(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
+    """``spkemb prepare`` of the tiny corpus (read-only: a test that writes makes its own)."""
+    from typer.testing import CliRunner
+
+    from spkemb.cli.app import app
+
+    out = tmp_path_factory.mktemp("manifest") / "m.tsv"
+    res = CliRunner().invoke(app, ["prepare", str(tiny_corpus), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark by place: ``tests/e2e/`` runs whole commands or scripts (``-m "not e2e"`` is the fast
     inner loop); a test that starts several processes (gloo, torchrun) is ``ddp``."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from cli_checks import one_line_error as _error
 from typer.testing import CliRunner
 
 from spkemb.cli.app import app
@@ -17,19 +18,6 @@ GLOO = (
     "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:62627: "
     "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application."
 )
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
-    out = tmp_path_factory.mktemp("audit") / "m.tsv"
-    assert runner.invoke(app, ["prepare", str(tiny_corpus), "-o", str(out)]).exit_code == 0
-    return out
-
-
-def _error(r) -> str:  # noqa: ANN001
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output
-    return r.output
 
 
 def _app_raising(err: BaseException) -> typer.Typer:

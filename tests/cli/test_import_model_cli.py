@@ -26,13 +26,6 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
-    out = tmp_path_factory.mktemp("man") / "m.tsv"
-    assert runner.invoke(app, ["prepare", str(tiny_corpus), "-o", str(out)]).exit_code == 0
-    return out
-
-
 def test_the_imported_encoder_loads_with_its_source_recorded(imported: Path) -> None:
     model = load_encoder(imported)
     assert model.config["name"] == "speechbrain-ecapa"

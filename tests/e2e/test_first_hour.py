@@ -31,13 +31,6 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
-    out = tmp_path_factory.mktemp("m") / "m.tsv"
-    assert runner.invoke(app, ["prepare", str(tiny_corpus), "-o", str(out)]).exit_code == 0
-    return out
-
-
 # 1. Progress in logs ------------------------------------------------------------------------------
 
 

@@ -132,13 +132,6 @@ def weights(tmp_path_factory: pytest.TempPathFactory, source: torch.nn.Module) -
     return {"torchaudio": root / "wavlm.pt", "hf": folder, "hf-bin": folder_bin}
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
-    out = tmp_path_factory.mktemp("wavlm") / "m.tsv"
-    assert runner.invoke(app, ["prepare", str(tiny_corpus), "-o", str(out)]).exit_code == 0
-    return out
-
-
 @pytest.mark.parametrize("layout", ["torchaudio", "hf", "hf-bin"])
 def test_frontend_weights_give_the_source_models_hidden_states(
     source: torch.nn.Module, weights: dict[str, Path], layout: str

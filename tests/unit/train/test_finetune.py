@@ -32,13 +32,6 @@ RUN = ["--max-steps", "3", "--batch-size", "6", "--device", "cpu", "--method-opt
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
-    out = tmp_path_factory.mktemp("ft") / "m.tsv"
-    assert runner.invoke(app, ["prepare", str(tiny_corpus), "-o", str(out)]).exit_code == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(5)
     enc = build_encoder("ecapa", channels=16, mfa_channels=48, attention_channels=8, se_channels=8, embed_dim=16)

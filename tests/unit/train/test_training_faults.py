@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_checks import one_line_error as _error
 from typer.testing import CliRunner
 
 from spkemb.cli.app import app
@@ -26,19 +27,6 @@ TINY = ["--encoder-opt", "channels=16", "--encoder-opt", "mfa_channels=48", "--e
 TINY += ["--encoder-opt", "se_channels=8", "--encoder-opt", "embed_dim=16"]
 RUN = ["--max-steps", "3", "--batch-size", "6", "--device", "cpu", "--method-opt", "crop_seconds=0.5"]
 SCRIPT = Path(__file__).parents[3] / "examples" / "pseudo_label_loop.sh"
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
-    out = tmp_path_factory.mktemp("t3") / "m.tsv"
-    assert runner.invoke(app, ["prepare", str(tiny_corpus), "-o", str(out)]).exit_code == 0
-    return out
-
-
-def _error(r) -> str:  # noqa: ANN001
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output
-    return r.output
 
 
 # --- 1: P fitted to the labels ---------------------------------------------------------------------
