@@ -3,7 +3,7 @@
 :class:`OnnxEncoder` looks like a torch encoder to the extraction loop (``forward(wav, lengths)``,
 ``embed_dim``, ``sample_rate``, ``config``), so batching, chunking, resuming and the store are the same.
 onnxruntime runs on the CPU (the ``onnxruntime`` package's CPUExecutionProvider) in float32: the graph's
-dtype. ``--precision bf16`` with an ``.onnx`` model is refused (exit 2) rather than silently run in fp32.
+dtype. ``--precision bf16`` or ``int8`` with an ``.onnx`` model is refused (exit 2) rather than silently run in fp32.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def load_onnx_encoder(path: str | Path, precision: str = "fp32", threads: int | 
     if precision != "fp32":
         raise InputError(
             f"--precision {precision}: an ONNX model runs in fp32 through onnxruntime; use --precision fp32, or "
-            "the encoder.pt for bf16",
+            f"the encoder.pt for {precision}",
             p,
         )
     if not p.is_file():

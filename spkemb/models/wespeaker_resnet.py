@@ -21,27 +21,10 @@ from torch import Tensor, nn
 
 from spkemb.models.kaldi_fbank import KaldiFbank, by_length
 from spkemb.models.registry import register_encoder
+from spkemb.models.resnet import _BasicBlock  # the same block and key names as WeSpeaker's BasicBlock
 from spkemb.options import Options, opt
 
 __all__ = ["WeSpeakerResNet"]
-
-
-class _Block(nn.Module):
-    """Basic residual block (3x3, 3x3) with a 1x1 projection shortcut when the shape changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(h + self.shortcut(x))
 
 
 @dataclass
@@ -83,7 +66,7 @@ class WeSpeakerResNet(nn.Module):
             cout = m * 2**stage
             blocks = []
             for i in range(int(n)):
-                blocks.append(_Block(cin, cout, 2 if stage > 0 and i == 0 else 1))
+                blocks.append(_BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1))
                 cin = cout
             self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
         self.stats_dim = int(o.n_mels / 8) * m * 8
@@ -98,7 +81,8 @@ class WeSpeakerResNet(nn.Module):
         x = feats.transpose(1, 2).unsqueeze(1)
         x = F.relu(self.bn1(self.conv1(x)))
         for stage in range(1, 5):
-            x = getattr(self, f"layer{stage}")(x)
+            for block in getattr(self, f"layer{stage}"):
+                x, _ = block(x, None)  # equal lengths: no mask
         x = x.reshape(x.shape[0], -1, x.shape[-1])
         stats = torch.cat([x.mean(dim=-1), torch.sqrt(torch.var(x, dim=-1) + 1e-7)], dim=1)
         emb = self.seg_1(stats)
