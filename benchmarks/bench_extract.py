@@ -4,10 +4,10 @@
 
 Runs ``extract_embeddings`` (what ``spkemb extract`` runs) on LibriSpeech test-other (100 utterances,
 767 audio-s) with a random ECAPA-TDNN C=512, the precisions interleaved (fp32, bf16, ..., fp32, bf16,
-...) so that they share the machine's load, and times each stage in place: decode (in the prefetch
-thread, overlapped with the encoder), fbank, the encoder's forward (the model less its fbank),
-HDF5 writes, and the rest (waiting for a batch, Python). ``pipeline`` is the wall time less the
-forward; the target is pipeline / forward <= 0.10. The forward's GFLOP/s (FLOPs counted by
+...) so that they share the machine's load, and times each stage in place: decode (in the
+caller's thread, between forwards, as ``extract`` does on the CPU), fbank, the encoder's forward
+(the model less its fbank), HDF5 writes, and the rest (collation, padding, Python). ``pipeline`` is
+the wall time less the forward; the target is pipeline / forward <= 0.10. The forward's GFLOP/s (FLOPs counted by
 ``torch.utils.flop_counter`` on the real batches' shapes) is set against a 4096 x 4096 matmul's on
 the same cores, in the same precision. Prints the CPU model, its vector/matrix flags and the load
 average before and after, and the cosine of bf16 (and int8) embeddings to fp32.
@@ -147,7 +147,7 @@ def run_once(
     t = {"fbank": 0.0, **stages.t}
     fwd = t.pop("embed_batch") - t["fbank"]
     row = {"wall": wall, "forward": fwd, **t}
-    row["rest (wait, Python)"] = wall - fwd - t["fbank"] - t["hdf5 write"]
+    row["rest (collate, Python)"] = wall - fwd - sum(t.values())
     row["pipeline"] = wall - fwd
     return row, read_embeddings(res.path).vectors
 

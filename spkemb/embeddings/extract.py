@@ -116,8 +116,10 @@ def extract_embeddings(
                 pin_memory=device.type == "cuda",
                 prefetch_factor=4,
             )
+        elif device.type == "cuda":
+            loader = Prefetch(dataset, batches, pin=True)
         else:
-            loader = Prefetch(dataset, batches, pin=device.type == "cuda")
+            loader = read_between_forwards(dataset, batches)
         written = writer.resumed
         with torch.inference_mode():
             for batch in loader:
@@ -150,9 +152,10 @@ def extract_embeddings(
 
 class Prefetch:
     """The batches of ``dataset`` (index lists ``batches``), in order, decoded and collated by one
-    thread ahead of the caller: the next ``depth`` batches are read while the encoder computes
-    (libsndfile decodes with the GIL released). An error in the thread is raised in the caller, and
-    leaving the loop early (an exception, Ctrl-C, ``break``) stops the thread."""
+    thread ahead of the caller: the next ``depth`` batches are read (and pinned) while a GPU computes
+    (libsndfile decodes with the GIL released). Not on the CPU, where the thread takes cores from the
+    encoder's threads. An error in the thread is raised in the caller, and leaving the loop early
+    (an exception, Ctrl-C, ``break``) stops the thread."""
 
     def __init__(self, dataset: UtteranceDataset, batches: list[list[int]], depth: int = 2, pin: bool = False) -> None:
         self.dataset, self.batches, self.pin, self.depth = dataset, batches, pin, depth
@@ -202,6 +205,19 @@ class Prefetch:
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+def read_between_forwards(dataset: UtteranceDataset, batches: list[list[int]]) -> Iterator[Batch]:
+    """The batches in order, each decoded in the caller's thread when the caller asks for it, that is
+    while the encoder is idle: the CPU's loader.
+
+    Decoding ahead in a thread while the encoder computes (:class:`Prefetch`) slowed the forward by a
+    third on 2 cores (89 against 126 audio-s/s fp32, benchmarks/bench_extract.py) though decoding is
+    about 4 % of the work: the thread takes a core from the encoder's threads, which then wait for
+    each other. Decoding a batch's files on two threads between forwards was slower still than one
+    (libsndfile's FLAC decoding shares the GIL with the Python around it)."""
+    for idx in batches:
+        yield collate([dataset[i] for i in idx])
 
 
 def default_chunk(model: torch.nn.Module, opts: ExtractOptions) -> ExtractOptions:
