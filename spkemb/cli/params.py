@@ -57,6 +57,8 @@ PARAM_FIELDS = {
     "method_opt": "method_options",
     "frontend_weights": "encoder_kwargs.frontend_weights",
     "label_correction": "gate.correct",
+    "kmeans_impl": "kmeans",
+    "ahc_kind": "ahc",
 }
 
 
