@@ -194,7 +194,7 @@ def _callee(call: ast.Call) -> str:
 
 
 def core_flag_strings(root: Path = PKG) -> tuple[list[str], list[str]]:
-    """``path:line`` of each string constant naming a ``--flag`` in the core (``root`` outside its
+    """``path:line --flag ...`` of each string constant naming a ``--flag`` in the core (``root`` outside its
     ``cli/``): (in messages, elsewhere). Docstrings, ``add_argument`` calls (a script's own argparse)
     and comments are not counted."""
     in_messages: list[str] = []
@@ -214,10 +214,11 @@ def core_flag_strings(root: Path = PKG) -> tuple[list[str], list[str]]:
         rel = path.relative_to(root.parent)
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and FLAG.search(node.value):
+                where = f"{rel}:{node.lineno} {' '.join(sorted(set(FLAG.findall(node.value))))}"
                 if id(node) in messages:
-                    in_messages.append(f"{rel}:{node.lineno}")
+                    in_messages.append(where)
                 elif id(node) not in skip:
-                    elsewhere.append(f"{rel}:{node.lineno}")
+                    elsewhere.append(where)
     return in_messages, elsewhere
 
 

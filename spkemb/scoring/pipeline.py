@@ -247,7 +247,7 @@ def _primary(r: ScoreRequest, say: Callable[[str], None]) -> tuple[ScoredTrials,
         given = r.options.top_k
         top_k = DEFAULT_TOP_K if given is None else given
         if top_k > len(cohort.ids):
-            what = f"the default --top-k {top_k}" if given is None else f"--top-k {top_k}"
+            what = f"the default `top_k` {top_k}" if given is None else f"`top_k` {top_k}"
             say(f"note: {what} exceeds the cohort's {len(cohort.ids)} embeddings; all of them are used")
     return st, plda
 
