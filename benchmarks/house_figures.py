@@ -10,7 +10,12 @@ connected component of more than one module (Tarjan). An import of a module's ow
 (``from spkemb import __version__`` in ``spkemb.embeddings.store``) is no edge: Python has imported
 the parent before the module in any case. Option idioms: option classes (dataclasses
 named ``*Options``/``*Config``) that are not :class:`spkemb.options.Options`, and the checking
-methods (``validate``/``check``/``resolved``) next to ``__post_init__``.
+methods (``validate``/``check``/``resolved``) next to ``__post_init__``. Core messages naming a CLI
+flag: string constants (f-string parts too) of a ``raise X(...)``, a ``warnings.warn(...)`` or an
+``InputError``/``WorkError``/``ValueError`` built anywhere, in ``spkemb/`` outside ``spkemb/cli/``, that
+hold a ``--flag`` (the core names option fields in backticks; the CLI shows its flags); and, apart,
+such constants elsewhere in the core outside docstrings and ``add_argument`` calls (a message built
+in pieces, a field -> flag table).
 """
 
 from __future__ import annotations
@@ -179,6 +184,44 @@ def hand_typed_defaults() -> list[str]:
     return found
 
 
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+_MESSAGE_CALLS = ("InputError", "WorkError", "ValueError", "warn")
+
+
+def _callee(call: ast.Call) -> str:
+    f = call.func
+    return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+
+
+def core_flag_strings(root: Path = PKG) -> tuple[list[str], list[str]]:
+    """``path:line --flag ...`` of each string constant naming a ``--flag`` in the core (``root`` outside its
+    ``cli/``): (in messages, elsewhere). Docstrings, ``add_argument`` calls (a script's own argparse)
+    and comments are not counted."""
+    in_messages: list[str] = []
+    elsewhere: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] == "cli":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skip = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}  # docstrings
+        messages: set[int] = set()
+        for node in ast.walk(tree):
+            call = node.exc if isinstance(node, ast.Raise) else node
+            if isinstance(call, ast.Call) and (isinstance(node, ast.Raise) or _callee(call) in _MESSAGE_CALLS):
+                messages |= {id(n) for n in ast.walk(call)}
+            elif isinstance(call, ast.Call) and _callee(call) == "add_argument":
+                skip |= {id(n) for n in ast.walk(call)}
+        rel = path.relative_to(root.parent)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and FLAG.search(node.value):
+                where = f"{rel}:{node.lineno} {' '.join(sorted(set(FLAG.findall(node.value))))}"
+                if id(node) in messages:
+                    in_messages.append(where)
+                elif id(node) not in skip:
+                    elsewhere.append(where)
+    return in_messages, elsewhere
+
+
 def _command_options(path: Path) -> dict[str, str | None]:
     """``parameter -> its own help text`` of the command function in ``path``, for the parameters
     it declares itself (``= typer.Option(...)``); a shared ``Annotated`` alias maps to ``None``."""
@@ -217,6 +260,7 @@ def figures() -> dict[str, Any]:
     not_options, checkers = _option_idioms(trees)
     hand = hand_typed_defaults()
     cyc = cycles(module_graph(trees))
+    flagged, flagged_elsewhere = core_flag_strings()
     modules.sort(reverse=True)
     functions.sort(reverse=True)
     return {
@@ -230,6 +274,10 @@ def figures() -> dict[str, Any]:
         "options_declared_twice_and_drifting": duplicated_training_options(),
         "hand_typed_cli_defaults": len(hand),
         "hand_typed_cli_defaults_at": hand,
+        "core_messages_naming_a_cli_flag": len(flagged),
+        "core_messages_naming_a_cli_flag_at": flagged,
+        "core_strings_naming_a_cli_flag_elsewhere": len(flagged_elsewhere),
+        "core_strings_naming_a_cli_flag_elsewhere_at": flagged_elsewhere,
     }
 
 

@@ -7,8 +7,11 @@ pairs (:meth:`Options.from_mapping`, with generic coercion by the field's type),
 documentation (:meth:`Options.describe`, used by ``--help`` and the README tables).
 
 Validation of values lives in ``__post_init__`` and raises :class:`ValueError` whose message starts
-with the field it is about (``"batch_size: must be at least 1"``); ``from_mapping`` turns that, an
-unknown key and a wrongly typed value into an :class:`~spkemb.errors.InputError`.
+with the field it is about (``"batch_size: must be at least 1"``, or ``"`top_k` is for `norm` asnorm
+only"`` where it names other fields too); ``from_mapping`` turns that, an unknown key and a wrongly
+typed value into an :class:`~spkemb.errors.InputError`. Messages below the CLI name fields, never
+flags: the CLI shows a leading ``field:`` and a quoted `` `field` `` as its own flag
+(:func:`spkemb.cli.errors.cli_message`).
 
 An option set may hold another (``gate: GateOptions = opt(GateOptions(), ...)``): in a mapping it is
 a nested mapping, or dotted keys (``gate.threshold``); ``to_dict`` writes it nested. A class that

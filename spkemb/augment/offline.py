@@ -203,7 +203,7 @@ def check_outputs(out: Path, manifest: str | Path | None, options: OfflineOption
     for name in (MANIFEST_FILE, RECORD_FILE, OPTIONS_FILE):
         refuse_output_onto_inputs(out / name, {"manifest": manifest})
     here = Path(os.path.realpath(out))
-    for what, folder in [("--noise", d) for d in options.noise] + [("--rir", options.rir)]:
+    for what, folder in [("`noise`", d) for d in options.noise] + [("`rir`", options.rir)]:
         if folder in (None, "simulate"):
             continue
         there = Path(os.path.realpath(folder))

@@ -14,7 +14,7 @@ import typer
 from spkemb.cli.console import console
 from spkemb.errors import InputError, WorkError
 
-__all__ = ["fail", "guarded", "lost_peer", "not_yet", "cli_message"]
+__all__ = ["fail", "guarded", "lost_peer", "not_yet", "cli_message", "flag_text"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,11 +33,17 @@ def cli_message(err: InputError, flags: Mapping[str, str] | None = None) -> str:
     the core quotes (`` `resume` ``), and a leading ``field:`` of an error not about a file
     (``max_steps: must be at least 1`` -> ``--max-steps: ...``; in a config file's error the key stays)."""
     flags = flags or {}
-    message = re.sub(r"`([\w.]+)`", lambda m: flags.get(m.group(1), m.group(1)), err.message)
+    message = flag_text(err.message, flags)
     head = re.match(r"([a-z_][\w.]*): ", message)
     if err.path is None and head and head.group(1) in flags:
         message = f"{flags[head.group(1)]}{message[head.end(1) :]}"
     return f"{err.path}: {message}" if err.path else message
+
+
+def flag_text(text: str, flags: Mapping[str, str]) -> str:
+    """``text`` (a core message, note or problem) with each quoted option field (`` `top_k` ``) named
+    as the command's flag (``--top-k``); a field the command has no flag for loses its quotes."""
+    return re.sub(r"`([\w.]+)`", lambda m: flags.get(m.group(1), m.group(1)), text)
 
 
 def guarded(func: F) -> F:

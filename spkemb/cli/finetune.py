@@ -38,6 +38,7 @@ from spkemb.cli.params import (
     Seed,
     Speed,
     Workers,
+    command_flags,
 )
 from spkemb.cli.training import run_training, training_overrides
 
@@ -104,7 +105,8 @@ def finetune(
             labels_path=labels,
             reporter=reporter,
             manifest_path=manifest,
-        )
+        ),
+        command_flags(finetune),
     )
     if summary is None:
         return

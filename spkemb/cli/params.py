@@ -49,7 +49,8 @@ Precision = StrEnum("Precision", {p: p for p in PRECISIONS})  # type: ignore[mis
 #: ``extract --precision`` choices (int8 too)
 ExtractPrecision = StrEnum("ExtractPrecision", {p: p for p in EXTRACT_PRECISIONS})  # type: ignore[misc]
 
-#: command parameters whose option field has another name (``--workers`` sets ``num_workers``)
+#: command parameters whose option field has another name (``--workers`` sets ``num_workers``); a key
+#: ``command.param`` holds for that command only
 PARAM_FIELDS = {
     "workers": "num_workers",
     "compile_": "compile",
@@ -57,6 +58,9 @@ PARAM_FIELDS = {
     "method_opt": "method_options",
     "frontend_weights": "encoder_kwargs.frontend_weights",
     "label_correction": "gate.correct",
+    "kmeans_impl": "kmeans",
+    "ahc_kind": "ahc",
+    "prepare.threads": "workers",  # prepare's --threads sets PrepareOptions.workers (--workers: its old name)
 }
 
 
@@ -126,7 +130,7 @@ def command_flags(func: Callable[..., Any]) -> dict[str, str]:
         if isinstance(infos[0].default, str) and infos[0].default.startswith("--"):
             decls.insert(0, infos[0].default.split("/")[0])  # typer.Option("--x") outside Annotated
         flag = decls[0] if decls else "--" + name.rstrip("_").replace("_", "-")
-        out[PARAM_FIELDS.get(name, name)] = flag
+        out[PARAM_FIELDS.get(f"{func.__name__}.{name}", PARAM_FIELDS.get(name, name))] = flag
         out.setdefault(name, flag)
     return out
 

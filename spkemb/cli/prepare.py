@@ -251,7 +251,7 @@ def prepare(
     for hint in result.speaker_hints:
         _warn_speaker_folder(hint, n_spk)
     for note in result.notes(layout.value):
-        console.print("[yellow]note:[/] " + escape(note), highlight=False, soft_wrap=True)
+        console.print("[yellow]note:[/] " + escape(_flagged(note)), highlight=False, soft_wrap=True)
     if json_out:
         print_json(
             {
@@ -311,6 +311,14 @@ def _warn_speaker_folder(h: SpeakerFolderHint, speakers: int) -> None:
     )
 
 
+def _flagged(text: str) -> str:
+    """A core note or problem with its option fields (`` `speaker_level` ``) named as prepare's flags."""
+    from spkemb.cli.errors import flag_text
+    from spkemb.cli.params import command_flags
+
+    return flag_text(text, command_flags(prepare))
+
+
 def _report_problems(problems: list[tuple[str, str]]) -> None:
     if not problems:
         return
@@ -318,6 +326,6 @@ def _report_problems(problems: list[tuple[str, str]]) -> None:
         f"[yellow]warning:[/] left out {len(problems)} file(s) that cannot be used:", highlight=False, soft_wrap=True
     )
     for path, problem in problems[:MAX_SHOWN_PROBLEMS]:
-        console.print(f"  {path}: {problem}", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"  {path}: {_flagged(problem)}", highlight=False, markup=False, soft_wrap=True)
     if len(problems) > MAX_SHOWN_PROBLEMS:
         console.print(f"  ... and {len(problems) - MAX_SHOWN_PROBLEMS} more", highlight=False, soft_wrap=True)

@@ -36,6 +36,7 @@ from spkemb.cli.params import (
     Seed,
     Speed,
     Workers,
+    command_flags,
 )
 from spkemb.cli.training import run_training, training_overrides
 
@@ -86,7 +87,7 @@ def pretrain(
 
     utts = read_manifest(manifest)  # the inputs before the policy (an unbounded run): a missing file is named
     cfg = pretrain_config(load_config(config) if config else {}, overrides, source=config)
-    summary = run_training(lambda reporter: run_pretrain(utts, cfg, output, reporter=reporter))
+    summary = run_training(lambda reporter: run_pretrain(utts, cfg, output, reporter=reporter), command_flags(pretrain))
     if summary is None:
         return  # under torchrun only rank 0 reports
     console.print(f"encoder written to {Path(output) / 'encoder.pt'}", highlight=False)

@@ -4,11 +4,13 @@ progress lines at a steady interval when stderr is a log file (nohup, batch sche
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from spkemb.cli.console import busy_notice, console
+from spkemb.cli.errors import flag_text
 from spkemb.cli.progress import log_interval
 from spkemb.train.report import Reporter, StepReport
 
@@ -20,7 +22,8 @@ def _info(r: StepReport) -> str:
 class CliReporter(Reporter):
     """Progress and messages on stderr; see the module docstring."""
 
-    def __init__(self, interval: float | None = None) -> None:
+    def __init__(self, interval: float | None = None, flags: Mapping[str, str] | None = None) -> None:
+        self.flags = dict(flags or {})  # option field -> the command's flag, for the core's messages
         self.interactive = console.is_terminal
         self.interval = log_interval() if interval is None else interval
         self.bar: Progress | None = None
@@ -68,7 +71,7 @@ class CliReporter(Reporter):
 
     def message(self, text: str, warning: bool = False) -> None:
         prefix = "[bold yellow]warning:[/] " if warning else ""
-        console.print(prefix + text, highlight=False, soft_wrap=True)
+        console.print(prefix + flag_text(text, self.flags), highlight=False, soft_wrap=True)
 
     def checkpoint(self, path: Path, step: int) -> None:
         if not self.interactive:

@@ -229,7 +229,11 @@ def score(
         json_out=json_out,
         allow_mixed_encoders=allow_mixed_encoders,
     )
-    result = run_score(request, lambda m: console.print(m, highlight=False, soft_wrap=True))
+    from spkemb.cli.errors import flag_text
+    from spkemb.cli.params import command_flags
+
+    flags = command_flags(score)  # the core's notes name option fields (`top_k`): shown as score's flags
+    result = run_score(request, lambda m: console.print(flag_text(m, flags), highlight=False, soft_wrap=True))
     for sys_name, summary in result.systems:
         _print_metrics(sys_name, summary, request.p_targets)
     if json_out:

@@ -25,16 +25,17 @@ def resume_command() -> str:
     return shlex.join(["spkemb", *args])
 
 
-def run_training(job: Callable[[Any], dict[str, Any]]) -> dict[str, Any] | None:
+def run_training(job: Callable[[Any], dict[str, Any]], flags: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     """Run a training ``job(reporter)``; leave the process group at the end. Returns the summary on
-    rank 0 (``None`` on other ranks). An interrupt that checkpointed exits 130 with the resume command."""
+    rank 0 (``None`` on other ranks); its reporter names option fields as ``flags`` (the command's). An
+    interrupt that checkpointed exits 130 with the resume command."""
     from spkemb.cli.report import CliReporter
     from spkemb.train.trainer import TrainingInterrupted
     from spkemb.utils import distributed
 
     finished = False
     try:
-        summary = job(CliReporter())
+        summary = job(CliReporter(flags=flags))
         main_rank = distributed.is_main()
         finished = True
     except TrainingInterrupted as err:

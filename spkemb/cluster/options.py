@@ -58,26 +58,26 @@ class ClusterOptions(Options):
         if n == 0:
             raise InputError("the store holds no embeddings; nothing to cluster", source)
         if self.norm != "none" and n < 2:
-            raise InputError(f"--norm {self.norm} needs at least 2 embeddings", source)
-        _check_count("--n-clusters", self.n_clusters, n, source)
+            raise InputError(f"`norm` {self.norm} needs at least 2 embeddings", source)
+        _check_count("`n_clusters`", self.n_clusters, n, source)
         self._check_method()
         if self.method == "spectral" and n > SPECTRAL_MAX_ROWS:
             raise InputError(
-                f"--method spectral is for at most {SPECTRAL_MAX_ROWS:,} embeddings (10,000 take minutes and its "
-                f"cost grows faster than their number); for {n:,} use --method two-stage (k-means, then AHC)",
+                f"`method` spectral is for at most {SPECTRAL_MAX_ROWS:,} embeddings (10,000 take minutes and its "
+                f"cost grows faster than their number); for {n:,} use `method` two-stage (k-means, then AHC)",
                 source,
             )
         m = self.n_init_clusters
         if self.method == "two-stage":
             m = min(n, max(DEFAULT_INIT_CLUSTERS, 5 * (self.n_clusters or 0))) if m is None else m
-            _check_count("--n-init-clusters", m, n, source)
+            _check_count("`n_init_clusters`", m, n, source)
             if self.n_clusters is not None and m < self.n_clusters:
-                raise InputError(f"--n-init-clusters {m} is fewer than --n-clusters {self.n_clusters}")
+                raise InputError(f"`n_init_clusters` {m} is fewer than `n_clusters` {self.n_clusters}")
         points = n if self.method == "ahc" else (m or 0) if self.method == "two-stage" else 0
         ahc = self._ahc_kind(points)
         if self.p_neighbours is not None and not 1 <= self.p_neighbours < max(n, 2):
             raise InputError(
-                f"--p-neighbours must be below the number of embeddings ({n}), got {self.p_neighbours}", source
+                f"`p_neighbours` must be below the number of embeddings ({n}), got {self.p_neighbours}", source
             )
         kmeans = self.kmeans
         if kmeans == "auto":
@@ -99,7 +99,7 @@ class ClusterOptions(Options):
         if self.ahc == "exact" and need > have:
             raise InputError(
                 f"exact AHC of {points} points needs about {gib(need)} for its distance matrix and linkage's "
-                f"copy, more than the {gib(have)} available; use --ahc sparse (a kNN graph, O(points) memory)"
+                f"copy, more than the {gib(have)} available; use `ahc` sparse (a kNN graph, O(points) memory)"
             )
         if self.ahc == "auto":
             return "exact" if need <= min(EXACT_AUTO_BYTES, have // 2) else "sparse"
@@ -109,33 +109,33 @@ class ClusterOptions(Options):
         """Which options each method takes (independent of the data)."""
         k, t = self.n_clusters, self.threshold
         if t is not None and not 0 < t <= 2:
-            raise InputError(f"--threshold is a cosine distance in (0, 2], got {t}")
+            raise InputError(f"`threshold` is a cosine distance in (0, 2], got {t}")
         if self.n_init_clusters is not None and self.method != "two-stage":
-            raise InputError("--n-init-clusters is for --method two-stage only")
+            raise InputError("`n_init_clusters` is for `method` two-stage only")
         if self.method in ("kmeans", "spectral") and t is not None:
-            raise InputError(f"--threshold is for ahc and two-stage; --method {self.method} takes --n-clusters")
+            raise InputError(f"`threshold` is for ahc and two-stage; `method` {self.method} takes `n_clusters`")
         if self.p_neighbours is not None and self.method != "spectral":
-            raise InputError("--p-neighbours is for --method spectral only")
+            raise InputError("`p_neighbours` is for `method` spectral only")
         if self.method == "kmeans" and k is None:
-            raise InputError("--method kmeans needs --n-clusters")
+            raise InputError("`method` kmeans needs `n_clusters`")
         if self.method in ("ahc", "two-stage") and (k is None) == (t is None):
-            raise InputError(f"--method {self.method} needs exactly one of --n-clusters and --threshold")
+            raise InputError(f"`method` {self.method} needs exactly one of `n_clusters` and `threshold`")
         if self.kmeans not in KMEANS_CHOICES:
-            raise InputError(f"unknown --kmeans {self.kmeans!r} (choose {', '.join(KMEANS_CHOICES)})")
+            raise InputError(f"unknown `kmeans` {self.kmeans!r} (choose {', '.join(KMEANS_CHOICES)})")
         if self.ahc not in AHC_CHOICES:
-            raise InputError(f"unknown --ahc {self.ahc!r} (choose {', '.join(AHC_CHOICES)})")
+            raise InputError(f"unknown `ahc` {self.ahc!r} (choose {', '.join(AHC_CHOICES)})")
         if not is_device_spec(self.device or "auto"):
-            raise InputError(f"--device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+            raise InputError(f"`device` must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         if self.kmeans == "sklearn" and (self.device or "auto").strip().lower() not in ("auto", "cpu"):
-            raise InputError(f"--kmeans sklearn runs on the CPU only, not --device {self.device}")
+            raise InputError(f"`kmeans` sklearn runs on the CPU only, not `device` {self.device}")
         if self.max_clusters < 1:
-            raise InputError(f"--max-clusters must be at least 1, got {self.max_clusters}")
+            raise InputError(f"`max_clusters` must be at least 1, got {self.max_clusters}")
 
 
-def _check_count(flag: str, value: int | None, n: int, source: str | None) -> None:
+def _check_count(field: str, value: int | None, n: int, source: str | None) -> None:
     if value is None:
         return
     if value < 1:
-        raise InputError(f"{flag} must be at least 1, got {value}")
+        raise InputError(f"{field} must be at least 1, got {value}")
     if value > n:
-        raise InputError(f"{flag} {value} is more than the {n} embeddings in the store", source)
+        raise InputError(f"{field} {value} is more than the {n} embeddings in the store", source)

@@ -113,13 +113,13 @@ def speaker_function(
     if speaker_level is not None:
         if layout != "auto" or speaker_regex is not None:
             raise InputError(
-                f"--speaker-level replaces the layout's speaker rule: give it without --layout {layout}"
-                + (" and --speaker-regex" if speaker_regex is not None else "")
+                f"`speaker_level` replaces the layout's speaker rule: give it without `layout` {layout}"
+                + (" and `speaker_regex`" if speaker_regex is not None else "")
             )
         return _level_speaker(parse_speaker_level(speaker_level))
     if layout == "regex" or speaker_regex is not None:
         if layout != "regex":
-            raise InputError(f"--speaker-regex goes with --layout regex, not --layout {layout}")
+            raise InputError(f"`speaker_regex` goes with `layout` regex, not `layout` {layout}")
         return _regex_speaker(speaker_regex)
     return {
         "auto": _auto_speaker,
@@ -137,21 +137,21 @@ def parse_speaker_level(spec: str | int) -> str | int:
         return text
     if text.isdigit() and int(text) >= 1:
         return int(text)
-    raise InputError(f"--speaker-level {spec!r}: give parent, top or a folder level N >= 1 (1 = the top folder)")
+    raise InputError(f"`speaker_level` {spec!r}: give parent, top or a folder level N >= 1 (1 = the top folder)")
 
 
 def _level_speaker(level: str | int) -> Callable[[str], str]:
     def speaker(rel: str) -> str:
         dirs, _ = _split(rel)
         if not dirs:
-            raise _Unparsable(f"not inside a folder (--speaker-level {level})")
+            raise _Unparsable(f"not inside a folder (`speaker_level` {level})")
         if level == "parent":
             return dirs[-1]
         if level == "top":
             return dirs[0]
         assert isinstance(level, int)
         if len(dirs) < level:
-            raise _Unparsable(f"only {len(dirs)} folder(s) above the file (--speaker-level {level})")
+            raise _Unparsable(f"only {len(dirs)} folder(s) above the file (`speaker_level` {level})")
         return dirs[level - 1]
 
     return speaker
@@ -166,7 +166,7 @@ def check_id_prefix(prefix: str | None) -> str:
     parts = clean.split("/")
     if not clean or any(c.isspace() for c in prefix) or any(p in ("", ".", "..") for p in parts):
         raise InputError(
-            f"--id-prefix {prefix!r}: give a relative folder path without spaces (trial lists are "
+            f"`id_prefix` {prefix!r}: give a relative folder path without spaces (trial lists are "
             "space-separated), such as 'id10270' or 'wav/id10270'"
         )
     return clean
@@ -220,21 +220,21 @@ def _auto_speaker(rel: str) -> str:
 
 def _regex_speaker(speaker_regex: str | None) -> Callable[[str], str]:
     if not speaker_regex:
-        raise InputError("--layout regex needs --speaker-regex RE (its first group, or group 'speaker')")
+        raise InputError("`layout` regex needs `speaker_regex` RE (its first group, or group 'speaker')")
     try:
         rx = re.compile(speaker_regex)
     except re.error as err:
-        raise InputError(f"--speaker-regex {speaker_regex!r} is not a valid regular expression ({err})") from None
+        raise InputError(f"`speaker_regex` {speaker_regex!r} is not a valid regular expression ({err})") from None
     if rx.groups == 0:
         raise InputError(
-            f"--speaker-regex {speaker_regex!r} has no group: put the speaker in (...) or (?P<speaker>...)"
+            f"`speaker_regex` {speaker_regex!r} has no group: put the speaker in (...) or (?P<speaker>...)"
         )
     group: int | str = "speaker" if "speaker" in rx.groupindex else 1
 
     def speaker(rel: str) -> str:
         m = rx.search(rel)
         if not m or not m.group(group):
-            raise _Unparsable(f"path does not match --speaker-regex {speaker_regex!r}")
+            raise _Unparsable(f"path does not match `speaker_regex` {speaker_regex!r}")
         return m.group(group)
 
     return speaker

@@ -61,7 +61,7 @@ class PrepareResult:
             example = self.utterances[0].utt_id
             out.append(
                 f"no utterance has a speaker: the files are not in speaker folders (e.g. {example!r}). If the file "
-                "names hold the speaker (FSDD's 0_jackson_0.wav), prepare again with --layout regex --speaker-regex "
+                "names hold the speaker (FSDD's 0_jackson_0.wav), prepare again with `layout` regex `speaker_regex` "
                 "RE, its group 'speaker' the name (e.g. '^[^_]+_(?P<speaker>[^_]+)_'); training and trials need "
                 "speakers"
             )
@@ -98,14 +98,14 @@ def check_arguments(
 ) -> None:
     """Check :func:`prepare_manifest`'s arguments (named as ``spkemb prepare`` names them)."""
     if not min_duration >= 0:  # (NaN too)
-        raise InputError(f"--min-duration must be >= 0, got {min_duration:g}")
+        raise InputError(f"`min_duration` must be >= 0, got {min_duration:g}")
     if workers < 1:
-        raise InputError(f"--threads must be >= 1, got {workers}")
-    for name, value in (("--targets", targets), ("--nontargets", nontargets)):
+        raise InputError(f"`workers` must be >= 1, got {workers}")
+    for name, value in (("`targets`", targets), ("`nontargets`", nontargets)):
         if value is not None and value < 0:
             raise InputError(f"{name} must be >= 0, got {value}")
     if trials is None and (targets is not None or nontargets is not None or exclude_speakers_of):
-        raise InputError("--targets, --nontargets and --exclude-speakers-of go with --trials OUT")
+        raise InputError("`targets`, `nontargets` and `exclude_speakers_of` go with `trials` OUT")
 
 
 def check_outputs(
@@ -124,12 +124,12 @@ def check_outputs(
     from spkemb.utils.fileio import refuse_output_onto_inputs, same_file
 
     inputs: list[tuple[str, str | Path | None]] = [("ROOT", r) for r in roots]
-    inputs += [("--exclude-speakers-of", m) for m in exclude_speakers_of]
+    inputs += [("`exclude_speakers_of`", m) for m in exclude_speakers_of]
     refuse_output_onto_inputs(output, inputs)
-    refuse_output_onto_inputs(trials, inputs, option="--trials")
-    refuse_output_onto_inputs(export_kaldi, inputs, folder=True, option="--export-kaldi")
+    refuse_output_onto_inputs(trials, inputs, option="`trials`")
+    refuse_output_onto_inputs(export_kaldi, inputs, folder=True, option="`export_kaldi`")
     if output is not None and trials is not None and str(output) != "-" and same_file(output, trials):
-        raise InputError("-o and --trials name the same file", output)
+        raise InputError("-o and `trials` name the same file", output)
 
 
 def check_layout(
@@ -141,12 +141,12 @@ def check_layout(
 
     if layout == "kaldi":
         for option, value in (
-            ("--speaker-regex", speaker_regex),
-            ("--speaker-level", speaker_level),
-            ("--id-prefix", id_prefix),
+            ("`speaker_regex`", speaker_regex),
+            ("`speaker_level`", speaker_level),
+            ("`id_prefix`", id_prefix),
         ):
             if value is not None:
-                raise InputError(f"{option} is for audio folders, not --layout kaldi")
+                raise InputError(f"{option} is for audio folders, not `layout` kaldi")
     else:
         layouts.speaker_function(layout, speaker_regex, speaker_level)  # validates the layout and the rule
         layouts.check_id_prefix(id_prefix)
@@ -217,7 +217,7 @@ def read_inputs(
 
     per_root: list[tuple[Path, list[Utterance]]] = []
     problems: list[Problem] = []
-    for option, value in (("--id-prefix", id_prefix), ("--speaker-level", speaker_level)):
+    for option, value in (("`id_prefix`", id_prefix), ("`speaker_level`", speaker_level)):
         if value and any(s.kind != "folder" for s in sources):
             other = next(s for s in sources if s.kind != "folder")
             what = "a Kaldi folder" if other.kind == "kaldi" else "a manifest"
@@ -226,7 +226,7 @@ def read_inputs(
             )
     if id_prefix and len(sources) > 1:
         raise InputError(
-            f"--id-prefix puts one prefix before every id, so it takes one ROOT, not {len(sources)}: "
+            f"`id_prefix` puts one prefix before every id, so it takes one ROOT, not {len(sources)}: "
             "prepare each with its own prefix, then merge the manifests"
         )
     if sources and sources[0].kind == "manifest":
@@ -285,7 +285,7 @@ def draw_trials(
     excluded = set(excluded)
     sizes = Counter(u.speaker for u in utts if u.speaker and u.speaker not in excluded)
     if len(sizes) < 2:
-        hint = " after --exclude-speakers-of" if excluded else ""
+        hint = " after `exclude_speakers_of`" if excluded else ""
         raise InputError(f"need at least 2 labelled speakers to make trials{hint}, found {len(sizes)}")
     n = sum(sizes.values())
     max_target = sum(s * (s - 1) // 2 for s in sizes.values())
@@ -303,7 +303,7 @@ class PrepareOptions(Options):
     (an :class:`InputError` naming the option)."""
 
     layout: str = opt("auto", "folder layout (spkemb.data.layouts.LAYOUTS) or kaldi")
-    speaker_regex: str | None = opt(None, "--layout regex: a regex whose group 'speaker' names the speaker")
+    speaker_regex: str | None = opt(None, "`layout` regex: a regex whose group 'speaker' names the speaker")
     min_duration: float = opt(0.0, "leave out files shorter than this (seconds)")
     workers: int = opt(DEFAULT_WORKERS, "threads reading audio headers")
     output: str | None = opt(None, "the manifest to write ('-': stdout)")
@@ -340,14 +340,14 @@ class PrepareOptions(Options):
         seg, low, high = self.segment, self.segment_min, self.segment_max
         if seg is None:
             if low is not None or high is not None:
-                raise InputError("--segment-min and --segment-max go with --segment SECONDS")
+                raise InputError("`segment_min` and `segment_max` go with `segment` SECONDS")
             return
         if not seg > 0:
-            raise InputError(f"--segment must be > 0 seconds, got {seg:g}")
+            raise InputError(f"`segment` must be > 0 seconds, got {seg:g}")
         if low is not None and not 0 < low <= seg:
-            raise InputError(f"--segment-min must be in (0, --segment {seg:g}], got {low:g}")
+            raise InputError(f"`segment_min` must be in (0, `segment` {seg:g}], got {low:g}")
         if high is not None and not high >= (seg * 2 / 3 if low is None else low):
-            raise InputError(f"--segment-max must be at least --segment-min, got {high:g}")
+            raise InputError(f"`segment_max` must be at least `segment_min`, got {high:g}")
 
 
 def prepare_manifest(
@@ -426,7 +426,7 @@ def _prepare(
 
         utts = segment_utterances(utts, o.segment, o.segment_min, o.segment_max, o.seed)
         if not utts:
-            raise InputError(f"no recording is as long as one segment (--segment {o.segment:g}, --segment-min)")
+            raise InputError(f"no recording is as long as one segment (`segment` {o.segment:g}, `segment_min`)")
     trial_list = _write_outputs(utts, o, excluded)
     # Per folder ROOT, on its own ids: a manifest's or a Kaldi folder's speakers are its own, and ids
     # prefixed with the ROOT's name (colliding roots) would name the wrong folder level.

@@ -139,7 +139,7 @@ def format_trials(trials: Trials, fmt: str = "voxceleb") -> str:
             bad = e if any(c.isspace() for c in e) else t
             raise InputError(
                 f"utt_id {bad!r} contains whitespace, which trial lists cannot hold "
-                "(rename the files, or prepare with --speaker-regex on a cleaner root)"
+                "(rename the files, or prepare with `speaker_regex` on a cleaner root)"
             )
         if trials.labels is None:
             out.append(f"{e} {t}")

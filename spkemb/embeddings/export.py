@@ -23,7 +23,7 @@ def export_paths(store_path: str | Path, fmt: str) -> list[Path]:
         return [base.with_suffix(".npy"), Path(f"{base}.ids.txt")]
     if fmt == "kaldi":
         return [base.with_suffix(".ark"), base.with_suffix(".scp")]
-    raise InputError(f"--export {fmt}: choose one of {', '.join(EXPORT_FORMATS)}")
+    raise InputError(f"`export` {fmt}: choose one of {', '.join(EXPORT_FORMATS)}")
 
 
 def export_embeddings(emb: EmbeddingSet, store_path: str | Path, fmt: str) -> list[Path]:
@@ -46,4 +46,4 @@ def export_embeddings(emb: EmbeddingSet, store_path: str | Path, fmt: str) -> li
         ark, scp = paths
         write_kaldi_vectors(emb.ids, emb.vectors, ark, scp, store_path)
         return [ark, scp]
-    raise InputError(f"--export {fmt}: choose one of {', '.join(EXPORT_FORMATS)}")
+    raise InputError(f"`export` {fmt}: choose one of {', '.join(EXPORT_FORMATS)}")

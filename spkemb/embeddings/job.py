@@ -53,7 +53,7 @@ def run_extract(
     check_outputs(job.output, job.model, job.manifest, job.merge, job.export, utts)  # and not onto the audio either
     if launched_world() > 1:
         if job.merge:
-            raise InputError("--merge under torchrun: a merge is one process's work; run it without torchrun")
+            raise InputError("`merge` under torchrun: a merge is one process's work; run it without torchrun")
         summary = run_ranks(job, options, utts, on_progress, on_notice)
     else:
         with output_lock(job.output, "embedding store"):

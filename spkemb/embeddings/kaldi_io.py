@@ -150,7 +150,7 @@ def import_embeddings(
 
     out = Path(out)
     if out.exists() and not overwrite:
-        raise InputError("already exists; --overwrite replaces it", out)
+        raise InputError("already exists; `overwrite` replaces it", out)
     ids, vectors = read_kaldi_vectors(source)
     speakers = read_utt2spk(utt2spk, ids) if utt2spk is not None else None
     attrs = {

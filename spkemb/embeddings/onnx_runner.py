@@ -58,7 +58,7 @@ def load_onnx_encoder(path: str | Path, precision: str = "fp32", threads: int | 
     p = Path(path)
     if precision != "fp32":
         raise InputError(
-            f"--precision {precision}: an ONNX model runs in fp32 through onnxruntime; use --precision fp32, or "
+            f"`precision` {precision}: an ONNX model runs in fp32 through onnxruntime; use `precision` fp32, or "
             f"the encoder.pt for {precision}",
             p,
         )

@@ -46,7 +46,7 @@ def quantize_int8(model: nn.Module, threads: int | None = None) -> nn.Module:
     name = _name(model)
     if name in UNSUPPORTED or name == "OnnxEncoder":
         what = "an ONNX model (quantise its encoder.pt instead)" if name == "OnnxEncoder" else f"encoder {name}"
-        raise InputError(f"--precision int8 does not support {what}; use fp32 or bf16")
+        raise InputError(f"`precision` int8 does not support {what}; use fp32 or bf16")
     require_onnx("onnx", "onnxruntime")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -58,7 +58,7 @@ def quantize_int8(model: nn.Module, threads: int | None = None) -> nn.Module:
         try:
             export_onnx(model, fp32, threads=threads)
         except WorkError as err:
-            raise InputError(f"--precision int8: encoder {name} cannot be quantised ({err})") from None
+            raise InputError(f"`precision` int8: encoder {name} cannot be quantised ({err})") from None
         logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # (its pre-processing hint)
         import onnx
 
@@ -79,7 +79,7 @@ def quantize_int8(model: nn.Module, threads: int | None = None) -> nn.Module:
     encoder.source = str(getattr(model, "source", ""))
     cos = _check(model, encoder)
     if cos < MIN_COSINE:
-        raise InputError(f"--precision int8: encoder {name} loses too much in int8 (cosine {cos:.4f} < {MIN_COSINE})")
+        raise InputError(f"`precision` int8: encoder {name} loses too much in int8 (cosine {cos:.4f} < {MIN_COSINE})")
     return encoder
 
 

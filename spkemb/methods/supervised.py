@@ -194,8 +194,8 @@ class Supervised(Method):
                 f"{int(old[i])} then, {now} now)"
             )
         raise InputError(
-            f"--resume: the checkpoint was trained on other labels ({what}); resume with the labels it was "
-            "trained on, or start again with --overwrite"
+            f"`resume`: the checkpoint was trained on other labels ({what}); resume with the labels it was "
+            "trained on, or start again with `overwrite`"
         )
 
     @staticmethod

@@ -58,7 +58,7 @@ def resolve_ids(
         if not skip_missing:
             shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
             noun = "trial id is" if len(missing) == 1 else "trial ids are"
-            raise InputError(f"{len(missing)} {noun} not in the embedding store: {shown} (use --skip-missing)", source)
+            raise InputError(f"{len(missing)} {noun} not in the embedding store: {shown} (use `skip_missing`)", source)
         if not keep.any():
             raise InputError(
                 f"none of the {len(trials)} trials has both ids in the embedding store "

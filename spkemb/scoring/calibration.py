@@ -87,8 +87,8 @@ class Calibration:
         missing = [q for q in self.quality if q not in quality]
         if missing:
             raise InputError(
-                f"the calibration uses quality measure(s) {', '.join(missing)} (give --quality "
-                f"{' --quality '.join(missing)} and what they need)"
+                f"the calibration uses quality measure(s) {', '.join(missing)} (give `quality` "
+                f"{' `quality` '.join(missing)} and what they need)"
             )
         x = np.column_stack([np.asarray(scores, dtype=np.float64)] + [quality[q] for q in self.quality])
         w = np.array([self.weights[n] for n in self.feature_names])

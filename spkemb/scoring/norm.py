@@ -82,7 +82,7 @@ def normalize_scores(
     if mode == "asnorm":
         top_k = DEFAULT_TOP_K if top_k is None else top_k
         if top_k < 1:
-            raise InputError(f"--top-k must be at least 1, got {top_k}")
+            raise InputError(f"`top_k` must be at least 1, got {top_k}")
     else:
         top_k = None
     check_cohort(cohort, space)

@@ -62,10 +62,10 @@ def _check_request(r: ScoreRequest) -> None:
     _check_backend(r)
     _check_calibration(r)
     if r.json_out and r.output == "-":
-        raise InputError("--json prints the summary on stdout; give -o FILE for the scores")
+        raise InputError("`json_out` prints the summary on stdout; give -o FILE for the scores")
     for p in r.p_targets:
         if not 0.0 < p < 1.0:
-            raise InputError(f"--p-target must be strictly between 0 and 1, got {p}")
+            raise InputError(f"`p_targets` must be strictly between 0 and 1, got {p}")
     _check_outputs(r)
 
 
@@ -73,56 +73,56 @@ def _check_inputs(r: ScoreRequest) -> None:
     computed = r.embeddings is not None
     n_systems = int(computed) + len(r.scores_files)
     if len(r.names) > n_systems:
-        raise InputError(f"{len(r.names)} --name options for {n_systems} systems")
+        raise InputError(f"{len(r.names)} `names` options for {n_systems} systems")
     if r.trials is not None and not computed:
         raise InputError(
-            "EMB.h5 is missing: give TRIALS EMB.h5 to score, or --scores FILE for the metrics of an "
+            "EMB.h5 is missing: give TRIALS EMB.h5 to score, or `scores_files` FILE for the metrics of an "
             "existing scores file"
         )
     if not computed and not r.scores_files:
-        raise InputError("nothing to score: give TRIALS EMB.h5, or --scores FILE")
+        raise InputError("nothing to score: give TRIALS EMB.h5, or `scores_files` FILE")
     needs_emb = {
-        "--cohort": r.cohort,
-        "--train": r.train,
-        "--plda": r.plda,
-        "--save-plda": r.save_plda,
-        "--lda-dim": r.lda_dim,
+        "`cohort`": r.cohort,
+        "`train`": r.train,
+        "`plda`": r.plda,
+        "`save_plda`": r.save_plda,
+        "`lda_dim`": r.lda_dim,
     }
     for opt, value in needs_emb.items():
         if value is not None and not computed:
-            raise InputError(f"{opt} needs TRIALS EMB.h5 (the scores of a --scores file are taken as they are)")
+            raise InputError(f"{opt} needs TRIALS EMB.h5 (the scores of a `scores_files` file are taken as they are)")
     if not computed and (r.options.norm != "none" or r.options.backend != "cosine"):
         raise InputError(
-            "--norm and --backend need TRIALS EMB.h5 (the scores of a --scores file are taken as they are)"
+            "`norm` and `backend` need TRIALS EMB.h5 (the scores of a `scores_files` file are taken as they are)"
         )
 
 
 def _check_backend(r: ScoreRequest) -> None:
     if r.cohort is not None and r.options.norm == "none":
-        raise InputError("--cohort has no effect without --norm")
+        raise InputError("`cohort` has no effect without `norm`")
     if r.train is not None and r.plda is not None:
-        raise InputError("give --train TRAIN.h5 (to train a PLDA model) or --plda MODEL.npz (a trained one), not both")
+        raise InputError("give `train` TRAIN.h5 (to train a PLDA model) or `plda` MODEL.npz (a trained one), not both")
     if (r.train is not None or r.plda is not None) and r.options.backend != "plda":
-        raise InputError("--train and --plda are for --backend plda")
+        raise InputError("`train` and `plda` are for `backend` plda")
     if r.save_plda is not None and r.train is None:
-        raise InputError("--save-plda saves the model that --train trains")
+        raise InputError("`save_plda` saves the model that `train` trains")
     if r.lda_dim is not None and r.train is None:
-        raise InputError("--lda-dim is a training option (with --train)")
+        raise InputError("`lda_dim` is a training option (with `train`)")
     r.options.check(r.cohort is not None, r.train is not None or r.plda is not None)
 
 
 def _check_calibration(r: ScoreRequest) -> None:
     if r.calibration is not None and r.fit_calibration is not None:
-        raise InputError("give --calibration (apply) or --fit-calibration (fit), not both")
+        raise InputError("give `calibration` (apply) or `fit_calibration` (fit), not both")
     for q in r.quality:
         if q not in QUALITY_MEASURES:
             raise InputError(f"unknown quality measure {q!r} (choose {', '.join(QUALITY_MEASURES)})")
     if r.quality and r.calibration is None and r.fit_calibration is None:
-        raise InputError("--quality feeds calibration: use it with --fit-calibration or --calibration")
+        raise InputError("`quality` feeds calibration: use it with `fit_calibration` or `calibration`")
     if "duration" in r.quality and not r.manifests:
-        raise InputError("--quality duration needs --manifest FILE (the durations of the trial ids)")
+        raise InputError("`quality` duration needs `manifests` FILE (the durations of the trial ids)")
     if r.manifests and "duration" not in r.quality:
-        raise InputError("--manifest is read for --quality duration only")
+        raise InputError("`manifests` is read for `quality` duration only")
 
 
 def _check_outputs(r: ScoreRequest) -> None:
@@ -141,10 +141,10 @@ def _check_outputs(r: ScoreRequest) -> None:
     }
     outputs = {
         "-o": r.output,
-        "--fit-calibration": r.fit_calibration,
-        "--save-plda": r.save_plda,
-        "--det": r.det,
-        "--hist": r.hist,
+        "`fit_calibration`": r.fit_calibration,
+        "`save_plda`": r.save_plda,
+        "`det`": r.det,
+        "`hist`": r.hist,
     }
     given = [(opt, p) for opt, p in outputs.items() if p is not None and p != "-"]
     for opt, p in given:
@@ -201,7 +201,7 @@ def _durations(r: ScoreRequest, st: ScoredTrials) -> dict[str, np.ndarray]:
     d_e, d_t = lookup(st.table.enroll), lookup(st.table.test)
     lost = int(np.isnan(d_e).sum() + np.isnan(d_t).sum())
     if lost:
-        raise InputError(f"{lost} trial ids have no duration in the manifest(s) (--quality duration)", r.manifests[0])
+        raise InputError(f"{lost} trial ids have no duration in the manifest(s) (`quality` duration)", r.manifests[0])
     return {"duration": duration_features(d_e, d_t)}
 
 
@@ -215,7 +215,7 @@ def _same_encoder(store: Any, other: dict[str, Any], path: str | None, what: str
         if mine and theirs and mine != theirs:
             raise InputError(
                 f"this {what} comes from another encoder than {r.embeddings} ({key} differs); scores "
-                "across encoders mean nothing (--allow-mixed-encoders if you mean it)",
+                "across encoders mean nothing (`allow_mixed_encoders` if you mean it)",
                 path,
             )
 
@@ -247,7 +247,7 @@ def _primary(r: ScoreRequest, say: Callable[[str], None]) -> tuple[ScoredTrials,
         given = r.options.top_k
         top_k = DEFAULT_TOP_K if given is None else given
         if top_k > len(cohort.ids):
-            what = f"the default --top-k {top_k}" if given is None else f"--top-k {top_k}"
+            what = f"the default `top_k` {top_k}" if given is None else f"`top_k` {top_k}"
             say(f"note: {what} exceeds the cohort's {len(cohort.ids)} embeddings; all of them are used")
     return st, plda
 
@@ -257,7 +257,7 @@ def _calibrate(r: ScoreRequest, st: ScoredTrials, say: Callable[[str], None]) ->
     system = {k: v for k, v in st.system.items() if k in ("backend", "norm", "top_k", "scores_file")}
     if r.fit_calibration is not None:
         if st.labels is None:
-            raise InputError("--fit-calibration needs a labelled trial list", r.trials or r.scores_files[0])
+            raise InputError("`fit_calibration` needs a labelled trial list", r.trials or r.scores_files[0])
         quality = _durations(r, st)
         cal = Calibration.fit(st.scores, st.labels, quality, source=r.trials or r.scores_files[0])
         from spkemb.scoring.metrics import compute_cllr

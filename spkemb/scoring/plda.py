@@ -47,7 +47,7 @@ class PldaOptions(Options):
 
     def __post_init__(self) -> None:
         if self.lda_dim is not None and self.lda_dim < 1:
-            raise ValueError(f"lda_dim: --lda-dim must be at least 1, got {self.lda_dim}")
+            raise ValueError(f"lda_dim: must be at least 1, got {self.lda_dim}")
         if self.iterations < 0:
             raise ValueError(f"iterations must be at least 0, got {self.iterations}")
 
@@ -105,7 +105,7 @@ class Plda:
         dim = min(x.shape[1], n_spk - 1) if options.lda_dim is None else options.lda_dim
         if not 1 <= dim <= min(x.shape[1], n_spk - 1):
             raise InputError(
-                f"--lda-dim must be between 1 and {min(x.shape[1], n_spk - 1)} (the embedding size "
+                f"`lda_dim` must be between 1 and {min(x.shape[1], n_spk - 1)} (the embedding size "
                 f"and the number of training speakers - 1), got {dim}",
                 source,
             )

@@ -224,7 +224,7 @@ def id_hint(missing: list[str], ids: list[str]) -> str:
     tail = missing[0].split("/")[-1]
     near = next((u for u in ids if u.endswith("/" + tail) or u == tail), ids[0])
     return (
-        f"no prefix common to the missing ids explains them; store ids look like {near!r} (use --skip-missing "
+        f"no prefix common to the missing ids explains them; store ids look like {near!r} (use `skip_missing` "
         "to score the trials that are there)"
     )
 

@@ -47,16 +47,16 @@ class ScoreOptions(Options):
         if self.norm not in NORMS:
             raise ValueError(f"norm: unknown normalisation {self.norm!r} (choose {', '.join(NORMS)})")
         if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k: --top-k must be at least 1, got {self.top_k}")
+            raise ValueError(f"`top_k` must be at least 1, got {self.top_k}")
         if self.top_k is not None and self.norm != "asnorm":
-            raise ValueError("top_k: --top-k is for --norm asnorm only")
+            raise ValueError("`top_k` is for `norm` asnorm only")
 
     def check(self, have_cohort: bool, have_plda: bool) -> None:
         """Refuse options that the run's inputs cannot serve."""
         if self.norm in SCORE_NORMS and not have_cohort:
-            raise InputError(f"--norm {self.norm} needs a cohort store (--cohort COHORT.h5)")
+            raise InputError(f"`norm` {self.norm} needs a cohort store (`cohort` COHORT.h5)")
         if self.backend == "plda" and not have_plda:
-            raise InputError("--backend plda needs a model: --train TRAIN.h5 or --plda MODEL.npz")
+            raise InputError("`backend` plda needs a model: `train` TRAIN.h5 or `plda` MODEL.npz")
 
 
 @dataclass

@@ -62,13 +62,13 @@ def average_sources(paths: Sequence[str | Path], last: int | None) -> list[Path]
         n = last if last is not None else len(found)
         if n > len(found):
             raise InputError(
-                f"--last {n}: the run holds only {len(found)} checkpoints (keep_checkpoints in the config "
+                f"`last` {n}: the run holds only {len(found)} checkpoints (keep_checkpoints in the config "
                 "says how many training keeps)",
                 ckpt_dir,
             )
         return found[-n:]
     if last is not None:
-        raise InputError("--last picks from a run folder's checkpoints; with checkpoint files, list the ones to use")
+        raise InputError("`last` picks from a run folder's checkpoints; with checkpoint files, list the ones to use")
     for p in paths:
         if Path(p).is_dir():
             raise InputError("a folder among checkpoint files: give one run folder, or files only", p)

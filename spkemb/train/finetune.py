@@ -70,9 +70,9 @@ def assign_labels(utts: Sequence[Utterance], labels: dict[str, str] | None, labe
 
 
 RANDOM_FRONTEND = (
-    "{encoder}: no --frontend-weights and no --init, so its WavLM frontend is RANDOM and this run trains it "
-    "from scratch (far more data and time than finetuning a pretrained one). To finetune a pretrained WavLM, "
-    "stop and give --frontend-weights PATH (a torchaudio state dict or a Hugging Face folder)"
+    "{encoder}: no `encoder_kwargs.frontend_weights` and no `init`, so its WavLM frontend is RANDOM and this run "
+    "trains it from scratch (far more data and time than finetuning a pretrained one). To finetune a pretrained WavLM, "
+    "stop and give `encoder_kwargs.frontend_weights` PATH (a torchaudio state dict or a Hugging Face folder)"
 )
 
 
@@ -86,7 +86,7 @@ def check_output(out_dir: str | Path, init: str | Path | None, labels_path: str 
     from spkemb.utils.fileio import same_file
 
     if labels_path is not None and same_file(out, labels_path):
-        raise InputError("-o is the --labels file; choose another experiment folder", out)
+        raise InputError("-o is the `labels` file; choose another experiment folder", out)
     if init is None:
         return
     src = Path(init)
@@ -97,8 +97,8 @@ def check_output(out_dir: str | Path, init: str | Path | None, labels_path: str 
         inside = False
     if inside:
         raise InputError(
-            f"--init {init} is inside the -o folder, whose encoder.pt this run "
-            + ("replaces (--overwrite)" if overwrite else "writes")
+            f"`init` {init} is inside the -o folder, whose encoder.pt this run "
+            + ("replaces (`overwrite`)" if overwrite else "writes")
             + "; give another -o (or copy the encoder elsewhere first)",
             out,
         )
@@ -118,7 +118,7 @@ def speed_classes(options: Any, dataset: Any, reporter: Reporter) -> Any:
     reporter.message(
         f"speed perturbation: each speed ({', '.join(f'{f:g}' for f in factors)}) is a class of its own, "
         f"{n * options.n_classes} classes for {options.n_classes} speakers, as the Kaldi and WeSpeaker recipes "
-        "(--method-opt speed_as_speaker=false keeps the speaker's class)"
+        "(`method_options` speed_as_speaker=false keeps the speaker's class)"
     )
     return options.replace(speed_variants=n)
 

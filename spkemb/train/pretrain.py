@@ -36,9 +36,9 @@ def pretrain_config(
 
 
 RANDOM_FRONTEND = (
-    "{encoder}: no --frontend-weights, so its WavLM frontend is RANDOM and this run trains it from scratch "
-    "(far more data and time than starting from a pretrained one). To start from a pretrained WavLM, stop and "
-    "give --frontend-weights PATH (a torchaudio state dict or a Hugging Face folder)"
+    "{encoder}: no `encoder_kwargs.frontend_weights`, so its WavLM frontend is RANDOM and this run trains it from "
+    "scratch (far more data and time than starting from a pretrained one). To start from a pretrained WavLM, stop and "
+    "give `encoder_kwargs.frontend_weights` PATH (a torchaudio state dict or a Hugging Face folder)"
 )
 
 

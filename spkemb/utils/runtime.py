@@ -20,20 +20,20 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if spec == "cpu":
         return torch.device("cpu")
     if not is_device_spec(spec):
-        raise InputError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}")
+        raise InputError(f"`device` must be auto, cpu, cuda or cuda:N, not {spec!r}")
     if not torch.cuda.is_available():
         if spec == "auto":
             return torch.device("cpu")
-        raise InputError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+        raise InputError(f"`device` {spec}: CUDA is not available on this machine (use `device` cpu)")
     if spec in ("auto", "cuda"):
         index = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else torch.cuda.current_device()
     else:
         try:
             index = int(spec.split(":", 1)[1])
         except ValueError:
-            raise InputError(f"--device must be auto, cpu, cuda or cuda:N, not {spec!r}") from None
+            raise InputError(f"`device` must be auto, cpu, cuda or cuda:N, not {spec!r}") from None
     if index >= torch.cuda.device_count():
-        raise InputError(f"--device {spec}: no CUDA device {index} (this machine has {torch.cuda.device_count()})")
+        raise InputError(f"`device` {spec}: no CUDA device {index} (this machine has {torch.cuda.device_count()})")
     return torch.device("cuda", index)
 
 
@@ -41,16 +41,16 @@ def check_precision(precision: str, device: torch.device, choices: tuple[str, ..
     """The autocast dtype of ``precision`` (None: none), or an InputError where ``device`` cannot run it.
     int8 (extraction only: ``choices`` = EXTRACT_PRECISIONS) needs no autocast: the encoder is quantised."""
     if precision not in choices:
-        raise InputError(f"--precision {precision}: choose {', '.join(choices)}")
+        raise InputError(f"`precision` {precision}: choose {', '.join(choices)}")
     if precision == "int8" and device.type != "cpu":
         raise InputError(
-            f"--precision int8 runs on the CPU only (onnxruntime's dynamic int8), not on {device}; "
-            "use --device cpu, or bf16/fp16 on CUDA"
+            f"`precision` int8 runs on the CPU only (onnxruntime's dynamic int8), not on {device}; "
+            "use `device` cpu, or bf16/fp16 on CUDA"
         )
     if precision == "fp16" and device.type == "cpu":
-        raise InputError("--precision fp16 needs a CUDA device; on the CPU use bf16 (fast with AMX/AVX512-BF16)")
+        raise InputError("`precision` fp16 needs a CUDA device; on the CPU use bf16 (fast with AMX/AVX512-BF16)")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise InputError(f"--precision bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16")
+        raise InputError(f"`precision` bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16")
     return _DTYPES[precision]
 
 

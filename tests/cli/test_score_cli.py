@@ -354,7 +354,7 @@ def test_missing_trial_ids_name_a_store_id_and_the_fix() -> None:
     ):
         hint = id_hint(missing, store)
         assert hint.startswith("no prefix common to the missing ids explains them; store ids look like"), hint
-        assert "carry the prefix" not in hint and "--skip-missing" in hint
+        assert "carry the prefix" not in hint and "`skip_missing`" in hint
 
 
 @pytest.mark.parametrize("side", ["trial", "store"])

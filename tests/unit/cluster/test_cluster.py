@@ -164,16 +164,16 @@ def test_option_and_data_errors() -> None:
     x, _ = speakers(n_spk=2, per=3)
     bad = [
         (ClusterOptions("kmeans", n_clusters=7), "more than the 6 embeddings"),
-        (ClusterOptions("kmeans"), "needs --n-clusters"),
-        (ClusterOptions("kmeans", n_clusters=2, threshold=0.5), "--threshold is for ahc"),
+        (ClusterOptions("kmeans"), "needs `n_clusters`"),
+        (ClusterOptions("kmeans", n_clusters=2, threshold=0.5), "`threshold` is for ahc"),
         (ClusterOptions("ahc"), "exactly one of"),
         (ClusterOptions("ahc", n_clusters=2, threshold=0.5), "exactly one of"),
         (ClusterOptions("ahc", threshold=3.0), "(0, 2]"),
-        (ClusterOptions("two-stage", n_clusters=2, n_init_clusters=9), "--n-init-clusters 9 is more than"),
-        (ClusterOptions("two-stage", n_clusters=4, n_init_clusters=3), "fewer than --n-clusters"),
+        (ClusterOptions("two-stage", n_clusters=2, n_init_clusters=9), "`n_init_clusters` 9 is more than"),
+        (ClusterOptions("two-stage", n_clusters=4, n_init_clusters=3), "fewer than `n_clusters`"),
         (ClusterOptions("ahc", n_clusters=2, n_init_clusters=3), "two-stage only"),
         (ClusterOptions("kmeans", n_clusters=2, p_neighbours=3), "spectral only"),
-        (ClusterOptions("spectral", p_neighbours=6), "--p-neighbours must be below"),
+        (ClusterOptions("spectral", p_neighbours=6), "`p_neighbours` must be below"),
         (ClusterOptions("dbscan", n_clusters=2), "unknown clustering method"),
         (ClusterOptions("kmeans", n_clusters=2, norm="whiten"), "unknown normalisation"),
     ]
@@ -181,10 +181,10 @@ def test_option_and_data_errors() -> None:
         with pytest.raises(InputError) as err:
             cluster_embeddings(x, options)
         assert message in str(err.value), options
-    with pytest.raises(InputError, match="distance matrix.*--ahc sparse"):
+    with pytest.raises(InputError, match="distance matrix.*`ahc` sparse"):
         ClusterOptions("ahc", n_clusters=2, ahc="exact").resolved(1_000_000)
     assert ClusterOptions("ahc", n_clusters=2).resolved(60_000).ahc == "sparse"
-    with pytest.raises(InputError, match="spectral is for at most 20,000 embeddings.*--method two-stage"):
+    with pytest.raises(InputError, match="spectral is for at most 20,000 embeddings.*`method` two-stage"):
         ClusterOptions("spectral").resolved(20_001)
     assert ClusterOptions("spectral").resolved(20_000).method == "spectral"
     assert ClusterOptions("two-stage", n_clusters=10).resolved(100_000).n_init_clusters == 5000

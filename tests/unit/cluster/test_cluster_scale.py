@@ -154,7 +154,7 @@ def test_exact_ahc_beyond_memory_is_refused_with_the_estimate(monkeypatch: pytes
     from spkemb.errors import InputError
 
     monkeypatch.setattr(options, "available_bytes", lambda: 1000)
-    with pytest.raises(InputError, match=r"exact AHC of 100 points needs about 0\.0 GiB.*--ahc sparse"):
+    with pytest.raises(InputError, match=r"exact AHC of 100 points needs about 0\.0 GiB.*`ahc` sparse"):
         ClusterOptions("ahc", n_clusters=2, ahc="exact").resolved(100)
     assert ClusterOptions("ahc", n_clusters=2).resolved(100).ahc == "sparse"  # auto: what fits
 

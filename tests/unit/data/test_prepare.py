@@ -395,7 +395,7 @@ def test_prepare_manifest_core_callbacks_defaults_and_errors(tmp_path: Path) -> 
     assert res.trials is not None and (res.trials.n_target, res.trials.n_nontarget) == (7, 8)
     assert read_trials(tri).n_target == 7
     assert draw_trials(res.utterances, seed=1).n_nontarget == 8
-    with pytest.raises(InputError, match="after --exclude-speakers-of"):
+    with pytest.raises(InputError, match="after `exclude_speakers_of`"):
         draw_trials(res.utterances, excluded={"spkB"})
     with pytest.raises(InputError, match="sole input"):
         classify_inputs([man, a])
@@ -403,14 +403,14 @@ def test_prepare_manifest_core_callbacks_defaults_and_errors(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"min_duration": -1.0}, "--min-duration must be >= 0, got -1"),
-    ({"min_duration": float("nan")}, "--min-duration must be >= 0, got nan"),
-    ({"workers": 0}, "--threads must be >= 1, got 0"),
-    ({"trials": "T", "targets": -1}, "--targets must be >= 0, got -1"),
-    ({"trials": "T", "nontargets": -2}, "--nontargets must be >= 0, got -2"),
-    ({"targets": 3}, "go with --trials OUT"),
-    ({"nontargets": 3}, "go with --trials OUT"),
-    ({"exclude_speakers_of": iter(["train.tsv"])}, "go with --trials OUT"),
+    ({"min_duration": -1.0}, "`min_duration` must be >= 0, got -1"),
+    ({"min_duration": float("nan")}, "`min_duration` must be >= 0, got nan"),
+    ({"workers": 0}, "`workers` must be >= 1, got 0"),
+    ({"trials": "T", "targets": -1}, "`targets` must be >= 0, got -1"),
+    ({"trials": "T", "nontargets": -2}, "`nontargets` must be >= 0, got -2"),
+    ({"targets": 3}, "go with `trials` OUT"),
+    ({"nontargets": 3}, "go with `trials` OUT"),
+    ({"exclude_speakers_of": iter(["train.tsv"])}, "go with `trials` OUT"),
 ])  # fmt: skip
 def test_prepare_manifest_refuses_bad_arguments_before_reading(tmp_path: Path, kwargs: dict, message: str) -> None:
     from spkemb.data.prepare import prepare_manifest

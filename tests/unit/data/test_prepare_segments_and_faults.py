@@ -75,9 +75,9 @@ def test_bad_segment_options_are_refused_before_reading(tmp_path: Path, args: li
 
 
 def test_prepare_options_are_one_dataclass_with_checks(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="--min-duration"):
+    with pytest.raises(InputError, match="`min_duration`"):
         PrepareOptions(min_duration=-1.0)
-    with pytest.raises(InputError, match="--threads"):
+    with pytest.raises(InputError, match="`workers`"):
         PrepareOptions(workers=0)
     assert "segment" in [d.name for d in PrepareOptions.describe()]
     make_corpus(tmp_path / "c", n_speakers=2, utts_per_speaker=2, seconds=(1.0, 1.5), sample_rate=16000, seed=0)

@@ -64,7 +64,7 @@ def test_duration_quality_measure_helps_when_quality_varies() -> None:
     c_plain = compute_cllr(plain.apply(scores[ev]), labels[ev])
     c_qmf = compute_cllr(qmf.apply(scores[ev], {k: v[ev] for k, v in q.items()}), labels[ev])
     assert c_qmf < c_plain - 0.05
-    with pytest.raises(InputError, match="--quality duration"):
+    with pytest.raises(InputError, match="`quality` duration"):
         qmf.apply(scores)
 
 

@@ -267,7 +267,7 @@ def test_resolve_ids_missing_and_skip() -> None:
     with pytest.raises(InputError) as err:
         resolve_ids(tr, index, skip_missing=False, source="emb.h5")
     msg = str(err.value)
-    assert msg.startswith("emb.h5: 3 trial ids are not in") and "x, z, y" in msg and "--skip-missing" in msg
+    assert msg.startswith("emb.h5: 3 trial ids are not in") and "x, z, y" in msg and "`skip_missing`" in msg
     e, t, keep, missing = resolve_ids(tr, index, skip_missing=True)
     assert keep.tolist() == [True, False, False, True, False]
     assert e.tolist() == [0, 0] and t.tolist() == [1, 2]

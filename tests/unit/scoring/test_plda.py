@@ -87,7 +87,7 @@ def test_bad_training_sets() -> None:
         Plda.fit(x, ["one"] * len(x))
     with pytest.raises(InputError, match="at least 2 embeddings each"):
         Plda.fit(x[:5], [f"s{i}" for i in range(5)])
-    with pytest.raises(InputError, match="--lda-dim"):
+    with pytest.raises(InputError, match="`lda_dim`"):
         Plda.fit(x, spk, PldaOptions(lda_dim=5))  # 5 speakers allow at most 4
     with pytest.raises(InputError, match="takes 16-d"):
         Plda.fit(x, spk).space(np.zeros((2, 3)))

@@ -104,6 +104,7 @@ def test_a_resume_with_other_labels_is_refused(tmp_path: Path, manifest: Path) -
     r = runner.invoke(app, [*base, "--max-steps", "5", "--labels", str(other), "--resume"])
     out_text = _error(r)
     assert "other labels" in out_text and f"{len(utts)} of {len(utts)} items" in out_text, out_text
+    assert "--resume: the checkpoint" in out_text and "with --overwrite" in out_text and "`" not in out_text
     assert utts[0].utt_id in out_text
     assert (out / "classes.txt").read_text() == classes and not (out / "encoder.pt").exists()
     r = runner.invoke(app, [*base, "--max-steps", "5", "--labels", str(first), "--resume"])
@@ -164,6 +165,7 @@ def test_each_speed_is_a_class_of_its_own(tmp_path: Path, manifest: Path) -> Non
                       + ["--config", str(_speed_config(tmp_path))])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "18 classes for 6 speakers" in r.output
+    assert "(--method-opt speed_as_speaker=false keeps" in r.output and "`" not in r.output  # the field as its flag
     ckpt = sorted((out / "checkpoints").glob("*.pt"))[-1]
     state = torch.load(ckpt, weights_only=True)["method"]
     assert state["head.weight"].shape[0] == 18
