@@ -148,7 +148,7 @@ def check_outputs(
     inputs: dict[str, str | Path | None] = {"manifest": manifest}
     if Path(model).exists():
         inputs["model"] = encoder_path(model)
-    inputs.update({f"--merge {m}": m for m in merge})
+    inputs.update({f"`merge` {m}": m for m in merge})
     outputs = [Path(output), *(export_paths(output, export) if export else [])]
     audio = {os.path.normpath(os.path.abspath(u.path)) for u in utts}
     for out in outputs:
@@ -159,7 +159,7 @@ def check_outputs(
 
 DIFFERENCES = {
     "encoder": "another encoder",
-    "utterances": "other utterances (manifest or --shard)",
+    "utterances": "other utterances (manifest or `shard`)",
     "options": "other extraction options",
 }
 
@@ -170,7 +170,7 @@ def refuse_replacing(output: str | Path, rows: int, differences: Sequence[str]) 
     if differences:
         made = " and ".join(DIFFERENCES[d] for d in differences)
         raise InputError(
-            f"holds a complete store of {rows} embeddings made with {made}; --overwrite replaces it "
+            f"holds a complete store of {rows} embeddings made with {made}; `overwrite` replaces it "
             "(or choose another -o)",
             output,
         )

@@ -190,10 +190,6 @@ FLAG_NAMED_ON_PURPOSE = {
     ("spkemb/models/wavlm_weights.py", "--init"): "finetune's flag, named from pretrain too (no init field there)",
     ("spkemb/scoring/scores_io.py", "--id-prefix"): "prepare's flag in score's hint (score has no id_prefix)",
     ("spkemb/train/config.py", "--config"): "a comment line of the written config.yaml, not a message",
-    # the integrator's extract plan (issue 17 item 2 converts it with plan.py's own changes)
-    ("spkemb/embeddings/plan.py", "--overwrite"): "to convert",
-    ("spkemb/embeddings/plan.py", "--merge"): "to convert",
-    ("spkemb/embeddings/plan.py", "--shard"): "to convert",
 }
 
 
