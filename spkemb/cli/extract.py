@@ -18,7 +18,8 @@ import typer
 from rich.markup import escape
 
 from spkemb.cli.common import busy_notice, complete_device, console, fail, guarded, print_json, progress
-from spkemb.cli.params import ExtractPrecision
+from spkemb.cli.errors import flag_text
+from spkemb.cli.params import ExtractPrecision, command_flags
 from spkemb.embeddings.job import ExtractJob
 from spkemb.embeddings.plan import ExtractOptions
 from spkemb.errors import InputError
@@ -119,8 +120,10 @@ def extract(
         device=device,
     )
     skipped: list[str] = []
+    flags = command_flags(extract)
 
     def notice(kind: str, text: str) -> None:
+        text = flag_text(text, flags)
         if kind == "skipped":
             skipped.append(text)
         elif kind == "ready":
@@ -134,7 +137,7 @@ def extract(
     except RankFailed as err:
         if err.quiet:  # another rank says it
             raise typer.Exit(err.code) from None
-        raise fail(str(err), err.code) from None
+        raise fail(flag_text(str(err), flags), err.code) from None
     if summary.get("rank", 0) != 0:
         return
     _report(summary, skipped)
