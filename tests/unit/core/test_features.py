@@ -93,3 +93,19 @@ def test_mfcc_contract():
     assert feats[1, :48].mean(0).abs().max() < 1e-4
     one, _ = mf(wav[1:, :4000])
     torch.testing.assert_close(feats[1, :48], one[0], atol=1e-4, rtol=1e-4)
+
+
+def test_fbank_power_spectrogram_equals_torchaudios() -> None:
+    """Fbank's re^2 + im^2 power spectrogram gives torchaudio's |X|^2 (to float32 rounding), on a batch
+    and on one signal, so features (and every saved encoder) are unchanged by the faster path."""
+    import torchaudio
+
+    fb = Fbank()
+    ref = torchaudio.transforms.Spectrogram(
+        n_fft=fb.n_fft, win_length=fb.win, hop_length=fb.hop, window_fn=torch.hamming_window, power=2.0, center=False
+    )
+    torch.manual_seed(0)
+    for x in (torch.randn(3, 16000), torch.randn(5000)):
+        got, want = fb.mel.spectrogram(x), ref(x)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
