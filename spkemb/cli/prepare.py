@@ -16,6 +16,7 @@ from rich.markup import escape
 from spkemb.cli.common import console, guarded, print_json, progress
 from spkemb.data.prepare import DEFAULT_MAX_TARGETS, DEFAULT_WORKERS, NONTARGETS_PER_TARGET
 from spkemb.errors import InputError
+from spkemb.utils.system import IO_THREADS_MAX, IO_THREADS_PER_CORE
 
 if TYPE_CHECKING:
     from spkemb.data.layouts import SpeakerFolderHint
@@ -87,7 +88,8 @@ def prepare(
         None,
         "--threads",
         metavar="N",
-        help=f"Threads reading audio headers (or decoding, with --verify). [default: {DEFAULT_WORKERS}]",
+        help="Threads reading audio headers (or decoding, with --verify). "
+        f"[default: {IO_THREADS_PER_CORE} per core, at most {IO_THREADS_MAX}]",
     ),
     workers: int | None = typer.Option(None, "--workers", hidden=True, help="Old name of --threads."),
     verify: bool = typer.Option(

@@ -51,9 +51,10 @@ from spkemb.audio import AUDIO_EXTENSIONS, audio_info, verify_audio
 from spkemb.data.manifest import Utterance
 from spkemb.data.wav_header import wav_facts
 from spkemb.errors import InputError
+from spkemb.utils.system import io_threads
 
 LAYOUTS = ("auto", "voxceleb", "librispeech", "cnceleb", "regex", "flat")
-DEFAULT_WORKERS = 8
+DEFAULT_WORKERS = io_threads()  # two per core, at most 8
 HINT_MIN_SUBFOLDERS = 10  # a folder-speaker with this many folders of files below it, and ...
 HINT_MIN_SHARE = 0.25  # ... at least this share of all files, is likely a folder above the speakers
 _CHUNK = 4096

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from spkemb.errors import InputError
 from spkemb.options import Options, opt
+from spkemb.utils.system import io_threads
 
 if TYPE_CHECKING:
     from spkemb.data.layouts import SpeakerFolderHint
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_TARGETS = 10_000  # target trials drawn when no count is given (at most every target pair)
 NONTARGETS_PER_TARGET = 10  # non-target trials per target trial when no count is given
-DEFAULT_WORKERS = 8
+DEFAULT_WORKERS = io_threads()  # two per core, at most 8
 
 Problem = tuple[str, str]
 ReadProgressFn = Callable[[Path, int, int | None], None]

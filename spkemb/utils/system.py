@@ -14,7 +14,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["Busy", "cpu_cores", "default_threads", "oversubscription", "others_running"]
+__all__ = [
+    "IO_THREADS_MAX",
+    "IO_THREADS_PER_CORE",
+    "Busy",
+    "cpu_cores",
+    "default_threads",
+    "io_threads",
+    "oversubscription",
+    "others_running",
+]
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,19 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+IO_THREADS_PER_CORE = 2
+IO_THREADS_MAX = 8
+
+
+def io_threads() -> int:
+    """Threads for many small file reads (audio headers): two per core, at most 8.
+
+    More is slower on few cores: the kernel's share of each read grows with the threads that wait on
+    it. A cold 1.09M-file tree on 2 cores: 8 threads 124 s (112 s of system time), 4 threads 111 s (83 s).
+    """
+    return min(IO_THREADS_MAX, IO_THREADS_PER_CORE * cpu_cores())
 
 
 def default_threads(threads: int | None = None) -> int:
