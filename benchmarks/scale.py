@@ -1,7 +1,7 @@
 """The pseudo-label loop's steps at VoxCeleb2 size: time and peak memory of each command as N grows.
 
     python benchmarks/scale.py [--n 10000 100000 1092009] [--steps cluster score prepare] [--work DIR]
-                               [--device auto] [--trials 10000000] [--keep]
+                               [--device auto] [--trials 10000000] [--cold]
 
 For each N it synthesises (once, into WORK/N/):
   * ``emb.h5``: N x 192 embeddings of 5,994 x N / 1,092,009 speakers (VoxCeleb2's 182 utterances per
@@ -15,7 +15,9 @@ Then it runs, each in a child process whose wall time and peak RSS (``ru_maxrss`
 printed: ``spkemb cluster --method two-stage`` to 50,000 x N / 1.09M then 7,500 x N / 1.09M clusters
 (the seed's counts at full size), ``spkemb score`` of the trials (only for the largest N; its cost
 grows with the trials, not N), and ``spkemb prepare`` of the layout. One JSON line per step on stdout,
-with the CPU model, its vector flags and the load (``os.getloadavg``) before and after.
+with the CPU model, its vector flags and the load (``os.getloadavg``) before and after. ``--cold``
+drops the kernel's page, dentry and inode caches before each prepare (as root), so that it reads every
+header from the disk, as for a corpus not touched for a while.
 """
 
 from __future__ import annotations
@@ -119,6 +121,17 @@ def synth_trials(path: Path, ids: list[str], truth: np.ndarray, count: int, seed
     tmp.rename(path)
 
 
+def drop_caches() -> str:
+    """Write back and drop the page, dentry and inode caches so that prepare reads from the disk."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as err:
+        print(f"--cold: cannot drop the caches ({err.strerror}; needs root): this run is warm", file=sys.stderr)
+        return "warm (dropping the caches was refused)"
+    return "cold (caches dropped)"
+
+
 def run(step: str, n: int, args: list[str], log: Path) -> dict[str, object]:
     """One `spkemb ARGS` in a child: wall seconds, peak RSS, exit status, the load before and after."""
     load0 = os.getloadavg()
@@ -154,6 +167,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/spkemb-scale"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--trials", type=int, default=10_000_000)
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="prepare with a cold page cache: `sync` and drop the kernel's caches first (needs root)",
+    )
     ap.add_argument("--cluster-args", default="", help="extra `spkemb cluster` options, e.g. '--ahc exact'")
     args = ap.parse_args()
     print(json.dumps({"machine": cpu(), "load": os.getloadavg()}), flush=True)
@@ -184,8 +202,10 @@ def main() -> None:
             t0 = time.perf_counter()
             synth_layout(here / "vox", ids)
             print(json.dumps({"layout": n, "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+            (here / "manifest.tsv").unlink(missing_ok=True)
+            cache = drop_caches() if args.cold else "warm (the tree was just read or written)"
             cmd = ["prepare", str(here / "vox"), "-o", str(here / "manifest.tsv"), "--layout", "voxceleb"]
-            print(json.dumps(run("prepare", n, cmd, here / "prepare.log")), flush=True)
+            print(json.dumps({**run("prepare", n, cmd, here / "prepare.log"), "page_cache": cache}), flush=True)
 
 
 if __name__ == "__main__":
