@@ -27,10 +27,5 @@ def exact_ahc_bytes(n: int) -> int:
     return n * (n - 1) * 8
 
 
-def sparse_ahc_bytes(n: int, neighbours: int) -> int:
-    """The kNN graph (float64 weights + int indices, symmetrised: about 4 entries per edge) and its heap."""
-    return n * neighbours * 4 * 24 + n * 256
-
-
 def gib(nbytes: float) -> str:
     return f"{nbytes / GIB:.1f} GiB"
