@@ -165,16 +165,20 @@ def extract_part(
     from spkemb.embeddings.onnx_runner import is_onnx_model, load_onnx_encoder
     from spkemb.models.io import describe_encoder, load_encoder
     from spkemb.utils.choices import EXTRACT_PRECISIONS
-    from spkemb.utils.runtime import check_precision, resolve_device, set_threads
+    from spkemb.utils.runtime import check_precision, emulated_bf16, resolve_device, set_threads
 
     set_threads(job.threads)
     if is_onnx_model(job.model):  # an exported graph (spkemb export-model): run through onnxruntime
         encoder: Any = load_onnx_encoder(job.model, options.precision, job.threads)
     else:
         encoder = load_encoder(job.model)
-    check_precision(options.precision, resolve_device(options.device), EXTRACT_PRECISIONS)
+    device = resolve_device(options.device)
+    check_precision(options.precision, device, EXTRACT_PRECISIONS)
     if on_notice:
         on_notice("ready", "")  # (after the checks: bad input is one line)
+        note = emulated_bf16(options.precision, device)
+        if note:
+            on_notice("info", f"notice: {note}")
     info = describe_encoder(encoder)
     attrs = {
         "encoder": info["name"],

@@ -232,7 +232,7 @@ def run_finetune(
         )
     p = fit_speakers(cfg.batch_size, k, len(data.classes), reporter)
     seed_everything(cfg.seed)
-    prepare_cpu(cfg)
+    prepare_cpu(cfg, reporter)
     encoder = build_encoder_from(cfg, reporter)
     loaded = load_init(encoder, init) if init is not None else None
     if loaded is not None:

@@ -54,12 +54,17 @@ def build_encoder_from(cfg: TrainConfig, reporter: Reporter | None = None) -> nn
     return encoder
 
 
-def prepare_cpu(cfg: TrainConfig) -> None:
-    """Allocator tuning for CPU runs (see :func:`spkemb.utils.runtime.tune_cpu_allocator`)."""
-    from spkemb.utils.runtime import resolve_device, tune_cpu_allocator
+def prepare_cpu(cfg: TrainConfig, reporter: Reporter | None = None) -> None:
+    """Allocator tuning for CPU runs (see :func:`spkemb.utils.runtime.tune_cpu_allocator`), and a
+    warning where bf16 would run emulated on this CPU."""
+    from spkemb.utils.runtime import emulated_bf16, resolve_device, tune_cpu_allocator
 
-    if resolve_device(cfg.device).type == "cpu":
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
         tune_cpu_allocator()
+    note = emulated_bf16(cfg.precision, device)
+    if note and reporter is not None:
+        reporter.message(note, warning=True)
 
 
 def random_encoder(cfg: TrainConfig, out_dir: Path, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -107,7 +112,7 @@ def run_pretrain(
     if not utts:
         raise InputError("the manifest has no utterances to train on")
     seed_everything(cfg.seed)  # initial weights (and heads, queues) follow the seed
-    prepare_cpu(cfg)
+    prepare_cpu(cfg, reporter)
     encoder = build_encoder_from(cfg, reporter)
     if hasattr(encoder, "frontend_loaded") and encoder.frontend_loaded is None and reporter is not None:
         reporter.message(RANDOM_FRONTEND.format(encoder=cfg.encoder), warning=True)

@@ -54,6 +54,27 @@ def check_precision(precision: str, device: torch.device, choices: tuple[str, ..
     return _DTYPES[precision]
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has the instructions that make bf16 matrix products fast (AVX512-BF16 or AMX).
+
+    torch's own probes (private, so a torch without them counts as having them: no false alarm)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(p is None for p in probes):
+        return True
+    return any(bool(p()) for p in probes if p is not None)
+
+
+def emulated_bf16(precision: str, device: torch.device) -> str | None:
+    """A notice where bf16 would run emulated: on a CPU without AVX512-BF16 or AMX, oneDNN converts to
+    fp32 and back around every product, which is far slower than fp32 itself."""
+    if precision != "bf16" or device.type != "cpu" or cpu_has_bf16():
+        return None
+    return (
+        "`precision` bf16 on this CPU (no AVX512-BF16 or AMX instructions) is emulated and far slower than fp32 "
+        "(ECAPA C=512 forward on an AVX2-only AMD EPYC: 16 audio-s/s against 121 in fp32); use `precision` fp32 here"
+    )
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """An autocast region for bf16/fp16, or a null context for fp32 (and int8, whose encoder is quantised)."""
     dtype = check_precision(precision, device, EXTRACT_PRECISIONS)
