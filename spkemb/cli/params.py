@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from spkemb.train.config import TrainConfig
-from spkemb.utils.choices import DEVICE_CHOICES, EXTRACT_PRECISIONS, PRECISIONS
+from spkemb.utils.choices import DEVICE_CHOICES, EXTRACT_PRECISIONS, TRAIN_PRECISIONS
 from spkemb.utils.discover import literal_choices, option_defaults
 
 __all__ = [
@@ -44,8 +44,8 @@ _SUPERVISED = option_defaults("methods/supervised.py", "SupervisedOptions")
 #: ``--loss`` choices, from the ``Loss`` type of :mod:`spkemb.methods.supervised`
 LOSSES = literal_choices("methods/supervised.py", "Loss")
 
-#: ``--precision`` choices, from :mod:`spkemb.utils.choices`
-Precision = StrEnum("Precision", {p: p for p in PRECISIONS})  # type: ignore[misc]
+#: the training commands' ``--precision`` choices, from :mod:`spkemb.utils.choices` (auto too)
+Precision = StrEnum("Precision", {p: p for p in TRAIN_PRECISIONS})  # type: ignore[misc]
 #: ``extract --precision`` choices (int8 too)
 ExtractPrecision = StrEnum("ExtractPrecision", {p: p for p in EXTRACT_PRECISIONS})  # type: ignore[misc]
 
@@ -208,7 +208,8 @@ PrecisionOpt = Annotated[
     typer.Option(
         "--precision",
         case_sensitive=False,
-        help="Precision (bf16 is fast on CPUs with AMX and on GPUs; fp16 needs CUDA). " + shown(_TRAIN["precision"]),
+        help="Precision: auto = bf16 where the device computes it natively (GPUs with bf16, CPUs with AMX or "
+        "AVX512-BF16), else fp32; fp16 needs CUDA. " + shown(_TRAIN["precision"]),
     ),
 ]
 Seed = Annotated[

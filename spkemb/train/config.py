@@ -30,7 +30,7 @@ import yaml
 
 from spkemb.errors import InputError
 from spkemb.options import Options, coerce, opt
-from spkemb.utils.choices import OPTIMIZERS, PRECISIONS, Optimizer, Precision, is_device_spec
+from spkemb.utils.choices import OPTIMIZERS, TRAIN_PRECISIONS, Optimizer, TrainPrecision, is_device_spec
 from spkemb.utils.fileio import atomic_write_text
 
 UNBOUNDED = "max_steps: set max_steps or max_minutes (or both) to bound the run"
@@ -52,7 +52,9 @@ class TrainConfig(Options):
     max_steps: int | None = opt(None, "stop after this many steps (max_steps and/or max_minutes)")
     max_minutes: float | None = opt(None, "stop after this many minutes of training")
     grad_clip: float | None = opt(None, "max global gradient norm; none or 0 = no clipping")
-    precision: Precision = opt("fp32", "fp32 | bf16 | fp16 (fp16 needs CUDA)")
+    precision: TrainPrecision = opt(
+        "fp32", "auto | fp32 | bf16 | fp16 (auto: bf16 where the device has it natively, else fp32; fp16: CUDA)"
+    )
     device: str = opt("auto", "auto | cpu | cuda | cuda:N")
     seed: int = opt(0, "random seed (init, data order, crops, augmentation)")
     num_workers: int = opt(0, "DataLoader worker processes")
@@ -71,8 +73,8 @@ class TrainConfig(Options):
         self.device = str(self.device).strip().lower()
         if self.optimizer not in OPTIMIZERS:
             raise _bad(self, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
-        if self.precision not in PRECISIONS:
-            raise _bad(self, "precision", f"must be one of {', '.join(PRECISIONS)}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise _bad(self, "precision", f"must be one of {', '.join(TRAIN_PRECISIONS)}")
         if not is_device_spec(self.device):
             raise _bad(self, "device", "must be auto, cpu, cuda or cuda:N")
         for key in ("batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):

@@ -57,12 +57,12 @@ def build_encoder_from(cfg: TrainConfig, reporter: Reporter | None = None) -> nn
 def prepare_cpu(cfg: TrainConfig, reporter: Reporter | None = None) -> None:
     """Allocator tuning for CPU runs (see :func:`spkemb.utils.runtime.tune_cpu_allocator`), and a
     warning where bf16 would run emulated on this CPU."""
-    from spkemb.utils.runtime import emulated_bf16, resolve_device, tune_cpu_allocator
+    from spkemb.utils.runtime import emulated_bf16, resolve_device, resolve_precision, tune_cpu_allocator
 
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         tune_cpu_allocator()
-    note = emulated_bf16(cfg.precision, device)
+    note = emulated_bf16(resolve_precision(cfg.precision, device), device)
     if note and reporter is not None:
         reporter.message(note, warning=True)
 

@@ -63,7 +63,7 @@ from spkemb.train.resume import pick_checkpoint, restore_state, trim_metrics
 from spkemb.train.schedule import lr_at, progress
 from spkemb.utils import distributed as dist_
 from spkemb.utils.locking import output_lock
-from spkemb.utils.runtime import check_precision, worker_init
+from spkemb.utils.runtime import check_precision, resolve_precision, worker_init
 
 __all__ = [
     "Trainer",
@@ -232,7 +232,8 @@ class Trainer:
         """Device, method, optimiser, sampler, loader; restore a checkpoint when resuming."""
         cfg = self.cfg
         self.device = dist_.setup(cfg.device)
-        self.amp_dtype = check_precision(cfg.precision, self.device)
+        self.precision = resolve_precision(cfg.precision, self.device)  # auto: bf16 where native, else fp32
+        self.amp_dtype = check_precision(self.precision, self.device)
         limit_cpu_threads(self.device)
         self.rank, self.world = dist_.rank(), dist_.world_size()
         self.main = self.rank == 0
@@ -244,7 +245,7 @@ class Trainer:
         if cfg.compile:
             compile_encoder(method)
         self.optimizer = build_optimizer(method, cfg)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         try:
             n_items = len(self.dataset)  # type: ignore[arg-type]
             self.sampler = self.sampler_factory(n_items, cfg.batch_size, cfg.seed, self.rank, self.world)
@@ -460,7 +461,7 @@ class Trainer:
             "checkpoint": str(st.last_path) if st.last_path is not None else None,
             "encoder": str(encoder_path) if encoder_path is not None else None,
             "resumed_from": str(self.ckpt_path) if self.ckpt_path is not None else None,
-            "world_size": self.world, "device": str(self.device), "precision": self.cfg.precision,
+            "world_size": self.world, "device": str(self.device), "precision": self.precision,
         }  # fmt: skip
 
     def _diverged(self, value: float) -> str:

@@ -11,6 +11,10 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 #: ``extract --precision`` adds int8: dynamic int8 matrix products through onnxruntime, CPU only
 #: (:mod:`spkemb.embeddings.quantize`); training has no int8
 EXTRACT_PRECISIONS: tuple[str, ...] = (*PRECISIONS, "int8")
+#: training adds auto: bf16 where the device computes it natively, else fp32
+#: (:func:`spkemb.utils.runtime.resolve_precision`)
+TrainPrecision = Literal["auto", "fp32", "bf16", "fp16"]
+TRAIN_PRECISIONS: tuple[str, ...] = ("auto", *PRECISIONS)
 
 Optimizer = Literal["adamw", "sgd"]
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")

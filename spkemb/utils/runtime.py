@@ -75,6 +75,16 @@ def emulated_bf16(precision: str, device: torch.device) -> str | None:
     )
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where ``device`` computes it natively (a CUDA device with bf16, a CPU with
+    AVX512-BF16 or AMX), else fp32; any other precision as given."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """An autocast region for bf16/fp16, or a null context for fp32 (and int8, whose encoder is quantised)."""
     dtype = check_precision(precision, device, EXTRACT_PRECISIONS)

@@ -65,3 +65,36 @@ def test_finetune_warns_on_the_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     )
     assert res.exit_code == 0, res.output
     assert "warning: --precision bf16 on this CPU" in " ".join(res.output.split())
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spkemb.train.config import TrainConfig
+    from spkemb.utils.runtime import resolve_precision
+
+    cpu = torch.device("cpu")
+    for has, expect in ((False, "fp32"), (True, "bf16")):
+        cpu_with_bf16(monkeypatch, has)
+        assert resolve_precision("auto", cpu) == expect
+        assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert TrainConfig(precision="auto", max_steps=1).precision == "auto"
+    with pytest.raises(Exception, match="precision"):
+        TrainConfig(precision="int8", max_steps=1)  # type: ignore[arg-type]
+
+
+def test_finetune_with_auto_runs_fp32_without_a_warning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, manifest: Path
+) -> None:
+    """The CPU configs say ``precision: auto``: on a CPU without bf16 they train in fp32, silently."""
+    import json
+
+    cpu_with_bf16(monkeypatch, False)
+    opts = [x for k, v in TINY_ECAPA.items() for x in ("--encoder-opt", f"{k}={v}")]
+    res = runner.invoke(
+        app,
+        ["finetune", str(manifest), "-o", str(tmp_path / "ft"), *opts, "--max-steps", "1", "--batch-size", "6"]
+        + ["--device", "cpu", "--precision", "auto", "--method-opt", "crop_seconds=0.5", "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "emulated" not in res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["precision"] == "fp32"
