@@ -64,6 +64,14 @@ def cpu_has_bf16() -> bool:
     return any(bool(p()) for p in probes if p is not None)
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has VNNI (AVX512-VNNI or AVX-VNNI): int8 dot products without an int16 step.
+
+    torch's own probe (private, so a torch without it counts as having it)."""
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)
+    return True if probe is None else bool(probe())
+
+
 def emulated_bf16(precision: str, device: torch.device) -> str | None:
     """A notice where bf16 would run emulated: on a CPU without AVX512-BF16 or AMX, oneDNN converts to
     fp32 and back around every product, which is far slower than fp32 itself."""
