@@ -350,6 +350,9 @@ for method in simclr moco cel dino; do
       --config "examples/configs/$method-cpu.yaml" "${ENC[@]}" --noise "$D/noise" --precision "$prec" "${COMMON[@]}"
   done
 done
+# the CPU configs' `precision: auto` on this device (bf16 where supported: the summary's "precision" says which)
+CHECK=check_train run_step pretrain-cel-auto "$MAN" "${SPK[@]}" pretrain "$MAN" -o "$D/exp/pretrain-cel-auto" \
+  --config examples/configs/cel-cpu.yaml "${ENC[@]}" --noise "$D/noise" "${COMMON[@]}"
 
 INIT=$D/exp/pretrain-cel-bf16/encoder.pt
 for loss in aam aam+supcon-aam; do

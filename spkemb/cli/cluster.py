@@ -109,8 +109,8 @@ def cluster(
     ahc_kind: AhcKind = typer.Option(
         AhcKind.auto,
         "--ahc",
-        help="AHC: exact (full distance matrix, N^2 memory); sparse (average linkage along a "
-        "20-neighbour graph, for 50,000 centroids in well under 8 GB); auto = exact up to 16,384 points "
+        help="AHC: exact (full distance matrix, N^2 memory); sparse (the same average linkage, merges "
+        "along a 20-neighbour graph: 50,000 centroids in under 1 GB); auto = exact up to 16,384 points "
         "(when it fits in half the free memory), else sparse.",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout; labels then go only to -o."),

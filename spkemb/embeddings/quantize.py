@@ -92,7 +92,7 @@ def quantize_int8(model: nn.Module, threads: int | None = None) -> nn.Module:
 
 def _check(model: nn.Module, encoder: nn.Module, seconds: tuple[float, ...] = (4.0, 2.5)) -> float:
     """The least cosine between float and int8 embeddings of a padded batch of noise (a guard against a
-    broken graph; the quality figure is measured on speech, benchmarks/bench_extract.py --quality)."""
+    broken graph; the quality figure is measured on speech: benchmarks/README.md, "int8")."""
     sr = int(getattr(model, "sample_rate", 16000))
     g = torch.Generator().manual_seed(0)
     n = int(max(seconds) * sr)
