@@ -9,7 +9,8 @@
 #   1. a tiny synthetic corpus + noise (python -m spkemb.data.synthetic) and `spkemb prepare`;
 #      on CUDA also a larger corpus for extraction speed;
 #   2. `spkemb pretrain` (simclr, moco, cel, dino; *-cpu.yaml configs, small batch) for STEPS steps
-#      at bf16 and fp16, and `spkemb finetune` (aam, aam+supcon-aam) likewise;
+#      at bf16 and fp16 (and cel at the config's `precision: auto`), and `spkemb finetune` (aam,
+#      aam+supcon-aam) at bf16 and fp16;
 #   3. NCCL (gloo on CPU) brought up directly under torchrun (see the note there), then
 #      `torchrun --standalone --nproc_per_node NPROC -m spkemb pretrain|finetune`;
 #   4. `spkemb extract --json` of the CEL encoder (fp32, bf16, fp16 on CUDA) and of a WavLM-Base+ MHFA
