@@ -5,6 +5,9 @@ graph ``export-model --onnx`` writes) and onnxruntime's ``quantize_dynamic`` tur
 weights into int8 (per output channel; activations are quantised per batch at run time). The
 front-end (DFT convolution, mel matrix) stays float32: a power spectrum's dynamic range does not survive
 8 bits (with the mel MatMul in int8 a trained ECAPA's embeddings fell to cosine 0.36; without, 0.99997).
+So does the first matrix product after it, the layer that reads the features: with it in int8 too, a
+trained ECAPA's test-other EER moved 0.11 points on an AVX2 CPU (least cosine 0.99972); kept in float,
+it did not move (0.99981), at no measurable cost in speed.
 PyTorch's ``quantize_dynamic`` was not used: it swaps
 ``nn.Linear`` modules, and ECAPA calls its weights through fused oneDNN linears (``models.ecapa._linear``),
 so nothing would change. The quantised graph is checked against the float encoder on synthetic audio
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +73,7 @@ def quantize_int8(model: nn.Module, threads: int | None = None) -> nn.Module:
         logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # (its pre-processing hint)
         import onnx
 
-        front = [n.name for n in onnx.load(str(fp32)).graph.node if "frontend" in n.name]
+        front = float_nodes(onnx.load(str(fp32)).graph.node)
         quantize_dynamic(
             str(fp32),
             str(int8),
@@ -88,6 +93,15 @@ def quantize_int8(model: nn.Module, threads: int | None = None) -> nn.Module:
     if cos < MIN_COSINE:
         raise InputError(f"`precision` int8: encoder {name} loses too much in int8 (cosine {cos:.4f} < {MIN_COSINE})")
     return encoder
+
+
+def float_nodes(nodes: Iterable[Any]) -> list[str]:
+    """The graph nodes kept in float: the front-end's, and the first matrix product after it (the layer
+    that reads the features), in graph order."""
+    nodes = list(nodes)
+    keep = [n.name for n in nodes if "frontend" in n.name]
+    first = next((n.name for n in nodes if n.op_type in ("MatMul", "Gemm") and "frontend" not in n.name), None)
+    return keep + ([first] if first is not None else [])
 
 
 def _check(model: nn.Module, encoder: nn.Module, seconds: tuple[float, ...] = (4.0, 2.5)) -> float:

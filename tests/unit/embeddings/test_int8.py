@@ -125,10 +125,12 @@ def test_weights_take_seven_bits_without_vnni(monkeypatch: pytest.MonkeyPatch, v
     from spkemb.utils import runtime
 
     seen: list[bool] = []
+    kept: list[str] = []
     real = ortq.quantize_dynamic
 
     def spy(*args: object, **kwargs: object) -> None:
         seen.append(bool(kwargs.get("reduce_range")))
+        kept.extend(kwargs.get("nodes_to_exclude") or [])  # type: ignore[call-overload]
         real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ortq, "quantize_dynamic", spy)
@@ -141,3 +143,5 @@ def test_weights_take_seven_bits_without_vnni(monkeypatch: pytest.MonkeyPatch, v
             raise
         # (forced "VNNI" on a CPU without it: the 8-bit graph may saturate and the guard refuse it)
     assert seen == [not vnni]
+    # the front-end and the first layer after it (ECAPA's layer1, reading the fbank) stay float
+    assert any("frontend" in k for k in kept) and [k for k in kept if "frontend" not in k] == ["/encoder/layer1/MatMul"]
