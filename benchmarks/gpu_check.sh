@@ -391,11 +391,12 @@ XPRECS=(fp32 bf16)
 # does not fit its time there, so CPU mode skips it on such a CPU.
 EMULATED_BF16=0
 [ "$ON_CPU" = 1 ] && EMULATED_BF16=$("$PY" -c 'from spkemb.utils.runtime import cpu_has_bf16; print(int(not cpu_has_bf16()))')
+too_slow() { [ "$2" = bf16 ] && [ "$EMULATED_BF16" = 1 ] && [ "$1" = wavlm ]; }  # too_slow NAME PREC
 # extract_all NAME ENCODER EXP MANIFEST: extract at each precision, then compare each low one with fp32.
 extract_all() {
   local name=$1 enc=$2 exp=$3 man=$4 prec
   for prec in "${XPRECS[@]}"; do
-    if [ "$prec" = bf16 ] && [ "$EMULATED_BF16" = 1 ] && [ "$name" = wavlm ]; then
+    if too_slow "$name" "$prec"; then
       skip "extract-$name-$prec" "bf16 is emulated on this CPU (no AVX512-BF16 or AMX)"
       skip "compare-$name-$prec-fp32" "no bf16 store"
       continue
@@ -404,7 +405,7 @@ extract_all() {
       "${SPK[@]}" extract "$exp" "$man" -o "$D/$name-$prec.h5" --device "$DEVICE" --precision "$prec" --json
   done
   for prec in "${XPRECS[@]:1}"; do
-    if [ "$prec" = bf16 ] && [ "$EMULATED_BF16" = 1 ] && [ "$name" = wavlm ]; then continue; fi  # (skipped above)
+    too_slow "$name" "$prec" && continue  # (skipped above)
     CHECK=check_stdout run_step "compare-$name-$prec-fp32" "$D/$name-fp32.h5:$D/$name-$prec.h5" \
       "${H[@]}" compare "$D/$name-fp32.h5" "$D/$name-$prec.h5"
   done

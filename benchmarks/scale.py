@@ -203,7 +203,7 @@ def main() -> None:
             synth_layout(here / "vox", ids)
             print(json.dumps({"layout": n, "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
             (here / "manifest.tsv").unlink(missing_ok=True)
-            cache = drop_caches() if args.cold else "warm (the tree was just read or written)"
+            cache = drop_caches() if args.cold else "as found (not dropped)"
             cmd = ["prepare", str(here / "vox"), "-o", str(here / "manifest.tsv"), "--layout", "voxceleb"]
             print(json.dumps({**run("prepare", n, cmd, here / "prepare.log"), "page_cache": cache}), flush=True)
 

@@ -59,9 +59,7 @@ def cpu_has_bf16() -> bool:
 
     torch's own probes (private, so a torch without them counts as having them: no false alarm)."""
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if any(p is None for p in probes):
-        return True
-    return any(bool(p()) for p in probes if p is not None)
+    return any(p is None or bool(p()) for p in probes)
 
 
 def cpu_has_vnni() -> bool:
